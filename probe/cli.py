@@ -1,0 +1,115 @@
+"""The ``probe`` command: argument parsing only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_tasks(args: argparse.Namespace) -> None:
+    from probe.tasks import format_task_table
+
+    print(format_task_table())
+
+
+def _cmd_data_render(args: argparse.Namespace) -> None:
+    from probe.data import render_to_disk
+
+    render_to_disk(
+        task=args.task,
+        out=args.out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        config=args.config,
+        overwrite=args.overwrite,
+    )
+
+
+def _cmd_data_export(args: argparse.Namespace) -> None:
+    from probe.data import export_catalogue
+
+    export_catalogue(args.out, overwrite=args.overwrite)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from probe.demo import main as demo_main
+
+    demo_main(args.rest)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from probe.finetune import main as finetune_main
+
+    finetune_main(args.rest)
+
+
+def _cmd_diagonal(args: argparse.Namespace) -> None:
+    from probe.diagonal import main as diagonal_main
+
+    diagonal_main(args.rest)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from probe.sweep import main as sweep_main
+
+    sweep_main(args.rest)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from probe.report import main as report_main
+
+    report_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probe", description="When can transformers reason with abstract symbols?"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tasks", help="print the task catalogue (templates and labels)")
+    p.set_defaults(func=_cmd_tasks)
+
+    data = sub.add_parser("data", help="render template tasks to Hub-layout datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("render", help="render one task to a Hub-layout folder")
+    p.add_argument("--task", required=True, help="a catalogue name (see `probe tasks`)")
+    p.add_argument("--n-train", type=int, required=True, help="training samples (= train alphabet size)")
+    p.add_argument("--n-val", type=int, default=None, help="validation samples")
+    p.add_argument("--n-test", type=int, default=None, help="test samples (unseen symbols)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None, help="a Hugging Face tokenizer id or folder (default: SymbolTokenizer)")
+    p.add_argument("--config", default=None, help="config name inside the folder (default: the task name)")
+    p.add_argument("--out", required=True, help="output folder (Hub layout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing config")
+    p.set_defaults(func=_cmd_data_render)
+    p = data_sub.add_parser("export", help="render the whole catalogue to data/template-tasks")
+    p.add_argument("--out", default="data/template-tasks")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_data_export)
+
+    # Commands whose options come from one dataclass shared with the Python API
+    # parse their own arguments.
+    for name, func, text in [
+        ("demo", _cmd_demo, "the quickstart: the paper's effect on a small transformer"),
+        ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
+        ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
+        ("sweep", _cmd_sweep, "run a recipe's grid of runs"),
+        ("report", _cmd_report, "tables and curves from sweep results"),
+    ]:
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
