@@ -77,12 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_sub.add_parser("render", help="render one task to a Hub-layout folder")
     p.add_argument("--task", required=True, help="a catalogue name (see `probe tasks`)")
-    p.add_argument("--n-train", type=int, required=True, help="training samples (= train alphabet size)")
+    p.add_argument(
+        "--n-train", type=int, required=True, help="training samples (= train alphabet size)"
+    )
     p.add_argument("--n-val", type=int, default=None, help="validation samples")
     p.add_argument("--n-test", type=int, default=None, help="test samples (unseen symbols)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokenizer", default=None, help="a Hugging Face tokenizer id or folder (default: SymbolTokenizer)")
-    p.add_argument("--config", default=None, help="config name inside the folder (default: the task name)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="a Hugging Face tokenizer id or folder (default: SymbolTokenizer)",
+    )
+    p.add_argument(
+        "--config", default=None, help="config name inside the folder (default: the task name)"
+    )
     p.add_argument("--out", required=True, help="output folder (Hub layout)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing config")
     p.set_defaults(func=_cmd_data_render)
