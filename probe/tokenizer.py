@@ -1,0 +1,301 @@
+"""Tokenizers for template tasks: every symbol is exactly one token.
+
+Two kinds:
+
+- :class:`SymbolTokenizer`, built offline: a word-level vocabulary of the
+  specials ``<pad> <unk> <out>``, then the task's regular tokens, then the
+  symbols, so symbol ids are contiguous (symbol ``k`` is id ``symbol_start + k``).
+  ``<out>`` is the readout token appended to every rendered row.
+- any Hugging Face tokenizer (byte-level BPE, SentencePiece, WordPiece):
+  :func:`single_token_symbols` lists the strings that encode to exactly one id
+  where they stand in a rendered row, so each symbol is one token; regular
+  tokens may span several ids.
+
+A rendered row's text is its tokens joined by single spaces. Tokenizers that
+encode a word at the very start of a text differently from the same word after
+a space (byte-level BPE without ``add_prefix_space``: ``foo`` vs ``Ġfoo``) would
+give one symbol two ids; for them every token is encoded in its after-a-space
+form, so the ids of a row are ``tokenizer(encoding_prefix(tokenizer) + text)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD, UNK, READOUT = "<pad>", "<unk>", "<out>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, READOUT)
+SYMBOL_PREFIX = "s"
+
+# a word placed before the probed one, to see how it encodes after a space
+_ANCHOR = "x"
+# words whose encodings decide whether a tokenizer needs the leading space
+_PROBE_WORDS = ("a", "x", "the", "1", "=", "print")
+
+
+def symbol_names(start: int, stop: int, prefix: str = SYMBOL_PREFIX) -> list[str]:
+    """Default symbol names ``s<start> ... s<stop-1>``: global numbering, so the
+    train, validation and test alphabets get distinct names."""
+    return [f"{prefix}{i}" for i in range(start, stop)]
+
+
+def _check_tokens(tokens: Iterable[str], what: str) -> list[str]:
+    out = list(tokens)
+    for t in out:
+        if not isinstance(t, str) or not t or len(t.split()) != 1 or t != t.strip():
+            raise ValueError(
+                f"{what} {t!r} is not a token: tokens are non-empty strings without whitespace"
+            )
+    seen: set[str] = set()
+    for t in out:
+        if t in seen:
+            raise ValueError(f"{what} {t!r} appears twice; each token needs one id")
+        seen.add(t)
+    return out
+
+
+class SymbolTokenizer(PreTrainedTokenizerFast):
+    """A word-level ``PreTrainedTokenizerFast`` over specials + regular tokens + symbols.
+
+    Build it with :meth:`build`; it saves and loads with ``save_pretrained`` /
+    ``from_pretrained`` (also through ``AutoTokenizer`` and
+    ``PreTrainedTokenizerFast``, which load it as a plain fast tokenizer: the
+    symbol range survives in ``init_kwargs``, read it with :func:`symbol_range`).
+
+    Ids: ``<pad>`` 0, ``<unk>`` 1, ``<out>`` 2 (the readout token, also the eos
+    token), regular tokens from 3, then symbols from ``symbol_start``.
+    """
+
+    @classmethod
+    def build(cls, regular_tokens: Sequence[str], symbols: Sequence[str] | int) -> SymbolTokenizer:
+        """A tokenizer over ``regular_tokens`` then ``symbols`` (a list of names, or a
+        count ``n`` for the default names ``s0 ... s<n-1>``).
+
+        Raises ``ValueError`` when a token is empty, holds whitespace, repeats,
+        or is claimed by both the regular tokens and the symbols.
+        """
+        regular = _check_tokens(regular_tokens, "regular token")
+        if isinstance(symbols, (int, np.integer)) and not isinstance(symbols, bool):
+            if symbols < 0:
+                raise ValueError(f"symbols={symbols} must be >= 0 (a count) or a list of names")
+            names = symbol_names(0, int(symbols))
+        elif isinstance(symbols, str):
+            raise ValueError(f"symbols={symbols!r} is one string; pass a list of symbol names")
+        else:
+            names = _check_tokens(symbols, "symbol")
+        reserved = set(SPECIAL_TOKENS)
+        for t in regular:
+            if t in reserved:
+                raise ValueError(
+                    f"regular token {t!r} is a special token of SymbolTokenizer "
+                    f"({', '.join(SPECIAL_TOKENS)}); rename it in the task"
+                )
+        clash = set(regular).intersection(names) | reserved.intersection(names)
+        if clash:
+            t = sorted(clash)[0]
+            raise ValueError(
+                f"token {t!r} is both a symbol and a regular or special token; symbols "
+                f"must differ from the task's tokens: rename the regular token, or pick "
+                f"other symbol names"
+            )
+        vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *regular, *names])}
+        backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        start = len(SPECIAL_TOKENS) + len(regular)
+        return cls(
+            tokenizer_object=backend,
+            pad_token=PAD,
+            unk_token=UNK,
+            eos_token=READOUT,
+            symbol_start=start,
+            n_symbols=len(names),
+        )
+
+    @property
+    def symbol_start(self) -> int:
+        """Id of the first symbol."""
+        return int(self.init_kwargs["symbol_start"])
+
+    @property
+    def n_symbols(self) -> int:
+        """How many symbols the vocabulary holds."""
+        return int(self.init_kwargs["n_symbols"])
+
+    @property
+    def readout_token_id(self) -> int:
+        """Id of ``<out>``, the readout token."""
+        return int(self.convert_tokens_to_ids(READOUT))
+
+
+def symbol_range(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int] | None:
+    """``(start, stop)`` ids of the symbols of a :class:`SymbolTokenizer`, also one
+    loaded back as a plain fast tokenizer; ``None`` for any other tokenizer."""
+    kw = getattr(tokenizer, "init_kwargs", {}) or {}
+    if "symbol_start" not in kw or "n_symbols" not in kw:
+        return None
+    start = int(kw["symbol_start"])
+    return start, start + int(kw["n_symbols"])
+
+
+def symbol_strings(tokenizer: PreTrainedTokenizerBase, start: int, stop: int) -> list[str]:
+    """The symbol names of a :class:`SymbolTokenizer` for ids ``[start, stop)``."""
+    return tokenizer.convert_ids_to_tokens(list(range(start, stop)))
+
+
+def readout_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id appended to every row: ``<out>`` in a SymbolTokenizer, else the eos
+    token, else the sep token (BERT)."""
+    for tok_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if tok_id is not None:
+            return int(tok_id)
+    raise ValueError(
+        f"tokenizer {tokenizer.name_or_path!r} has neither an eos nor a sep token, so no "
+        f"readout token can be appended; set one, e.g. tokenizer.eos_token = '</s>'"
+    )
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The pad id; tokenizers without one (GPT-2) pad with the readout id, which the
+    attention mask hides."""
+    return (
+        int(tokenizer.pad_token_id)
+        if tokenizer.pad_token_id is not None
+        else readout_token_id(tokenizer)
+    )
+
+
+def _backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer | None:
+    """The Rust tokenizer behind a fast tokenizer, without padding or truncation
+    (a copy when the saved tokenizer turns them on, so the caller's stays as is)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or (backend.padding is None and backend.truncation is None):
+        return backend
+    backend = Tokenizer.from_str(backend.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Ids of each text, no specials added; straight through the Rust backend when
+    there is one (the Python wrapper costs ~25 us per text)."""
+    if not texts:
+        return []
+    backend = _backend(tokenizer)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _decode_each(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[str]:
+    """The text of each single id."""
+    backend = _backend(tokenizer)
+    if backend is not None:
+        return backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    return tokenizer.batch_decode(
+        [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+
+
+def _in_context(
+    tokenizer: PreTrainedTokenizerBase, words: list[str], prefix: str
+) -> list[list[int] | None]:
+    """Ids of each word after another word and a space; ``None`` where the word
+    changes how the word before it encodes."""
+    head = _encode(tokenizer, [prefix + _ANCHOR])[0]
+    out: list[list[int] | None] = []
+    for ids in _encode(tokenizer, [f"{prefix}{_ANCHOR} {w}" for w in words]):
+        out.append(ids[len(head) :] if ids[: len(head)] == head else None)
+    return out
+
+
+def encoding_prefix(tokenizer: PreTrainedTokenizerBase, words: Sequence[str] = ()) -> str:
+    """``""`` when every word (``words`` and a few probes) encodes alike at the start of
+    a text and after a space (WordPiece, SentencePiece); ``" "`` when only a leading
+    space makes them alike (byte-level BPE without ``add_prefix_space``).
+
+    Encoding ``prefix + text`` then gives every token its in-context ids.
+    """
+    words = list(dict.fromkeys([*_PROBE_WORDS, *words]))
+    for prefix in ("", " "):
+        alone = _encode(tokenizer, [prefix + w for w in words])
+        if alone == _in_context(tokenizer, words, prefix):
+            return prefix
+    raise ValueError(
+        f"tokenizer {tokenizer.name_or_path!r} encodes the words {words} differently at "
+        f"the start of a text and after a space, with or without a leading space; probe "
+        f"cannot give each token one encoding with it"
+    )
+
+
+def token_ids(
+    tokenizer: PreTrainedTokenizerBase, words: Sequence[str], prefix: str | None = None
+) -> list[list[int]]:
+    """The ids of each word where it stands in a rendered row (one or more each).
+
+    Raises ``ValueError`` naming a word that encodes to nothing or that merges
+    with its neighbour.
+    """
+    words = list(words)
+    prefix = encoding_prefix(tokenizer, words) if prefix is None else prefix
+    alone = _encode(tokenizer, [prefix + w for w in words])
+    ctx = _in_context(tokenizer, words, prefix)
+    for w, a, c in zip(words, alone, ctx, strict=True):
+        if not a or a != c:
+            raise ValueError(
+                f"token {w!r} encodes to {a} on its own but {c} after another word with "
+                f"tokenizer {tokenizer.name_or_path!r}; rename it in the task"
+            )
+    return alone
+
+
+def single_token_symbols(
+    tokenizer: PreTrainedTokenizerBase, exclude: Iterable[str] = (), prefix: str | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Strings usable as symbols with a real tokenizer, and their ids.
+
+    A candidate is the text of one vocabulary entry that encodes back to exactly
+    that one id both on its own (after ``prefix``) and after another word and a
+    space, i.e. where it stands in a rendered row. Excluded: special and added
+    tokens, pieces that only exist glued to a neighbour (``##ing``, partial UTF-8
+    bytes, ``Ġ`` alone), strings holding whitespace, and every id that occurs in
+    the encoding of a string in ``exclude`` (the task's regular tokens).
+
+    Returns ``(strings, ids)``: ``ids`` is ``[n_candidates]`` int64, ascending.
+    """
+    exclude = list(exclude)
+    prefix = encoding_prefix(tokenizer, exclude) if prefix is None else prefix
+    banned = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    for ids in _encode(tokenizer, [prefix + w for w in exclude]):
+        banned.update(ids)
+    vocab_ids = [i for i in range(len(tokenizer)) if i not in banned]
+    texts = _decode_each(tokenizer, vocab_ids)
+    excluded = set(exclude)
+    ids, words = [], []
+    for i, text in zip(vocab_ids, texts, strict=True):
+        w = text.strip()
+        if w and len(w.split()) == 1 and text in (w, " " + w) and w not in excluded:
+            ids.append(i)
+            words.append(w)
+    alone = _encode(tokenizer, [prefix + w for w in words])
+    ctx = _in_context(tokenizer, words, prefix)
+    seen: set[str] = set()
+    keep_words, keep_ids = [], []
+    for i, w, a, c in zip(ids, words, alone, ctx, strict=True):
+        if a == [i] and c == [i] and w not in seen:
+            seen.add(w)
+            keep_words.append(w)
+            keep_ids.append(i)
+    return keep_words, np.asarray(keep_ids, dtype=np.int64)
+
+
+def tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A name that says where the tokenizer came from (recorded in dataset cards)."""
+    if symbol_range(tokenizer) is not None:
+        return "SymbolTokenizer"
+    name = str(tokenizer.name_or_path or type(tokenizer).__name__)
+    gguf = (getattr(tokenizer, "init_kwargs", {}) or {}).get("gguf_file")
+    return f"{name} (gguf_file={gguf})" if gguf else name
