@@ -83,15 +83,11 @@ def list_tasks() -> list[str]:
     return list(_REGISTRY)
 
 
-def _entry(name: str) -> TaskEntry:
+def task_entry(name: str) -> TaskEntry:
+    """The registry entry of ``name``: its factory, parameter defaults and description."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
-
-
-def task_params(name: str) -> dict[str, Any]:
-    """The keyword parameters of a catalogue task and their defaults."""
-    return dict(_entry(name).defaults)
 
 
 def get_task(name: str, **params: Any) -> TemplateTask:
@@ -100,7 +96,7 @@ def get_task(name: str, **params: Any) -> TemplateTask:
     The task is named ``name``, followed by its non-default parameters
     (e.g. ``majority_k-k5``), so differently-parameterized tasks never share a name.
     """
-    entry = _entry(name)
+    entry = task_entry(name)
     unknown = sorted(set(params) - set(entry.defaults))
     if unknown:
         valid = ", ".join(f"{k}={v!r}" for k, v in entry.defaults.items()) or "none"
