@@ -222,6 +222,12 @@ class TemplateTask:
         templates = tuple(templates)
         if not templates:
             raise ValueError("the task is empty: pass at least one template and its label")
+        for i, t in enumerate(templates):
+            if not isinstance(t, Template):
+                raise ValueError(
+                    f"template {i} ({t!r}) is not a Template; build tasks from strings with "
+                    f"TemplateTask.from_strings"
+                )
         if isinstance(labels, (str, bytes)) or not isinstance(labels, (Sequence, np.ndarray)):
             raise ValueError(f"labels must be a list with one label per template, got {labels!r}")
         labels = list(labels)
@@ -257,6 +263,16 @@ class TemplateTask:
         self.regular_tokens: tuple[str, ...] = tuple(sorted(regular))
         self.max_wildcards: int = max(t.n_wildcards for t in templates)
         self.max_length: int = max(len(t) for t in templates)
+        self._frozen = True
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        # a task is validated once, at construction; edits would bypass that
+        if getattr(self, "_frozen", False):
+            raise AttributeError(
+                f"TemplateTask is immutable (tried to set {key!r}); build a new one, e.g. "
+                f"TemplateTask.from_dict({{**task.to_dict(), {key!r}: ...}})"
+            )
+        super().__setattr__(key, value)
 
     # -- construction ------------------------------------------------------------
 

@@ -207,10 +207,19 @@ def test_mixed_wildcard_sets_rejected():
         TemplateTask([Template.parse("a b"), Template.parse("X", ["X"])], [1.0, -1.0])
 
 
-def test_probs_are_read_only():
+def test_task_is_immutable():
     task = TemplateTask.from_strings(["a b a", "a b b"], [1.0, -1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         task.probs[0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        task.label_wildcard[0] = 1
+    with pytest.raises(AttributeError, match="immutable.*'labels'"):
+        task.labels = (1.0, 1.0)
+
+
+def test_task_needs_template_objects():
+    with pytest.raises(ValueError, match=r"template 1 \('a b b'\) is not a Template"):
+        TemplateTask([Template.parse("a b a"), "a b b"], [1.0, -1.0])
 
 
 # -- sampling --------------------------------------------------------------------
