@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -45,6 +45,18 @@ class ArchSpec:
     n_heads_key: str  # config attribute holding the number of query heads
     qk_scaled: bool  # True: logits carry 1/sqrt(d_head); False: T5 folds it into W_Q
     notes: str = ""
+    # label kind ("regression" / "symbolic") -> the transformers Auto class building that head
+    heads: dict[str, str] = field(default_factory=dict, hash=False)
+    # label kind -> how probe.models.readout reads the answer (the modes are defined there)
+    readouts: dict[str, str] = field(default_factory=dict, hash=False)
+    # module-name suffixes of learned absolute position embeddings (none: RoPE / relative bias)
+    position_embeddings: tuple[str, ...] = ()
+    # config attribute naming the token a "pooled" classifier pools at; build_model points it
+    # at the readout token (T5's classifier pools the decoder state at each row's eos)
+    pooled_token_key: str = ""
+    # (model, attention module path) -> (norm whose output feeds the queries, norm whose
+    # output feeds the keys and values); None where the input is not a norm's output
+    input_norms: Callable[[nn.Module, str], tuple[nn.Module | None, nn.Module | None]] | None = None
 
 
 def _linear(weight_module: nn.Module) -> torch.Tensor:
@@ -71,6 +83,49 @@ def _bert_weights(attn: nn.Module, out: nn.Module) -> Matrices:
     return _linear(attn.query), _linear(attn.key), _linear(attn.value), _linear(out)
 
 
+def _sibling(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _parent_path(name: str) -> str:
+    return name.rsplit(".", 1)[0]
+
+
+def _gpt2_norms(model: nn.Module, name: str) -> tuple[nn.Module | None, nn.Module | None]:
+    block = _parent_path(name)  # transformer.h.{i}; cross-attention keys come from outside
+    if name.endswith("crossattention"):
+        return _sibling(model, f"{block}.ln_cross_attn"), None
+    return (_sibling(model, f"{block}.ln_1"),) * 2
+
+
+def _t5_norms(model: nn.Module, name: str) -> tuple[nn.Module | None, nn.Module | None]:
+    # {stack}.block.{i}.layer.{j}.SelfAttention / EncDecAttention; the norm is the sublayer's
+    norm = _sibling(model, f"{_parent_path(name)}.layer_norm")
+    if name.endswith("EncDecAttention"):  # keys and values read the encoder's output
+        prefix = name.split("decoder.block.")[0]
+        return norm, _sibling(model, f"{prefix}encoder.final_layer_norm")
+    return norm, norm
+
+
+def _llama_norms(model: nn.Module, name: str) -> tuple[nn.Module | None, nn.Module | None]:
+    return (_sibling(model, f"{_parent_path(name)}.input_layernorm"),) * 2
+
+
+def _bert_norms(model: nn.Module, name: str) -> tuple[nn.Module | None, nn.Module | None]:
+    # post-LN: layer i reads the previous layer's output norm (the embeddings' for i = 0)
+    prefix, rest = name.split("encoder.layer.", 1)
+    i = int(rest.split(".", 1)[0])
+    path = (
+        f"{prefix}embeddings.LayerNorm"
+        if i == 0
+        else f"{prefix}encoder.layer.{i - 1}.output.LayerNorm"
+    )
+    return (_sibling(model, path),) * 2
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": ArchSpec(
         model_type="gpt2",
@@ -82,6 +137,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_layers_key="n_layer",
         n_heads_key="n_head",
         qk_scaled=True,
+        input_norms=_gpt2_norms,
+        heads={
+            "regression": "AutoModelForSequenceClassification",
+            "symbolic": "AutoModelForCausalLM",
+        },
+        readouts={"regression": "last_token_score", "symbolic": "last_token_logits"},
+        position_embeddings=("wpe",),
     ),
     "t5": ArchSpec(
         model_type="t5",
@@ -93,7 +155,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_layers_key="num_layers",
         n_heads_key="num_heads",
         qk_scaled=False,
+        input_norms=_t5_norms,
         notes="relative position bias is added to the logits; no 1/sqrt(d) scaling",
+        # the classifier pools the decoder state at the (single) eos token of each row
+        heads={
+            "regression": "AutoModelForSequenceClassification",
+            "symbolic": "AutoModelForSeq2SeqLM",
+        },
+        readouts={"regression": "pooled", "symbolic": "decoder_step"},
+        pooled_token_key="eos_token_id",
     ),
     "llama": ArchSpec(
         model_type="llama",
@@ -105,7 +175,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_layers_key="num_hidden_layers",
         n_heads_key="num_attention_heads",
         qk_scaled=True,
+        input_norms=_llama_norms,
         notes="RoPE rotates Q and K; W_Q W_Kᵀ is the content term at relative position 0",
+        heads={
+            "regression": "AutoModelForSequenceClassification",
+            "symbolic": "AutoModelForCausalLM",
+        },
+        readouts={"regression": "last_token_score", "symbolic": "last_token_logits"},
     ),
     "bert": ArchSpec(
         model_type="bert",
@@ -118,6 +194,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_layers_key="num_hidden_layers",
         n_heads_key="num_attention_heads",
         qk_scaled=True,
+        input_norms=_bert_norms,
+        # regression pools the first token ([CLS]); symbolic reads the masked-LM head at the
+        # readout token, which plays the role of [MASK]
+        heads={
+            "regression": "AutoModelForSequenceClassification",
+            "symbolic": "AutoModelForMaskedLM",
+        },
+        readouts={"regression": "pooled", "symbolic": "last_token_logits_full"},
+        position_embeddings=("embeddings.position_embeddings",),
     ),
 }
 
