@@ -115,7 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if hasattr(args, "rest"):
+        # argparse's REMAINDER refuses a first argument that looks like an option
+        # ("diagonal --model x"): hand these commands everything after their name
+        args.rest = argv[argv.index(args.command) + 1 :]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.func(args)
 
 

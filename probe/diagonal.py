@@ -172,19 +172,18 @@ def _abs_eig_sum_full(f: HeadFactors, c: torch.Tensor, w: torch.Tensor) -> torch
     return torch.stack(sums)
 
 
-def _identity_scalings(site: AttentionSite) -> dict[str, torch.Tensor] | None:
-    """The injected ``a`` (qk) and ``b`` (ov) of a site, [n_heads] each; None if not injected."""
-    ab = getattr(site.attention, "ab_scalings", None)
+def _identity_scalings(site: AttentionSite) -> dict[str, torch.Tensor | None] | None:
+    """The injected ``a`` (qk) and ``b`` (ov) of a site, [n_heads] each (None: that term is
+    not injected); None if the site carries no identity scalings (``probe.identity``)."""
+    ab = site.attention._modules.get("ab_scalings")
     if ab is None:
         return None
-    out = {}
-    for matrix, name in (("qk", "a"), ("ov", "b")):
-        value = getattr(ab, name, None)
-        # a term that was not injected adds nothing: the same as a zero scaling
-        out[matrix] = (
-            torch.zeros(site.n_heads) if value is None else value.detach().float().reshape(-1)
-        )
-    return out
+    # calling the module (not reading .a/.b) reaches peft's active copy when it wraps it
+    a, b = ab()
+    return {
+        matrix: None if value is None else value.detach().float().reshape(-1)
+        for matrix, value in (("qk", a), ("ov", b))
+    }
 
 
 @torch.no_grad()
@@ -207,8 +206,9 @@ def attn_diagonal(
     - ``copying_score = Re Σλ / Σ|λ|`` over M's eigenvalues (1 for a positive multiple of I).
 
     For a model with identity scalings injected (``probe.inject_ab``), also
-    ``identity_scaling`` (the head's ``a`` for qk, ``b`` for ov) and ``eff_<score>``: the
-    scores of ``M + a·I`` (``M + b·I``), i.e. the matrix the head actually applies.
+    ``identity_scaling`` (the head's ``a`` for qk, ``b`` for ov; NaN where that term was not
+    injected, e.g. cross-attention) and ``eff_<score>``: the scores of ``M + a·I``
+    (``M + b·I``), i.e. the matrix the head actually applies (M itself where NaN).
 
     ``fold_layernorm=True`` multiplies the rows of W_Q, W_K, W_V by the gain γ of the
     LayerNorm / RMSNorm whose output they read (BERT: the previous layer's output norm; T5
@@ -223,9 +223,13 @@ def attn_diagonal(
     Float32 throughout; weights in, table out (the model is not changed).
     """
     frames = []
-    for site in attention_sites(model, include_cross=include_cross):
+    sites = attention_sites(model, include_cross=include_cross)
+    injected = any(_identity_scalings(site) is not None for site in sites)
+    for site in sites:
         gains = _norm_gains(model, site) if fold_layernorm else (None, None)
         scalings = _identity_scalings(site)
+        if scalings is None and injected:  # e.g. cross-attention: the head applies M itself
+            scalings = {"qk": None, "ov": None}
         for matrix in MATRICES:
             f = head_factors(site, matrix, gains)
             cols: dict[str, object] = {
@@ -242,7 +246,8 @@ def attn_diagonal(
             }
             if scalings is not None:
                 c = scalings[matrix]
-                cols["identity_scaling"] = c.numpy()
+                # a term that was not injected: NaN scaling, and the head applies M itself
+                cols["identity_scaling"] = np.nan if c is None else c.numpy()
                 eff = _scores(f, c)
                 cols.update({f"eff_{k}": eff[k] for k in EFFECTIVE_SCORES})
             frames.append(pd.DataFrame(cols))
@@ -284,10 +289,10 @@ def head_matrix(
     f = head_factors(site, matrix, gains)
     k = site.d_model if block is None else min(block, site.d_model)
     m = f.left[head, :k] @ f.right[head, :k].T
-    scalings = _identity_scalings(site) if effective else None
-    if scalings is not None:
+    c = (_identity_scalings(site) or {}).get(matrix) if effective else None
+    if c is not None:
         w = torch.ones(site.d_model) if f.identity_diag is None else f.identity_diag
-        m = m + torch.diag(scalings[matrix][head] * w[:k])
+        m = m + torch.diag(c[head] * w[:k])
     return m
 
 
@@ -329,6 +334,11 @@ def load_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = auto.from_config(config)
+    elif getattr(config, "probe_ab", None):
+        # saved after inject_ab: from_pretrained alone would drop the identity scalings
+        from probe.identity import load_injected
+
+        model = load_injected(name_or_path, **kwargs)
     else:
         model = auto.from_pretrained(name_or_path, **kwargs)
     return model.eval()

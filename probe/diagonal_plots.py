@@ -101,10 +101,19 @@ def plot_head(
     the head's scores over the whole [d_model, d_model] matrix.
     """
     site = find_site(model, layer, kind)
-    m = head_matrix(model, layer, head, matrix, site.kind, block, fold_layernorm, effective)
+    m = head_matrix(
+        model,
+        layer,
+        head,
+        matrix,
+        site.kind,
+        block,
+        fold_layernorm=fold_layernorm,
+        effective=effective,
+    )
     f = head_factors(site, matrix, _norm_gains(model, site) if fold_layernorm else (None, None))
-    scalings = _identity_scalings(site) if effective else None
-    s = _scores(f, None if scalings is None else scalings[matrix])
+    c = (_identity_scalings(site) or {}).get(matrix) if effective else None
+    s = _scores(f, c)
     values = m.numpy()
     top = float(np.abs(values).max()) or 1.0
     fig = Figure(figsize=(4.6, 4.2))
@@ -114,7 +123,7 @@ def plot_head(
     where = f"{KIND_PREFIX.get(site.kind, '')}layer {layer}, head {head}"
     ax.set_title(
         f"{where}: {MATRIX_TITLES.get(matrix, matrix)}"
-        + (" + identity scaling" if scalings is not None else "")
+        + (" + identity scaling" if c is not None else "")
         + f"\ntop-left {k}×{k} of {site.d_model}×{site.d_model}; "
         f"cos={s['cos_identity'][head]:.3f}, a*={s['a_star'][head]:.3g}, "
         f"copy={s['copying_score'][head]:.2f}",
