@@ -78,10 +78,13 @@ class SymbolTokenizer(PreTrainedTokenizerFast):
         or is claimed by both the regular tokens and the symbols.
         """
         regular = _check_tokens(regular_tokens, "regular token")
+        naming = {}
         if isinstance(symbols, (int, np.integer)) and not isinstance(symbols, bool):
             if symbols < 0:
                 raise ValueError(f"symbols={symbols} must be >= 0 (a count) or a list of names")
             names = symbol_names(0, int(symbols))
+            # names follow a rule, so a million of them can be rebuilt without a vocab lookup
+            naming["symbol_prefix"] = SYMBOL_PREFIX
         elif isinstance(symbols, str):
             raise ValueError(f"symbols={symbols!r} is one string; pass a list of symbol names")
         else:
@@ -101,18 +104,24 @@ class SymbolTokenizer(PreTrainedTokenizerFast):
                 f"must differ from the task's tokens: rename the regular token, or pick "
                 f"other symbol names"
             )
-        vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *regular, *names])}
-        backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        tokens = [*SPECIAL_TOKENS, *regular, *names]
+        backend = Tokenizer(
+            models.WordLevel(dict(zip(tokens, range(len(tokens)), strict=True)), unk_token=UNK)
+        )
         backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        start = len(SPECIAL_TOKENS) + len(regular)
-        return cls(
-            tokenizer_object=backend,
+        # Passing tokenizer_object= would deep-copy the backend (~2 s for a million
+        # symbols); a backend already in place is adopted as is by __init__.
+        tokenizer = cls.__new__(cls)
+        tokenizer._tokenizer = backend
+        tokenizer.__init__(
             pad_token=PAD,
             unk_token=UNK,
             eos_token=READOUT,
-            symbol_start=start,
+            symbol_start=len(SPECIAL_TOKENS) + len(regular),
             n_symbols=len(names),
+            **naming,
         )
+        return tokenizer
 
     @property
     def symbol_start(self) -> int:
