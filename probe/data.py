@@ -46,13 +46,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from probe.templates import TemplateTask
 from probe.tokenizer import (
     SPECIAL_TOKENS,
     SymbolTokenizer,
     encoding_prefix,
+    load_tokenizer_by_name,
     pad_token_id,
     readout_token_id,
     single_token_symbols,
@@ -222,7 +223,7 @@ def _symbol_vocab(
 ) -> _Vocab:
     regular = list(task.regular_tokens)
     if isinstance(tokenizer, str):
-        tokenizer = load_hf_tokenizer(tokenizer)
+        tokenizer = load_tokenizer_by_name(tokenizer)
     if tokenizer is None:
         return _new_symbol_tokenizer(regular, specs)
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
@@ -666,7 +667,7 @@ def dataset_tokenizer(dsd: datasets.DatasetDict | datasets.Dataset) -> PreTraine
     if ds.info.description in _TOKENIZERS:
         return _TOKENIZERS[ds.info.description]
     if info["tokenizer"] != "SymbolTokenizer":
-        return load_hf_tokenizer(info["tokenizer"])
+        return load_tokenizer_by_name(info["tokenizer"])
     task = TemplateTask.from_dict(info["task"])
     alphabets = [info["alphabets"][s] for s in SPLITS]
     if info.get("symbol_naming") == "default":
@@ -682,18 +683,6 @@ def dataset_tokenizer(dsd: datasets.DatasetDict | datasets.Dataset) -> PreTraine
         )
     _remember_tokenizer(ds.info.description, tokenizer)
     return tokenizer
-
-
-def load_hf_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained(name)``, with a clear error when it is neither a
-    local folder nor reachable on the Hub."""
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except OSError as e:
-        raise ValueError(
-            f"cannot load tokenizer {name!r}: {e}. Pass a local folder (or a tokenizer "
-            f"object); offline, download it elsewhere with `huggingface-cli download {name}`"
-        ) from e
 
 
 # -- Hub layout on disk ------------------------------------------------------------
@@ -977,7 +966,7 @@ def load_tokenizer(path: str | os.PathLike, config: str) -> PreTrainedTokenizerB
     meta, _ = _read_card(Path(path))
     for d in meta.get("dataset_info", []) or []:
         if d.get("config_name") == config:
-            return load_hf_tokenizer(json.loads(d["description"])["tokenizer"])
+            return load_tokenizer_by_name(json.loads(d["description"])["tokenizer"])
     raise FileNotFoundError(f"{Path(path)} has no config {config!r} written by probe.save_dataset")
 
 

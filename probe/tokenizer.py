@@ -20,7 +20,9 @@ form, so the ids of a row are ``tokenizer(encoding_prefix(tokenizer) + text)``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -176,16 +178,23 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     )
 
 
+# tokenizer -> (its backend, a copy without padding or truncation)
+_UNPADDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer | None:
     """The Rust tokenizer behind a fast tokenizer, without padding or truncation
-    (a copy when the saved tokenizer turns them on, so the caller's stays as is)."""
+    (a cached copy when the saved tokenizer turns them on, so the caller's stays as is)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or (backend.padding is None and backend.truncation is None):
         return backend
-    backend = Tokenizer.from_str(backend.to_str())
-    backend.no_padding()
-    backend.no_truncation()
-    return backend
+    cached = _UNPADDED.get(tokenizer)
+    if cached is None or cached[0] is not backend:
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_padding()
+        copy.no_truncation()
+        cached = _UNPADDED[tokenizer] = (backend, copy)
+    return cached[1]
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
@@ -277,16 +286,35 @@ def single_token_symbols(
     """
     exclude = list(exclude)
     prefix = encoding_prefix(tokenizer, exclude) if prefix is None else prefix
-    banned = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    for ids in _encode(tokenizer, [prefix + w for w in exclude]):
-        banned.update(ids)
-    vocab_ids = [i for i in range(len(tokenizer)) if i not in banned]
-    texts = _decode_each(tokenizer, vocab_ids)
+    words, ids = _vocab_candidates(tokenizer, prefix)
+    banned = {i for enc in _encode(tokenizer, [prefix + w for w in exclude]) for i in enc}
     excluded = set(exclude)
+    keep = [
+        k
+        for k, (w, i) in enumerate(zip(words, ids, strict=True))
+        if i not in banned and w not in excluded
+    ]
+    return [words[k] for k in keep], np.asarray([ids[k] for k in keep], dtype=np.int64)
+
+
+# tokenizer -> {(prefix, vocabulary size): candidates}; scanning a vocabulary takes ~1 s
+_CANDIDATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _vocab_candidates(
+    tokenizer: PreTrainedTokenizerBase, prefix: str
+) -> tuple[list[str], list[int]]:
+    """Every single-token symbol of the vocabulary, ignoring any task (cached)."""
+    key = (prefix, len(tokenizer))
+    cached = _CANDIDATES.setdefault(tokenizer, {})
+    if key in cached:
+        return cached[key]
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    vocab_ids = [i for i in range(len(tokenizer)) if i not in special]
     ids, words = [], []
-    for i, text in zip(vocab_ids, texts, strict=True):
+    for i, text in zip(vocab_ids, _decode_each(tokenizer, vocab_ids), strict=True):
         w = text.strip()
-        if w and len(w.split()) == 1 and text in (w, " " + w) and w not in excluded:
+        if w and len(w.split()) == 1 and text in (w, " " + w):
             ids.append(i)
             words.append(w)
     alone = _encode(tokenizer, [prefix + w for w in words])
@@ -298,13 +326,40 @@ def single_token_symbols(
             seen.add(w)
             keep_words.append(w)
             keep_ids.append(i)
-    return keep_words, np.asarray(keep_ids, dtype=np.int64)
+    cached[key] = (keep_words, keep_ids)
+    return cached[key]
 
 
 def tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A name that says where the tokenizer came from (recorded in dataset cards)."""
+    """A name that says where the tokenizer came from (recorded in dataset cards):
+    ``SymbolTokenizer``, a Hub id or folder, or the ``.gguf`` file it was read from
+    (:func:`load_tokenizer_by_name` loads each back)."""
     if symbol_range(tokenizer) is not None:
         return "SymbolTokenizer"
     name = str(tokenizer.name_or_path or type(tokenizer).__name__)
-    gguf = (getattr(tokenizer, "init_kwargs", {}) or {}).get("gguf_file")
-    return f"{name} (gguf_file={gguf})" if gguf else name
+    folder = Path(name)
+    if folder.is_dir() and not any(
+        (folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+    ):
+        # loaded with gguf_file=, which the tokenizer does not keep: name the file
+        ggufs = sorted(folder.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(ggufs[0])
+    return name
+
+
+def load_tokenizer_by_name(name: str) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(name)``, a ``.gguf`` file included, with a clear
+    error when ``name`` is neither a local folder or file nor reachable on the Hub."""
+    from transformers import AutoTokenizer
+
+    try:
+        if name.endswith(".gguf") and Path(name).is_file():
+            return AutoTokenizer.from_pretrained(str(Path(name).parent), gguf_file=Path(name).name)
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        raise ValueError(
+            f"cannot load tokenizer {name!r} ({e}); pass a local folder, a .gguf file or a "
+            f"tokenizer object; offline, download it elsewhere with "
+            f"`huggingface-cli download {name} --local-dir DIR` and pass DIR"
+        ) from e
