@@ -362,6 +362,25 @@ def _resolve_offline(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "model": str(getattr(offline, OFFLINE_MODELS[name])())}
 
 
+def cell_configs(
+    config: SweepConfig, cells: Iterable[Cell], work_dir: str | os.PathLike
+) -> dict[tuple[str, int, int], Any]:
+    """Each cell's FinetuneConfig (validated on construction), keyed by ``cell.key``."""
+    from probe.config import FinetuneConfig
+
+    configs = {}
+    for c in cells:
+        kwargs = dict(config.cell_settings(c), output_dir=str(Path(work_dir) / c.dirname()))
+        # A cell without a row never finished: start it over. One bar over cells,
+        # not one per run.
+        kwargs.update(overwrite=True, progress=False)
+        try:
+            configs[c.key] = FinetuneConfig(**_resolve_offline(kwargs))
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise ValueError(f"cell {c.key} of recipe {config.name!r}: {e}") from e
+    return configs
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | os.PathLike | None = None,
@@ -382,8 +401,6 @@ def run_sweep(
     Everything is validated, and every cell's FinetuneConfig built, before the
     first run.
     """
-    from probe.config import FinetuneConfig
-
     out = Path(out if out is not None else Path("results") / config.name)
     work_dir = Path(work_dir if work_dir is not None else Path("runs") / "sweep" / config.name)
     if resume and overwrite:
@@ -394,20 +411,8 @@ def run_sweep(
     mine = cells if shard is None else cells[shard[0] :: shard[1]]
     settings = {c.key: config.cell_settings(c) for c in mine}
     hashes = {k: settings_hash(s) for k, s in settings.items()}
-    configs = {}
-    for c in mine:
-        kwargs = _resolve_offline(dict(settings[c.key], output_dir=str(work_dir / c.dirname())))
-        # A cell without a row never finished: start it over. One bar over cells,
-        # not one per run.
-        kwargs.update(overwrite=True, progress=False)
-        try:
-            configs[c.key] = FinetuneConfig(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"cell {c.key} of recipe {config.name!r}: {e}") from e
-    kinds = {}
-    for c in mine:
-        s = settings[c.key]
-        kinds[c.key] = _label_kind(s["task"], s.get("task_params", {}))
+    configs = cell_configs(config, mine, work_dir)
+    kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
 
     if overwrite:
         for p in out.glob("results*.jsonl"):
@@ -494,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         cells = config.cells()
         mine = cells if shard is None else cells[shard[0] :: shard[1]]
+        cell_configs(config, mine, "runs")  # validates every cell
         print(f"recipe {config.name}: {len(mine)} of {len(cells)} cells")
         for c in mine:
             print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}")

@@ -143,7 +143,6 @@ def mini_config() -> SweepConfig:
 
 
 def test_miniature_sweep_report_resume_and_shards(tmp_path):
-    pytest.importorskip("probe.finetune")  # TODO(sweep): drop once finetune has landed
     cfg = mini_config()
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
     rows = run_sweep(cfg, whole, work_dir=tmp_path / "w1", progress=False)
