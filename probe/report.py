@@ -195,6 +195,35 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# Settings worth stating under a curve, in this order.
+SETTINGS = (
+    "model",
+    "from_scratch",
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "lora_r",
+    "lr",
+    "batch_size",
+    "max_steps",
+    "epochs",
+    "n_test",
+)
+
+
+def _shared_settings(rows: pd.DataFrame) -> str:
+    """``key=value`` for the settings every row's config has in common."""
+    if "config" not in rows.columns:
+        return ""
+    configs = [c for c in rows["config"] if isinstance(c, dict)]
+    parts = []
+    for k in SETTINGS:
+        values = {repr(c.get(k)) for c in configs}
+        if len(values) == 1 and configs and configs[0].get(k) not in (None, 0, ""):
+            parts.append(f"{k}={configs[0][k]}")
+    return ", ".join(parts)
+
+
 def write_report(
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -256,6 +285,11 @@ def write_report(
                 "best_mean": f"best mean {metric}",
             }
         )
+        description = (
+            sub["description"].dropna().iloc[0]
+            if "description" in sub.columns and sub["description"].notna().any()
+            else ""
+        )
         wide = curve[curve["recipe"] == recipe].pivot_table(
             index="variant", columns="n", values="mean", sort=False
         )
@@ -263,8 +297,10 @@ def write_report(
         md += [
             f"## {recipe}",
             "",
+            *([description, ""] if description else []),
             f"Task `{task}`; metric: {metric} on unseen symbols (mean over seeds); {status}.",
             "",
+            *([f"Shared settings: {shared}.", ""] if (shared := _shared_settings(sub)) else []),
             f"![{recipe}]({png})",
             "",
             markdown_table(t),

@@ -456,6 +456,7 @@ def run_sweep(
             "variant_index": c.variant_index,
             "task": settings[c.key]["task"],
             "label_kind": kinds[c.key] or result.get("label_kind"),
+            "description": config.description,
             "baseline": config.baseline,
             "threshold": config.threshold,
             "grid_cells": len(cells),
