@@ -123,19 +123,21 @@ class Alphabet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def record(self) -> dict[str, Any]:
-        """How the card describes it: the symbols themselves when few, else a rule."""
+    def record(self, listed: bool = True) -> dict[str, Any]:
+        """How the card describes it: the symbols themselves when ``listed`` and few,
+        else the first and last (default names ``s<k>`` need no list)."""
         size = len(self)
         out: dict[str, Any] = {"size": size}
         if size and np.all(np.diff(self.ids) == 1):
             out["ids"] = {"start": int(self.ids[0]), "stop": int(self.ids[-1]) + 1}
         elif size <= _MAX_LISTED_SYMBOLS:
             out["ids"] = self.ids.tolist()
-        if size <= _MAX_LISTED_SYMBOLS:
+        if listed and size <= _MAX_LISTED_SYMBOLS:
             out["symbols"] = self.strings.to_pylist()
         else:
             out["symbols"] = None
-            out["first"], out["last"] = self.strings[0].as_py(), self.strings[-1].as_py()
+            if size:
+                out["first"], out["last"] = self.strings[0].as_py(), self.strings[-1].as_py()
         return out
 
 
@@ -613,7 +615,10 @@ def _info(
         "readout_token_id": vocab.readout_id,
         "pad_token_id": vocab.pad_id,
         "regular_token_ids": vocab.regular_ids,
-        "alphabets": {s: a.record() for s, a in vocab.alphabets.items()},
+        "alphabets": {
+            s: a.record(listed=not (naming == "default" and name == "SymbolTokenizer"))
+            for s, a in vocab.alphabets.items()
+        },
         # "default": symbols are s0, s1, ... numbered across train, validation, test
         "symbol_naming": naming if name == "SymbolTokenizer" else "tokenizer",
         "regenerate": {"python": python, "cli": cli},
@@ -770,11 +775,13 @@ def save_dataset(
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{config}.old-", dir=root))
             os.rename(target, trash / config)
+        _open_up(staging)  # mkdtemp made it private; give it the usual permissions
         os.rename(staging, target)
         os.replace(card_tmp, root / CARD)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         if fresh:
+            _open_up(root)
             os.rename(root, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -783,6 +790,13 @@ def save_dataset(
             shutil.rmtree(root, ignore_errors=True)
         raise
     return path / config
+
+
+def _open_up(folder: Path) -> None:
+    """Folder permissions as ``mkdir`` would give them under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
 
 
 def _write_parquet(ds: datasets.Dataset, file: Path) -> None:
@@ -856,10 +870,15 @@ The full spec of each config (task, seed, alphabets, tokenizer) is the JSON
 """
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a bare ``|`` would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _section(config: str, info: dict[str, Any]) -> str:
     task = info["task"]
     rows = "\n".join(
-        f"| {i} | `{t}` | {y if isinstance(y, str) else f'{y:+g}'} | {p:.4g} |"
+        f"| {i} | `{_cell(t)}` | {y if isinstance(y, str) else f'{y:+g}'} | {p:.4g} |"
         for i, (t, y, p) in enumerate(
             zip(task["templates"], task["labels"], task["probs"], strict=True)
         )
@@ -869,7 +888,7 @@ def _section(config: str, info: dict[str, Any]) -> str:
         + (
             " ".join(a["symbols"][:5]) + (" …" if a["size"] > 5 else "")
             if a.get("symbols") is not None
-            else f"{a['first']} … {a['last']}"
+            else f"{a.get('first', '')} … {a.get('last', '')}"
         )
         + " |"
         for s in SPLITS

@@ -156,7 +156,9 @@ def test_default_alphabet_sizes_follow_samples():
     a = task_info(dsd)["alphabets"]
     # n samples over n symbols, but never fewer symbols than wildcards
     assert (a["train"]["size"], a["validation"]["size"], a["test"]["size"]) == (50, 7, 2)
-    assert a["train"]["symbols"][0] == "s0" and a["validation"]["symbols"][0] == "s50"
+    # default names need no list: s0.. for train, numbering on across the splits
+    assert (a["train"]["first"], a["train"]["last"]) == ("s0", "s49")
+    assert a["validation"]["first"] == "s50" and a["train"]["symbols"] is None
 
 
 def test_explicit_alphabets():
