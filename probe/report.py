@@ -330,15 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    written = write_report(
-        args.results,
-        args.out,
-        threshold=args.threshold,
-        baseline=args.baseline,
-        metric=args.metric,
-        band=args.band,
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(
+            args.results,
+            args.out,
+            threshold=args.threshold,
+            baseline=args.baseline,
+            metric=args.metric,
+            band=args.band,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"probe report: error: {e}\n")
     print((Path(args.out) / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
 

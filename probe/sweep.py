@@ -494,7 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _main(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        parser.exit(2, f"probe sweep: error: {e}\n")
+
+
+def _main(args: argparse.Namespace) -> None:
     config = SweepConfig.from_yaml(args.recipe)
     shard = parse_shard(args.shard)
     if args.dry_run:

@@ -225,3 +225,15 @@ def test_bad_cell_fails_before_any_run(tmp_path):
         run_sweep(cfg, tmp_path, runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
     assert calls == []
     assert not results_path(tmp_path, None).exists()
+
+
+def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
+    from probe.sweep import main
+
+    bad = write(tmp_path / "bad.yaml", "task: copy\nn: [4]\nvariants: {none: {abb: vo}}\n")
+    with pytest.raises(SystemExit) as e:
+        main([str(bad), "--dry-run"])
+    assert e.value.code == 2
+    assert (
+        "probe sweep: error: variant 'none' has unknown key(s) ['abb']" in capsys.readouterr().err
+    )
