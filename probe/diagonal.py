@@ -117,8 +117,9 @@ def _product(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | N
     return a if b is None else a * b
 
 
-def _scores(f: HeadFactors, c: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """Scores of ``M[h] = left[h] right[h]ᵀ`` (or of ``M[h] + c[h]·diag(identity_diag)``)."""
+def head_scores(f: HeadFactors, c: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """The ``SCORES`` of ``M[h] = left[h] right[h]ᵀ``, or with ``c`` [n_heads] given, the
+    ``EFFECTIVE_SCORES`` of ``M[h] + c[h]·diag(identity_diag)``; each [n_heads] float32."""
     left, right = f.left, f.right
     n_heads, d, r = left.shape
     diag = torch.einsum("hdr,hdr->hd", left, right)  # [H, d]
@@ -242,13 +243,13 @@ def attn_diagonal(
                 "d_model": site.d_model,
                 "d_head": site.d_head,
                 "scaling": f.scaling,
-                **_scores(f),
+                **head_scores(f),
             }
             if scalings is not None:
                 c = scalings[matrix]
                 # a term that was not injected: NaN scaling, and the head applies M itself
                 cols["identity_scaling"] = np.nan if c is None else c.numpy()
-                eff = _scores(f, c)
+                eff = head_scores(f, c)
                 cols.update({f"eff_{k}": eff[k] for k in EFFECTIVE_SCORES})
             frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)

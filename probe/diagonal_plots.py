@@ -18,10 +18,10 @@ from probe.diagonal import (
     MATRICES,
     _identity_scalings,
     _norm_gains,
-    _scores,
     find_site,
     head_factors,
     head_matrix,
+    head_scores,
 )
 
 MATRIX_TITLES = {"qk": "W_Q W_Kᵀ (logits)", "ov": "W_V W_O (output)"}
@@ -40,9 +40,11 @@ def _grid(df: pd.DataFrame, score: str) -> tuple[np.ndarray, list[str]]:
     return table.to_numpy(dtype=float), labels
 
 
-def _colour_range(values: np.ndarray, score: str) -> tuple[str, float, float]:
+def _colour_range(
+    values: np.ndarray, score: str, vmax: float | None = None
+) -> tuple[str, float, float]:
     finite = values[np.isfinite(values)]
-    top = float(np.abs(finite).max()) if finite.size else 1.0
+    top = vmax if vmax is not None else float(np.abs(finite).max()) if finite.size else 1.0
     top = top or 1.0
     if score in NONNEGATIVE:
         return "viridis", 0.0, top
@@ -50,12 +52,18 @@ def _colour_range(values: np.ndarray, score: str) -> tuple[str, float, float]:
 
 
 def plot_diagonal(
-    df: pd.DataFrame, score: str = "cos_identity", matrix: str | None = None
+    df: pd.DataFrame,
+    score: str = "cos_identity",
+    matrix: str | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
 ) -> Figure:
     """A layer × head heatmap of ``score`` from ``attn_diagonal``'s table, a panel per matrix.
 
     Rows are attention layers (T5: encoder, decoder, cross-attention stacks in turn),
-    columns heads. Signed scores use a diverging map centred on 0.
+    columns heads. Signed scores use a diverging map centred on 0. ``vmax`` fixes the colour
+    range (default: each panel's largest magnitude), e.g. to draw two models on one scale;
+    ``title`` goes above the panels.
     """
     if score not in df.columns:
         raise ValueError(f"unknown score {score!r}; the table has {list(df.columns)}")
@@ -69,7 +77,7 @@ def plot_diagonal(
     fig = Figure(figsize=(len(matrices) * (1.6 + 0.32 * n_heads), 1.4 + 0.2 * n_rows))
     axes = fig.subplots(1, len(matrices), squeeze=False)[0]
     for ax, m, (values, labels) in zip(axes, matrices, grids, strict=True):
-        cmap, lo, hi = _colour_range(values, score)
+        cmap, lo, hi = _colour_range(values, score, vmax)
         image = ax.imshow(
             values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto", interpolation="nearest"
         )
@@ -80,6 +88,8 @@ def plot_diagonal(
         ax.set_yticks(range(0, len(labels), step), labels[::step], fontsize=7)
         ax.set_xticks(range(values.shape[1]), range(values.shape[1]), fontsize=7)
         fig.colorbar(image, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -113,7 +123,7 @@ def plot_head(
     )
     f = head_factors(site, matrix, _norm_gains(model, site) if fold_layernorm else (None, None))
     c = (_identity_scalings(site) or {}).get(matrix) if effective else None
-    s = _scores(f, c)
+    s = head_scores(f, c)
     values = m.numpy()
     top = float(np.abs(values).max()) or 1.0
     fig = Figure(figsize=(4.6, 4.2))
@@ -129,8 +139,9 @@ def plot_head(
         f"copy={s['copying_score'][head]:.2f}",
         fontsize=8,
     )
-    ax.set_xlabel("input dimension")
-    ax.set_ylabel("input dimension" if matrix == "qk" else "input dimension (row) → output")
+    # x @ M: rows index the input side, columns the side it is compared with or written to
+    ax.set_ylabel("query-side input dimension" if matrix == "qk" else "input dimension")
+    ax.set_xlabel("key-side input dimension" if matrix == "qk" else "output dimension")
     fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig
@@ -154,7 +165,7 @@ def plot_distributions(
         ax.set_title(f"{score}: {MATRIX_TITLES.get(m, m)}", fontsize=9)
         ax.set_xlabel(score)
         ax.set_ylabel("heads")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     return fig
 
