@@ -32,13 +32,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 import transformers
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from probe.architectures import ALIASES, ARCHITECTURES, ArchSpec, arch_spec
 from probe.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig
+from probe.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +165,13 @@ def readout(
     GPT-2's eos); seq2seq models run one decoder step from the decoder start
     token; BERT and T5 classifiers return their own pooled output; MLPs their
     output. A peft wrapper is called as is; its base model says what kind it is.
+    So is a ``DistributedDataParallel`` wrapper (accelerate's, under several
+    processes): calling it runs its gradient synchronization.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     if isinstance(base, SymbolMLP):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
     mode = arch_spec(base).readouts[label_kind_of(base)]
@@ -306,44 +312,63 @@ def _architecture_key(name: str) -> str | None:
     """The transformers model type an architecture name stands for, if it is one."""
     if name in ARCHITECTURES:
         return name
-    return name if name in ALIASES else None
+    if name in ALIASES:  # "mistral" is a transformers type of its own, "smollm2" is not
+        return name if name in CONFIG_MAPPING else ALIASES[name]
+    return None
 
 
 def _load_config(
     name: str, folder: str, gguf: str | None, pretrained: bool, hub_config: bool
 ) -> PreTrainedConfig:
     architecture = _architecture_key(name)
-    if not hub_config:
+    if not hub_config or (architecture is not None and not pretrained):
+        # the default config class, never the Hub: GPT2Config() is the gpt2 checkpoint's
+        # configuration, and "t5", "llama", "bert" name no checkpoint at all
         return AutoConfig.for_model(architecture)
+    if not Path(folder).is_dir():
+        _check_hub(name, gguf, architecture)
+    if gguf:
+        return AutoConfig.from_pretrained(folder, gguf_file=gguf)
+    return AutoConfig.from_pretrained(folder)
+
+
+def _check_hub(name: str, gguf: str | None, architecture: str | None) -> None:
+    """Fail at once when a Hub id is neither cached nor reachable in one request.
+
+    huggingface_hub itself retries a missing file for up to a minute; a user who
+    is offline wants the error now, with what to do about it.
+    """
+    filename = gguf or "config.json"
     try:
-        return (
-            AutoConfig.from_pretrained(folder, gguf_file=gguf)
-            if gguf
-            else AutoConfig.from_pretrained(folder)
-        )
-    except OSError as err:
-        if Path(folder).is_dir():
-            raise
-        if architecture is not None and not pretrained:
-            logger.info(
-                "no Hub config for %r (%s); using the default %s config", name, err, architecture
-            )
-            return AutoConfig.for_model(architecture)
-        raise OSError(_unreachable_message(name, architecture)) from err
+        cached = huggingface_hub.try_to_load_from_cache(name, filename)
+    except ValueError:  # not a repo id at all
+        raise ValueError(
+            f"{name!r} is not a local folder or file, a Hub id, an architecture "
+            f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}) "
+            f"or an MLP baseline ({', '.join(MLP_VARIANTS)})"
+        ) from None
+    if isinstance(cached, str):
+        return
+    if huggingface_hub.is_offline_mode():
+        raise OSError(_hub_message(name, architecture, "offline (HF_HUB_OFFLINE=1) and not cached"))
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(name, filename), timeout=10)
+    except Exception as err:  # unreachable, missing, gated: one try, then a clear error
+        reason = f"{type(err).__name__}: {err}"
+        raise OSError(_hub_message(name, architecture, reason)) from err
 
 
-def _unreachable_message(name: str, architecture: str | None) -> str:
+def _hub_message(name: str, architecture: str | None, reason: str) -> str:
     scratch = (
-        f" To build the {architecture} architecture with fresh weights instead, pass pretrained=False."
+        f" To build the {architecture} architecture with fresh weights instead, pass "
+        "pretrained=False."
         if architecture
         else ""
     )
     return (
-        f"could not load {name!r}: it is not a local folder or file, and it is not in the "
-        "Hugging Face cache while the Hub is unreachable or offline (HF_HUB_OFFLINE="
-        f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}). Download it on a machine with internet "
-        f"(`hf download {name} --local-dir DIR`), copy DIR here and pass build_model(DIR), or "
-        "pass a GGUF file (a .gguf path, or gguf_file=)." + scratch
+        f"could not load {name!r} from the Hugging Face Hub ({reason}). Download it on a "
+        f"machine with internet (`hf download {name} --local-dir DIR`), copy DIR here and "
+        "pass build_model(DIR), or pass a GGUF file (a .gguf path, or gguf_file=)." + scratch
     )
 
 
@@ -395,14 +420,14 @@ def _vocabulary(
     """From scratch: the tokenizer's vocabulary size and special ids as config values."""
     if tokenizer is None:
         return {}
-    values = {"vocab_size": len(tokenizer)}
+    values = {"vocab_size": len(tokenizer), "pad_token_id": pad_token_id(tokenizer)}
     asked = overrides.get("vocab_size")
     if asked is not None and asked < len(tokenizer):
         raise ValueError(
             f"vocab_size={asked} is smaller than the tokenizer's {len(tokenizer)} tokens; "
             "drop vocab_size= (the tokenizer sets it)"
         )
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+    for key in ("bos_token_id", "eos_token_id"):
         values[key] = getattr(tokenizer, key, None)
     if config.is_encoder_decoder:  # T5 starts decoding from its pad token
         values["decoder_start_token_id"] = values["pad_token_id"]
@@ -412,52 +437,30 @@ def _vocabulary(
 _SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
 
 
-def readout_token_id(tokenizer: Any) -> int | None:
-    """The id of the token appended to every row: ``<out>`` in SymbolTokenizer, else eos/sep."""
-    explicit = getattr(tokenizer, "readout_token_id", None)
-    if explicit is not None:
-        return explicit
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    if "<out>" in vocab:
-        return vocab["<out>"]
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return eos if eos is not None else getattr(tokenizer, "sep_token_id", None)
-
-
 def _set_head(config: PreTrainedConfig, spec: ArchSpec, kind: str, tokenizer: Any) -> None:
+    """Point the config's special ids at the data's and shape the regression head."""
+    if tokenizer is not None:
+        config.pad_token_id = pad_token_id(tokenizer)  # the id the rendered rows pad with
     if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
         config.decoder_start_token_id = config.pad_token_id  # T5Config() leaves it unset
     if kind != "regression":
-        if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
-            config.pad_token_id = tokenizer.pad_token_id
         return
     config.num_labels = 1
     config.problem_type = "regression"
-    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-    if pad is None:
-        pad = config.pad_token_id
-    if pad is None:
+    if config.pad_token_id is None:
         # transformers' classifiers refuse batches without a pad id; readout itself finds the
         # readout position from the attention mask, so any id will do
-        pad = config.eos_token_id if isinstance(config.eos_token_id, int) else 0
-    config.pad_token_id = pad
+        eos = config.eos_token_id
+        config.pad_token_id = eos if isinstance(eos, int) else 0
     if spec.pooled_token_key and tokenizer is not None:
         setattr(config, spec.pooled_token_key, readout_token_id(tokenizer))
-
-
-def _is_symbol_tokenizer(tokenizer: Any) -> bool:
-    try:
-        from probe.tokenizer import SymbolTokenizer
-    except ImportError:
-        return False
-    return isinstance(tokenizer, SymbolTokenizer)
 
 
 def _match_tokenizer(model: nn.Module, tokenizer: Any) -> None:
     """Pretrained: resize the token embeddings where the tokenizer's ids would not fit."""
     rows = model.get_input_embeddings().weight.shape[0]
     size = len(tokenizer)
-    if size > rows or (_is_symbol_tokenizer(tokenizer) and size != rows):
+    if size > rows or (isinstance(tokenizer, SymbolTokenizer) and size != rows):
         logger.warning(
             "resizing %s's token embeddings from %d to %d rows to match the tokenizer; "
             "ids below %d keep the checkpoint's rows",

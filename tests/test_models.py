@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from probe.models import build_model, label_kind_of, readout
+from probe.tokenizer import SymbolTokenizer
 
 VOCAB = 40
 
@@ -42,19 +43,9 @@ HEADS = {
 }
 
 
-class TinyTokenizer:
-    """Stands in for SymbolTokenizer: pad 0, eos 1, readout token <out> = 2, then symbols."""
-
-    pad_token_id, eos_token_id, bos_token_id = 0, 1, None
-
-    def __init__(self, size: int = VOCAB):
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def get_vocab(self) -> dict[str, int]:
-        return {"<pad>": 0, "</s>": 1, "<out>": 2, **{f"s{i}": i for i in range(3, self.size)}}
+def symbol_tokenizer(size: int = VOCAB) -> SymbolTokenizer:
+    """pad 0, unk 1, readout token <out> 2 (also eos), then symbols up to ``size``."""
+    return SymbolTokenizer.build([], size - 3)
 
 
 def batch(seed: int = 0, lengths=(6, 4, 2), readout_id: int = 2, pad_id: int = 0):
@@ -78,7 +69,7 @@ def task(kind: str) -> SimpleNamespace:
 @pytest.mark.parametrize("kind", ["regression", "symbolic"])
 def test_heads_and_readout_shapes(arch, kind):
     model = build_model(
-        arch, task=task(kind), tokenizer=TinyTokenizer(), pretrained=False, **TINY[arch]
+        arch, task=task(kind), tokenizer=symbol_tokenizer(), pretrained=False, **TINY[arch]
     )
     assert type(model).__name__ == HEADS[arch, kind]
     assert model.probe_label_kind == kind == model.config.probe_label_kind == label_kind_of(model)
@@ -104,12 +95,12 @@ def test_from_scratch_embeddings_are_unit_scale(arch):
 
 
 def test_from_scratch_follows_the_tokenizer_and_seed():
-    tok = TinyTokenizer(size=23)
+    tok = symbol_tokenizer(23)
     a = build_model(
         "gpt2", task=task("symbolic"), tokenizer=tok, pretrained=False, seed=3, **TINY["gpt2"]
     )
     assert a.config.vocab_size == 23 and a.get_input_embeddings().weight.shape[0] == 23
-    assert (a.config.pad_token_id, a.config.eos_token_id, a.config.bos_token_id) == (0, 1, None)
+    assert (a.config.pad_token_id, a.config.eos_token_id, a.config.bos_token_id) == (0, 2, None)
     state = torch.get_rng_state()
     b = build_model(
         "gpt2", task=task("symbolic"), tokenizer=tok, pretrained=False, seed=3, **TINY["gpt2"]
@@ -138,7 +129,7 @@ def test_causal_readout_is_the_last_real_position(arch):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_causal_regression_reads_the_readout_token(arch):
     model = build_model(
-        arch, task=task("regression"), tokenizer=TinyTokenizer(), pretrained=False, **TINY[arch]
+        arch, task=task("regression"), tokenizer=symbol_tokenizer(), pretrained=False, **TINY[arch]
     ).eval()
     ids, mask = batch(seed=2)
     with torch.no_grad():
@@ -181,7 +172,11 @@ def test_readout_rejects_left_padding():
 def test_readout_through_a_peft_wrapper():
     peft = pytest.importorskip("peft")
     model = build_model(
-        "gpt2", task=task("regression"), tokenizer=TinyTokenizer(), pretrained=False, **TINY["gpt2"]
+        "gpt2",
+        task=task("regression"),
+        tokenizer=symbol_tokenizer(),
+        pretrained=False,
+        **TINY["gpt2"],
     ).eval()
     ids, mask = batch(seed=4)
     with torch.no_grad():
@@ -224,10 +219,9 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
         build_model(tmp_path, pretrained=False)
 
 
-def test_offline_hub_id_fails_at_once_naming_the_model(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_offline_hub_id_fails_at_once_naming_the_model():
     start = time.perf_counter()
-    with pytest.raises(OSError, match=r"'gpt2-medium'.*gguf_file") as err:
+    with pytest.raises(OSError, match=r"'gpt2-medium'.*offline.*gguf_file") as err:
         build_model("gpt2-medium")
     # no retry loop or network timeout behind the error (a generous bound, not a benchmark)
     assert time.perf_counter() - start < 5
@@ -235,6 +229,27 @@ def test_offline_hub_id_fails_at_once_naming_the_model(monkeypatch):
     # an architecture name asked for pretrained weights offline suggests building from scratch
     with pytest.raises(OSError, match="pretrained=False"):
         build_model("llama")
+
+
+def test_unreachable_hub_is_asked_once(monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def unreachable(url, **kwargs):
+        calls.append(url)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    with pytest.raises(OSError, match=r"'org/some-model'.*Name or service not known"):
+        build_model("org/some-model")
+    assert len(calls) == 1 and calls[0].endswith("config.json")
+
+
+def test_not_a_name_of_anything():
+    with pytest.raises(ValueError, match="not a local folder or file, a Hub id, an architecture"):
+        build_model("two words")
 
 
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
@@ -259,7 +274,7 @@ def test_architecture_name_builds_offline_from_the_default_config():
 
 
 def test_small_gpt2_preset_is_the_papers_transformer():
-    model = build_model("small-gpt2", task=task("regression"), tokenizer=TinyTokenizer())
+    model = build_model("small-gpt2", task=task("regression"), tokenizer=symbol_tokenizer())
     cfg = model.config
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size) == (2, 128, 4, VOCAB)
     assert abs(model.transformer.wte.weight.std().item() - 1) < 0.1
@@ -267,7 +282,11 @@ def test_small_gpt2_preset_is_the_papers_transformer():
 
 def test_local_folder_round_trip_keeps_weights_and_label_kind(tmp_path):
     model = build_model(
-        "gpt2", task=task("regression"), tokenizer=TinyTokenizer(), pretrained=False, **TINY["gpt2"]
+        "gpt2",
+        task=task("regression"),
+        tokenizer=symbol_tokenizer(),
+        pretrained=False,
+        **TINY["gpt2"],
     )
     model.save_pretrained(tmp_path)
     again = build_model(tmp_path)  # the label kind comes back from the saved config
@@ -285,7 +304,7 @@ def test_pretrained_causal_checkpoint_gets_a_regression_head_and_a_larger_vocabu
         "gpt2", label_kind="symbolic", pretrained=False, vocab_size=VOCAB, **TINY["gpt2"]
     )
     lm.save_pretrained(tmp_path)
-    model = build_model(tmp_path, task=task("regression"), tokenizer=TinyTokenizer(size=VOCAB + 5))
+    model = build_model(tmp_path, task=task("regression"), tokenizer=symbol_tokenizer(VOCAB + 5))
     assert type(model).__name__ == "GPT2ForSequenceClassification"
     embeddings = model.get_input_embeddings().weight
     assert embeddings.shape[0] == VOCAB + 5  # resized so every tokenizer id has a row
@@ -329,3 +348,65 @@ def test_gguf_smollm2_predicts_paris(smollm2):
     assert logits.shape == (2, model.config.vocab_size)
     assert tok.decode(logits[0].argmax()) == " Paris"
     assert tok.decode(logits[1].argmax()) == " Wednesday"
+
+
+def test_a_symbol_tokenizer_resizes_a_pretrained_vocabulary_and_says_so(tmp_path, caplog):
+    lm = build_model(
+        "gpt2", label_kind="symbolic", pretrained=False, vocab_size=VOCAB, **TINY["gpt2"]
+    )
+    lm.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="probe.models"):
+        model = build_model(tmp_path, label_kind="symbolic", tokenizer=symbol_tokenizer(12))
+    assert model.get_input_embeddings().weight.shape[0] == 12
+    assert model.lm_head.weight.shape[0] == 12  # tied, so the logits match the tokenizer too
+    assert "from 40 to 12 rows" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    from probe.data import dataset_tokenizer, render
+
+    out = {}
+    for kind, name in [("regression", "aba_vs_abb"), ("symbolic", "var_copy")]:
+        dsd = render(name, n_train=32, n_val=8, n_test=8, seed=0)
+        out[kind] = dsd, dataset_tokenizer(dsd)
+    return out
+
+
+def loss_of(model, rows, kind: str) -> torch.Tensor:
+    ids = torch.tensor(rows["input_ids"])
+    out = readout(model, ids, torch.tensor(rows["attention_mask"]))
+    labels = torch.tensor(rows["labels"])
+    if kind == "regression":
+        return torch.nn.functional.mse_loss(out[:, 0], labels.float())
+    return torch.nn.functional.cross_entropy(out, labels)
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("kind", ["regression", "symbolic"])
+def test_rendered_task_trains(rendered, arch, kind):
+    dsd, tok = rendered[kind]
+    model = build_model(
+        arch, task=dsd_task(dsd), tokenizer=tok, pretrained=False, seed=0, **TINY[arch]
+    )
+    assert model.probe_label_kind == kind
+    train, test = dsd["train"][:], dsd["test"][:]  # the test rows hold unseen symbols
+    out = readout(model, torch.tensor(test["input_ids"]), torch.tensor(test["attention_mask"]))
+    assert out.shape == (8, 1 if kind == "regression" else len(tok))
+    model.train()
+    torch.manual_seed(0)  # dropout
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(20):
+        loss = loss_of(model, train, kind)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def dsd_task(dsd):
+    from probe.data import dataset_task
+
+    return dataset_task(dsd)
