@@ -52,6 +52,7 @@ from probe.templates import TemplateTask
 from probe.tokenizer import (
     SPECIAL_TOKENS,
     SymbolTokenizer,
+    encode_each,
     encoding_prefix,
     load_tokenizer_by_name,
     pad_token_id,
@@ -241,6 +242,7 @@ def _symbol_vocab(
         prefix = ""
         regular_ids = {t: [_vocab_id(tokenizer, t, "regular token")] for t in regular}
         pool = np.arange(*span, dtype=np.int64)
+        pool_words = None  # looked up for the ids in use only: there may be millions
         explicit_ids = {
             s: np.array([_vocab_id(tokenizer, t, "symbol", span) for t in v], dtype=np.int64)
             for s, v in explicit.items()
@@ -250,7 +252,8 @@ def _symbol_vocab(
         regular_ids = dict(zip(regular, token_ids(tokenizer, regular, prefix), strict=True))
         words, pool = single_token_symbols(tokenizer, exclude=regular, prefix=prefix)
         # a seeded order, so train and test symbols are alike (not frequent vs rare tokens)
-        pool = pool[rng.permutation(len(pool))]
+        order = rng.permutation(len(pool))
+        pool, pool_words = pool[order], np.asarray(words, dtype=object)[order]
         explicit_ids = {}
         for s, v in explicit.items():
             ids = token_ids(tokenizer, v, prefix)
@@ -265,7 +268,9 @@ def _symbol_vocab(
     used = np.concatenate([np.zeros(0, np.int64), *explicit_ids.values()])
     if len(np.unique(used)) != len(used):
         raise ValueError("two symbols of the given alphabets encode to the same token id")
-    pool = pool[~np.isin(pool, used)]
+    free = ~np.isin(pool, used)
+    pool = pool[free]
+    pool_words = pool_words[free] if pool_words is not None else None
     wanted = {s: v for s, v in specs.items() if isinstance(v, int)}
     if sum(wanted.values()) > len(pool):
         sizes = ", ".join(f"{s} {v}" for s, v in wanted.items())
@@ -282,8 +287,11 @@ def _symbol_vocab(
             strings = pa.array(explicit[split], pa.string())
         else:
             ids = pool[at : at + wanted[split]]
+            if pool_words is not None:
+                strings = pa.array(pool_words[at : at + wanted[split]].tolist(), pa.string())
+            else:
+                strings = _symbol_names(tokenizer, ids, span)
             at += wanted[split]
-            strings = _id_strings(tokenizer, ids, span)
         alphabets[split] = Alphabet(ids, strings)
     readout = readout_token_id(tokenizer)
     return _Vocab(tokenizer, alphabets, regular_ids, readout, pad_token_id(tokenizer), prefix)
@@ -333,17 +341,15 @@ def _vocab_id(
     return int(tid)
 
 
-def _id_strings(
-    tokenizer: PreTrainedTokenizerBase, ids: np.ndarray, span: tuple[int, int] | None
+def _symbol_names(
+    tokenizer: PreTrainedTokenizerBase, ids: np.ndarray, span: tuple[int, int]
 ) -> pa.Array:
-    """The text of each symbol id."""
-    prefix = (tokenizer.init_kwargs or {}).get("symbol_prefix") if span else None
+    """The names of a SymbolTokenizer's symbol ids; default names ``s<k>`` are made,
+    not looked up (a million lookups take ~1 s)."""
+    prefix = (tokenizer.init_kwargs or {}).get("symbol_prefix")
     if prefix is not None and len(ids) and np.all(np.diff(ids) == 1):
         return _arange_strings(prefix, int(ids[0]) - span[0], int(ids[-1]) + 1 - span[0])
-    if span is not None:
-        return pa.array(tokenizer.convert_ids_to_tokens(ids.tolist()), pa.string())
-    texts = tokenizer.batch_decode([[int(i)] for i in ids], clean_up_tokenization_spaces=False)
-    return pa.array([t.strip() for t in texts], pa.string())
+    return pa.array(tokenizer.convert_ids_to_tokens(ids.tolist()), pa.string())
 
 
 # -- rendering -------------------------------------------------------------------
@@ -549,8 +555,6 @@ def _text(
 def _verify_rows(table: pa.Table, vocab: _Vocab) -> None:
     """Re-encode the first rows' text with the tokenizer: the assembled ids must be
     exactly what the tokenizer gives (so every symbol is one token in context)."""
-    from probe.tokenizer import _encode
-
     k = min(_VERIFIED_ROWS, table.num_rows)
     if not k:
         return
@@ -558,7 +562,11 @@ def _verify_rows(table: pa.Table, vocab: _Vocab) -> None:
     ids = table.column("input_ids").slice(0, k).to_pylist()
     masks = table.column("attention_mask").slice(0, k).to_pylist()
     for text, row, mask, enc in zip(
-        texts, ids, masks, _encode(vocab.tokenizer, [vocab.prefix + t for t in texts]), strict=True
+        texts,
+        ids,
+        masks,
+        encode_each(vocab.tokenizer, [vocab.prefix + t for t in texts]),
+        strict=True,
     ):
         expected = row[: sum(mask) - 1]
         if enc != expected:
@@ -702,8 +710,9 @@ def _check_config(config: str) -> str:
     return config
 
 
-def _default_config(info: dict[str, Any]) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", info.get("task_spec") or info["task"]["name"])
+def _default_config(task_name: str) -> str:
+    """The task's name (``majority_k-k5``) as a config name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", task_name)
 
 
 def _read_card(path: Path) -> tuple[dict[str, Any], str]:
@@ -756,7 +765,7 @@ def save_dataset(
         raise ValueError(f"expected a DatasetDict from probe.render, got {type(dsd).__name__}")
     path = Path(path)
     info = task_info(dsd)
-    config = _check_config(config if config is not None else _default_config(info))
+    config = _check_config(config if config is not None else _default_config(info["task"]["name"]))
     _check_destination(path, config, overwrite)
 
     fresh = not path.exists()
@@ -1013,7 +1022,7 @@ def render_to_disk(
     _count(n_test, "--n-test")
     _count(seed, "--seed")
     out = Path(out)
-    config = _check_config(config or re.sub(r"[^A-Za-z0-9_.-]", "_", spec or resolved.name))
+    config = _check_config(config or _default_config(resolved.name))
     _check_destination(out, config, overwrite)
     dsd = render(spec or resolved, n_train, n_val, n_test, tokenizer=tokenizer, seed=seed)
     folder = save_dataset(dsd, out, config, overwrite=overwrite)

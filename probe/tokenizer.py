@@ -197,7 +197,7 @@ def _backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer | None:
     return cached[1]
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def encode_each(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Ids of each text, no specials added; straight through the Rust backend when
     there is one (the Python wrapper costs ~25 us per text)."""
     if not texts:
@@ -223,9 +223,9 @@ def _in_context(
 ) -> list[list[int] | None]:
     """Ids of each word after another word and a space; ``None`` where the word
     changes how the word before it encodes."""
-    head = _encode(tokenizer, [prefix + _ANCHOR])[0]
+    head = encode_each(tokenizer, [prefix + _ANCHOR])[0]
     out: list[list[int] | None] = []
-    for ids in _encode(tokenizer, [f"{prefix}{_ANCHOR} {w}" for w in words]):
+    for ids in encode_each(tokenizer, [f"{prefix}{_ANCHOR} {w}" for w in words]):
         out.append(ids[len(head) :] if ids[: len(head)] == head else None)
     return out
 
@@ -239,7 +239,7 @@ def encoding_prefix(tokenizer: PreTrainedTokenizerBase, words: Sequence[str] = (
     """
     words = list(dict.fromkeys([*_PROBE_WORDS, *words]))
     for prefix in ("", " "):
-        alone = _encode(tokenizer, [prefix + w for w in words])
+        alone = encode_each(tokenizer, [prefix + w for w in words])
         if alone == _in_context(tokenizer, words, prefix):
             return prefix
     raise ValueError(
@@ -259,7 +259,7 @@ def token_ids(
     """
     words = list(words)
     prefix = encoding_prefix(tokenizer, words) if prefix is None else prefix
-    alone = _encode(tokenizer, [prefix + w for w in words])
+    alone = encode_each(tokenizer, [prefix + w for w in words])
     ctx = _in_context(tokenizer, words, prefix)
     for w, a, c in zip(words, alone, ctx, strict=True):
         if not a or a != c:
@@ -287,7 +287,7 @@ def single_token_symbols(
     exclude = list(exclude)
     prefix = encoding_prefix(tokenizer, exclude) if prefix is None else prefix
     words, ids = _vocab_candidates(tokenizer, prefix)
-    banned = {i for enc in _encode(tokenizer, [prefix + w for w in exclude]) for i in enc}
+    banned = {i for enc in encode_each(tokenizer, [prefix + w for w in exclude]) for i in enc}
     excluded = set(exclude)
     keep = [
         k
@@ -317,7 +317,7 @@ def _vocab_candidates(
         if w and len(w.split()) == 1 and text in (w, " " + w):
             ids.append(i)
             words.append(w)
-    alone = _encode(tokenizer, [prefix + w for w in words])
+    alone = encode_each(tokenizer, [prefix + w for w in words])
     ctx = _in_context(tokenizer, words, prefix)
     seen: set[str] = set()
     keep_words, keep_ids = [], []

@@ -340,16 +340,16 @@ def test_offline_hub_id_fails_at_once():
 
 def test_render_to_disk_validates_before_rendering(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    folder = render_to_disk("majority_k:k=3", out, 16, 4, 4, seed=0, config=None)
-    assert folder == out / "majority_k_k_3"
+    folder = render_to_disk("majority_k:k=5", out, 16, 4, 4, seed=0, config=None)
+    assert folder == out / "majority_k-k5"  # the task's name
     assert "wrote" in capsys.readouterr().out
 
     def no_render(*a, **k):
         raise AssertionError("rendered before validating")
 
     monkeypatch.setattr(data, "render", no_render)
-    with pytest.raises(FileExistsError, match="majority_k_k_3"):
-        render_to_disk("majority_k:k=3", out, 16, 4, 4)
+    with pytest.raises(FileExistsError, match="'majority_k-k5'"):
+        render_to_disk("majority_k:k=5", out, 16, 4, 4)
     with pytest.raises(ValueError, match="unknown task"):
         render_to_disk("nope", out, 16)
     with pytest.raises(ValueError, match="--n-train must be >= 1"):
