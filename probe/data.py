@@ -449,7 +449,7 @@ def _table(
     """
     n = len(template)
     n_t = len(task.templates)
-    # every template's id layout: ("sym", j) or ("id", token id), then the readout
+    # every template's id layout, per column: (True, wildcard j) or (False, token id)
     layouts: list[list[tuple[bool, int]]] = []
     for tpl in task.templates:
         cols: list[tuple[bool, int]] = []
