@@ -15,10 +15,12 @@ Names ``build_model`` accepts:
 - a Hub id (``gpt2``, ``gpt2-medium``, ``t5-small``, ``HuggingFaceTB/SmolLM2-135M``)
   or a local folder saved with ``save_pretrained``;
 - a GGUF file: a path ending in ``.gguf``, or ``gguf_file=`` beside a folder or Hub id;
-- an architecture name (``gpt2``, ``t5``, ``llama``, ``bert``) with
-  ``pretrained=False``: when the Hub config cannot be fetched, the
-  architecture's default config class (``GPT2Config()``, ``T5Config()``, ...)
-  is used, so small models build offline from overrides alone;
+- an architecture name (``gpt2``, ``t5``, ``llama``, ``bert``, or an alias such
+  as ``smollm2``) with ``pretrained=False``: built from the architecture's
+  default config class (``GPT2Config()``, ``T5Config()``, ...) and the
+  overrides, without asking the Hub, so small models build offline (and the
+  same online). ``GPT2Config()`` is the ``gpt2`` checkpoint's configuration;
+  ``LlamaConfig()`` is 7B-sized, so pass the shape;
 - a from-scratch preset (``SCRATCH_PRESETS``; ``small-gpt2`` is the paper's
   small transformer) or an MLP baseline (``mlp``, ``mlp_xxt``; see ``probe.mlp``).
 """
@@ -52,7 +54,8 @@ SCRATCH_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "small-gpt2": ("gpt2", {"n_layer": 2, "n_embd": 128, "n_head": 4}),
 }
 
-# Defaults of the MLP baselines; any SymbolMLPConfig field can be overridden.
+# Defaults of the MLP baselines; any SymbolMLPConfig field can be overridden. With a task,
+# max_length defaults to its longest template plus the readout token.
 MLP_DEFAULTS: dict[str, Any] = {"d_embed": 64, "d_hidden": 256, "n_layer": 2, "max_length": 16}
 
 # A config field derived from others when left unset; if it still holds its derived value
@@ -111,16 +114,15 @@ def build_model(
     name = os.fspath(name_or_path)
     kind = _requested_label_kind(task, label_kind)
     if name in MLP_VARIANTS:
-        return _build_mlp(name, kind or "symbolic", tokenizer, seed, config_overrides)
+        return _build_mlp(name, kind or "symbolic", task, tokenizer, seed, config_overrides)
 
-    hub_config = True
     if name in SCRATCH_PRESETS:
         name, preset = SCRATCH_PRESETS[name]
         config_overrides = {**preset, **config_overrides}
-        pretrained, hub_config = False, False
+        pretrained = False
     folder, gguf = _locate(name, gguf_file)
-    config = _load_config(name, folder, gguf, pretrained, hub_config)
-    kind = kind or getattr(config, "probe_label_kind", None) or "symbolic"
+    config = _load_config(name, folder, gguf, pretrained)
+    kind = kind or _checkpoint_label_kind(config)
 
     if config.model_type == SymbolMLPConfig.model_type:  # a saved MLP baseline
         return _load_mlp(folder, config, pretrained, kind, seed, config_overrides)
@@ -317,15 +319,14 @@ def _architecture_key(name: str) -> str | None:
     return None
 
 
-def _load_config(
-    name: str, folder: str, gguf: str | None, pretrained: bool, hub_config: bool
-) -> PreTrainedConfig:
+def _load_config(name: str, folder: str, gguf: str | None, pretrained: bool) -> PreTrainedConfig:
     architecture = _architecture_key(name)
-    if not hub_config or (architecture is not None and not pretrained):
+    local = Path(folder).is_dir()
+    if architecture is not None and not pretrained and not local:
         # the default config class, never the Hub: GPT2Config() is the gpt2 checkpoint's
         # configuration, and "t5", "llama", "bert" name no checkpoint at all
         return AutoConfig.for_model(architecture)
-    if not Path(folder).is_dir():
+    if not local:
         _check_hub(name, gguf, architecture)
     if gguf:
         return AutoConfig.from_pretrained(folder, gguf_file=gguf)
@@ -370,6 +371,16 @@ def _hub_message(name: str, architecture: str | None, reason: str) -> str:
         f"machine with internet (`hf download {name} --local-dir DIR`), copy DIR here and "
         "pass build_model(DIR), or pass a GGUF file (a .gguf path, or gguf_file=)." + scratch
     )
+
+
+def _checkpoint_label_kind(config: PreTrainedConfig) -> str:
+    """What a checkpoint was trained for: probe's record, a one-output classifier
+    (regression), else the language-model head (symbolic)."""
+    recorded = getattr(config, "probe_label_kind", None)
+    if recorded in LABEL_KINDS:
+        return recorded
+    classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+    return "regression" if classifier and config.num_labels == 1 else "symbolic"
 
 
 def _config_fields(config: PreTrainedConfig) -> set[str]:
@@ -492,9 +503,17 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 
 def _build_mlp(
-    name: str, kind: str, tokenizer: Any, seed: int | None, overrides: Mapping[str, Any]
+    name: str,
+    kind: str,
+    task: Any,
+    tokenizer: Any,
+    seed: int | None,
+    overrides: Mapping[str, Any],
 ) -> SymbolMLP:
     values: dict[str, Any] = {**MLP_DEFAULTS, "xxt": MLP_VARIANTS[name], "label_kind": kind}
+    templates = getattr(task, "templates", None)
+    if templates:  # the longest rendered row: a template, then the readout token
+        values["max_length"] = max(len(t.tokens) for t in templates) + 1
     if tokenizer is not None:
         values.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     _check_overrides(SymbolMLPConfig(), overrides)

@@ -107,6 +107,7 @@ def test_trains_on_a_rendered_task():
 
     dsd = render("aba_vs_abb", n_train=32, n_val=8, n_test=8, seed=0)
     model = build_model("mlp_xxt", task=dataset_task(dsd), tokenizer=dataset_tokenizer(dsd), seed=0)
+    assert model.config.max_length == 4  # "a b a" and the readout token
     rows_ = dsd["train"][:]
     ids, mask = torch.tensor(rows_["input_ids"]), torch.tensor(rows_["attention_mask"])
     labels = torch.tensor(rows_["labels"])

@@ -187,6 +187,13 @@ def test_readout_through_a_peft_wrapper():
         torch.testing.assert_close(readout(wrapped, ids, mask), before)  # LoRA starts at zero
 
 
+def test_attn_implementation_passes_through():
+    model = build_model(
+        "gpt2", label_kind="symbolic", pretrained=False, attn_implementation="eager", **TINY["gpt2"]
+    )
+    assert model.config._attn_implementation == "eager"
+
+
 def test_unknown_override_names_it_and_lists_the_fields():
     with pytest.raises(TypeError, match=r"n_layers.*n_embd.*n_layer"):
         build_model("gpt2", pretrained=False, n_layers=2)
