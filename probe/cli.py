@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Errors that mean "the input was wrong": shown as one line, not a traceback
+# (set PROBE_DEBUG=1 to see the traceback anyway).
+USER_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, ConnectionError)
 
 
 def _cmd_tasks(args: argparse.Namespace) -> None:
@@ -76,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="render template tasks to Hub-layout datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_sub.add_parser("render", help="render one task to a Hub-layout folder")
-    p.add_argument("--task", required=True, help="a catalogue name (see `probe tasks`)")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="a catalogue name (see `probe tasks`), with parameters as NAME:KEY=VALUE, e.g. majority_k:k=5",
+    )
     p.add_argument(
         "--n-train", type=int, required=True, help="training samples (= train alphabet size)"
     )
@@ -124,7 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         args.rest = argv[argv.index(args.command) + 1 :]
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.func(args)
+    try:
+        args.func(args)
+    except USER_ERRORS as error:
+        if os.environ.get("PROBE_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"probe {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
