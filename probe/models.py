@@ -86,9 +86,11 @@ def build_model(
             preset (``SCRATCH_PRESETS``) or MLP baseline (``mlp``, ``mlp_xxt``).
         task: a ``TemplateTask``; only its ``label_kind`` is read.
         tokenizer: from scratch, the vocabulary is ``len(tokenizer)`` and the
-            pad/bos/eos ids are the tokenizer's. Pretrained, a ``SymbolTokenizer``
-            whose size differs from the checkpoint's vocabulary (or any tokenizer
-            larger than it) resizes the token embeddings (logged as a warning).
+            bos/eos ids are the tokenizer's; the pad id is the one rendered rows
+            pad with (``probe.tokenizer.pad_token_id``: the readout id for GPT-2).
+            Pretrained, a ``SymbolTokenizer`` whose size differs from the
+            checkpoint's vocabulary (or any tokenizer larger than it) resizes the
+            token embeddings (logged as a warning).
         pretrained: load the checkpoint's weights; ``False`` builds the same
             architecture from its config with fresh weights, token and position
             embeddings drawn from N(0, 1) (the paper's scale; GPT-2's own 0.02
@@ -216,7 +218,7 @@ def unit_scale_embeddings(model: nn.Module, spec: ArchSpec) -> None:
 
 def _last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of each row's last real token: [batch]; checks the padding is on the right."""
-    lengths = attention_mask.sum(dim=1)
+    lengths = attention_mask.long().sum(dim=1)  # bool and float masks alike
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     if not torch.equal(attention_mask.bool(), positions < lengths[:, None]) or (lengths == 0).any():
         raise ValueError(

@@ -121,6 +121,8 @@ def test_causal_readout_is_the_last_real_position(arch):
         out = readout(model, ids, mask)
     expected = full[torch.arange(3), mask.sum(1) - 1]
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(readout(model, ids, mask.bool()), out)
     # and not the padding after it, nor the token before it
     assert not torch.allclose(out[1], full[1, -1], atol=1e-3)
     assert not torch.allclose(out[1], full[1, 2], atol=1e-3)
