@@ -154,7 +154,7 @@ class FinetuneConfig:
         default=0, metadata=_help("stop after this many epochs (0: as many as the steps need)")
     )
     converge_loss: float = field(
-        default=1e-4,
+        default=1e-3,
         metadata=_help(
             "early stop once the mean training loss over the last --converge-window steps "
             "is at most this (0: never stop early)"

@@ -35,11 +35,14 @@ if __name__ == "__main__" and not __package__:
     sys.path[0] = str(_Path(__file__).resolve().parent.parent)
 
 import atexit
+import contextlib
 import json
+import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +72,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     The row holds ``test_loss``, ``test_error``, ``test_samples`` (unseen
     symbols), ``val_loss``, ``val_error``, ``val_samples``, ``train_loss``
     (mean over the last ``converge_window`` steps), ``steps``, ``epochs``,
-    ``stopped`` (max_steps, epochs or converged), ``wall_s``, ``ab`` (the
+    ``stopped`` (max_steps, epochs or converged), ``wall_s``, ``train_s`` and
+    ``train_samples_per_s`` (the training loop alone), ``ab`` (the
     learned a/b: means, largest magnitudes and per-head values; None without
     ``--ab``), ``trainable_params``, ``processes``, ``version`` and
     ``config`` (every field). Raises ``ValueError`` / ``FileExistsError`` /
@@ -139,7 +143,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         if not config.checkpoints:
             return None
         path = checkpoints / f"step-{state.step}"
-        accelerator.save_state(str(path))
+        with _quiet("accelerate.utils.other"):  # tied embeddings: "Removed shared tensor"
+            accelerator.save_state(str(path))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:  # keep the newest checkpoint only
             for old in checkpoint_dirs(checkpoints)[:-1]:
@@ -162,6 +167,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         progress=config.progress,
     )
     previous = checkpoint_dirs(checkpoints)
+    first_step, train_start = state.step, time.perf_counter()
     train(
         accelerator,
         model,
@@ -175,6 +181,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         validate,
         last_checkpoint=previous[-1] if previous else None,
     )
+    train_s = time.perf_counter() - train_start
     if config.checkpoints and not (previous and previous[-1].name == f"step-{state.step}"):
         save()
 
@@ -196,6 +203,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "epochs": round(state.epoch + state.batch_in_epoch / steps_per_epoch, 4),
         "stopped": state.stopped,
         "wall_s": round(time.perf_counter() - start, 3),
+        "train_s": round(train_s, 3),
+        # samples seen by all processes together per second of the training loop
+        "train_samples_per_s": round(
+            (state.step - first_step) * config.batch_size * accelerator.num_processes / train_s, 1
+        )
+        if train_s > 0
+        else None,
         "ab": ab_summary(unwrapped) if config.ab != "none" else None,
         "trainable_params": trainable,
         "processes": accelerator.num_processes,
@@ -292,6 +306,18 @@ def _summary(row: dict[str, Any]) -> str:
         f"{row['test_samples']} unseen-symbol samples{val} | {row['steps']} steps "
         f"({row['stopped']}), {row['wall_s']:.1f}s"
     )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Hide a library logger's warnings for a moment (errors still show)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _has_accelerator() -> bool:

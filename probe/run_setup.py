@@ -340,6 +340,8 @@ def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.
         target_modules=targets,
         lora_dropout=0.0,
         modules_to_save=full or None,
+        # GPT-2's Conv1D stores its weight transposed ([in, out])
+        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
     )
     try:
         return get_peft_model(model, lora)
@@ -373,7 +375,15 @@ def build_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Opt
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+    params = decay + rest
+    # the fused kernel (one launch for all tensors) where torch has one for these tensors
+    fused = all(p.is_floating_point() for p in params) and all(
+        p.device.type in _FUSED_ADAMW_DEVICES for p in params
+    )
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, fused=fused)
+
+
+_FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 def ab_summary(model: nn.Module) -> dict[str, Any]:
