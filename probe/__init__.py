@@ -23,8 +23,8 @@ _EXPORTS = {
     "random_templates": "tasks",
     "SymbolTokenizer": "tokenizer",
     "render": "data",
-    "save_dataset": "data",
-    "load_dataset": "data",
+    "save_dataset": "hub",
+    "load_dataset": "hub",
     "build_model": "models",
     "readout": "models",
     "inject_ab": "identity",
@@ -54,9 +54,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from probe.data import load_dataset, render, save_dataset
+    from probe.data import render
     from probe.diagonal import attn_diagonal, plot_diagonal, plot_head
     from probe.finetune import FinetuneConfig, finetune
+    from probe.hub import load_dataset, save_dataset
     from probe.identity import ab_values, inject_ab, remove_ab
     from probe.models import build_model, readout
     from probe.tasks import get_task, list_tasks, random_templates, register_task

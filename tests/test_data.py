@@ -1,27 +1,15 @@
-"""probe.data: rendering (determinism, alphabets, labels), Hub layout, offline errors."""
+"""probe.data: rendering (determinism, alphabets, labels) and the task info it carries."""
 
 from __future__ import annotations
 
-import os
-import time
 from collections import Counter
 
-import datasets
 import numpy as np
 import pytest
 
 import probe.data as data
-from probe.data import (
-    dataset_tokenizer,
-    export_catalogue,
-    load_dataset,
-    load_tokenizer,
-    render,
-    render_to_disk,
-    save_dataset,
-    task_info,
-)
-from probe.tasks import get_task, list_tasks
+from probe.data import dataset_tokenizer, render, task_info
+from probe.tasks import list_tasks
 from probe.templates import TemplateTask
 
 # -- labels recomputed from the text alone, one oracle per catalogue task ----------
@@ -227,167 +215,9 @@ def test_custom_task_probabilities():
     assert dsd["validation"].num_rows == 0
 
 
-# -- Hub layout --------------------------------------------------------------------
-
-
-def _same(a: datasets.DatasetDict, b: datasets.DatasetDict) -> None:
-    assert list(a) == list(b)
-    for split in a:
-        assert a[split].to_dict() == b[split].to_dict()
-        assert a[split].features == b[split].features
-
-
-def test_hub_layout_round_trip_two_configs(tmp_path):
-    folder = tmp_path / "tasks"
-    aba = render("aba_vs_abb", 40, 8, 8, seed=1)
-    vc = render("var_copy", 40, 8, 8, seed=2)
-    save_dataset(aba, folder, "aba")
-    save_dataset(vc, folder)  # config defaults to the task name
-    assert sorted(os.listdir(folder)) == ["README.md", "aba", "var_copy"]
-    assert sorted(os.listdir(folder / "aba")) == [
-        "test-00000-of-00001.parquet",
-        "tokenizer",
-        "train-00000-of-00001.parquet",
-        "validation-00000-of-00001.parquet",
-    ]
-    for config, original in [("aba", aba), ("var_copy", vc)]:
-        loaded = datasets.load_dataset(str(folder), config)
-        _same(loaded, original)
-        assert task_info(loaded) == task_info(original)
-        _same(load_dataset(folder, config), original)
-        tok = load_tokenizer(folder, config)
-        row = loaded["test"][0]
-        assert tok.decode(row["input_ids"][: sum(row["attention_mask"]) - 1]) == row["text"]
-    card = (folder / "README.md").read_text()
-    assert "config_name: aba" in card and "config_name: var_copy" in card
-    assert "probe data render --task var_copy --n-train 40" in card
-    assert "`a = c ; b = d ; print a`" in card
-
-
-def test_load_dataset_errors(tmp_path):
-    folder = tmp_path / "tasks"
-    save_dataset(render("copy", 10, 2, 2), folder, "one")
-    save_dataset(render("copy", 10, 2, 2, seed=1), folder, "two")
-    with pytest.raises(ValueError, match="no config 'three'; its configs: one, two"):
-        load_dataset(folder, "three")
-    with pytest.raises(ValueError, match="several configs"):
-        load_dataset(folder)
-    with pytest.raises(FileNotFoundError, match="no folder"):
-        load_dataset(str(tmp_path / "missing" / "folder"), "one")
-
-
-def test_overwrite_refused_then_allowed(tmp_path):
-    folder = tmp_path / "tasks"
-    first = render("aba_vs_abb", 20, 4, 4, seed=0)
-    second = render("aba_vs_abb", 20, 4, 4, seed=1)
-    save_dataset(first, folder, "aba")
-    with pytest.raises(FileExistsError, match="config 'aba' already exists.*--overwrite"):
-        save_dataset(second, folder, "aba")
-    _same(load_dataset(folder, "aba"), first)
-    save_dataset(second, folder, "aba", overwrite=True)
-    _same(load_dataset(folder, "aba"), second)
-    assert sorted(os.listdir(folder)) == ["README.md", "aba"]  # nothing left behind
-
-
-def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
-    dsd = render("aba_vs_abb", 20, 4, 4)
-    calls = []
-
-    def failing(ds, file):
-        calls.append(file)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real_write(ds, file)
-
-    real_write = data._write_parquet
-    monkeypatch.setattr(data, "_write_parquet", failing)
-    # a fresh folder: not created at all
-    with pytest.raises(OSError, match="disk full"):
-        save_dataset(dsd, tmp_path / "new", "aba")
-    assert os.listdir(tmp_path) == []
-    # an existing folder: the other config and the card stay as they were
-    monkeypatch.setattr(data, "_write_parquet", real_write)
-    save_dataset(dsd, tmp_path / "old", "keep")
-    card = (tmp_path / "old" / "README.md").read_text()
-    calls.clear()
-    monkeypatch.setattr(data, "_write_parquet", failing)
-    with pytest.raises(OSError, match="disk full"):
-        save_dataset(dsd, tmp_path / "old", "aba")
-    assert sorted(os.listdir(tmp_path / "old")) == ["README.md", "keep"]
-    assert (tmp_path / "old" / "README.md").read_text() == card
-    # and an overwrite that fails keeps the old config
-    calls.clear()
-    with pytest.raises(OSError, match="disk full"):
-        save_dataset(dsd, tmp_path / "old", "keep", overwrite=True)
-    assert sorted(os.listdir(tmp_path / "old")) == ["README.md", "keep"]
-    assert len(os.listdir(tmp_path / "old" / "keep")) == 4
-
-
-def test_offline_hub_id_fails_at_once():
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    t0 = time.perf_counter()
-    with pytest.raises(ConnectionError) as err:
-        load_dataset("someone/template-tasks", "aba_vs_abb")
-    assert time.perf_counter() - t0 < 5
-    message = str(err.value)
-    assert "'someone/template-tasks'" in message
-    assert "offline" in message and "HF_HUB_OFFLINE" in message
-    assert "huggingface-cli download" in message and "pass the folder" in message
-
-
-# -- the command line's jobs ---------------------------------------------------------
-
-
-def test_render_to_disk_validates_before_rendering(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "out"
-    folder = render_to_disk("majority_k:k=5", out, 16, 4, 4, seed=0, config=None)
-    assert folder == out / "majority_k-k5"  # the task's name
-    assert "wrote" in capsys.readouterr().out
-
-    def no_render(*a, **k):
-        raise AssertionError("rendered before validating")
-
-    monkeypatch.setattr(data, "render", no_render)
-    with pytest.raises(FileExistsError, match="'majority_k-k5'"):
-        render_to_disk("majority_k:k=5", out, 16, 4, 4)
-    with pytest.raises(ValueError, match="unknown task"):
-        render_to_disk("nope", out, 16)
-    with pytest.raises(ValueError, match="--n-train must be >= 1"):
-        render_to_disk("copy", out, 0)
-    with pytest.raises(ValueError, match="config name 'a/b'"):
-        render_to_disk("copy", out, 5, config="a/b")
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="not a folder"):
-        render_to_disk("copy", tmp_path / "file", 5)
-
-
-def test_export_catalogue(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "EXPORT_SIZES", {"n_train": 12, "n_val": 3, "n_test": 3})
-    export_catalogue(tmp_path / "cat")
-    for config in data.EXPORT_CONFIGS:
-        dsd = load_dataset(tmp_path / "cat", config)
-        assert dsd["train"].num_rows == 12
-    assert task_info(load_dataset(tmp_path / "cat", "majority_5"))["task"]["templates"][0] == (
-        "a a a a a"
-    )
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        export_catalogue(tmp_path / "cat")
-
-
 def test_demo_runs(capsys):
     from probe.demo import main
 
     main(["--n-train", "32", "--n-test", "8", "--show", "1"])
     out = capsys.readouterr().out
     assert "aba_vs_abb" in out and "OK: the test uses only unseen symbols" in out
-
-
-def test_committed_catalogue_loads():
-    """data/template-tasks (written by `probe data export`) loads with its card."""
-    folder = os.path.join(os.path.dirname(__file__), "..", "data", "template-tasks")
-    if not os.path.isdir(folder):
-        pytest.skip("data/template-tasks not exported yet")
-    dsd = load_dataset(folder, "aba_vs_abb")
-    info = task_info(dsd)
-    assert get_task("aba_vs_abb") == TemplateTask.from_dict(info["task"])
-    assert dsd["train"].num_rows == data.EXPORT_SIZES["n_train"]
