@@ -18,7 +18,7 @@ def _cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_render(args: argparse.Namespace) -> None:
-    from probe.data import render_to_disk
+    from probe.hub import render_to_disk
 
     render_to_disk(
         task=args.task,
@@ -34,7 +34,7 @@ def _cmd_data_render(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_export(args: argparse.Namespace) -> None:
-    from probe.data import export_catalogue
+    from probe.hub import export_catalogue
 
     export_catalogue(args.out, overwrite=args.overwrite)
 
