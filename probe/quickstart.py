@@ -78,8 +78,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.append("")
     for v in labels:
         ok = [n for n in ns if (n, v) in by and by[(n, v)]["test_loss"] <= SUCCESS]
-        found = f"n = {ok[0]}" if ok else f"not reached for n <= {ns[-1]}"
-        lines.append(f"  {v}: test loss <= {SUCCESS} first at {found}")
+        found = f"first at n = {ok[0]}" if ok else f"not reached for n <= {ns[-1]}"
+        lines.append(f"  {v}: test loss <= {SUCCESS} {found}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,334 @@
+"""probe.finetune on tiny models: training, evaluation on unseen symbols, resume,
+LoRA, several processes, and the refusals a user relies on."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from probe import build_model, get_task
+from probe.config import FinetuneConfig, build_parser, parse_config
+from probe.finetune import finetune
+from probe.metrics import per_sample_loss
+from probe.models import readout
+from probe.run_setup import build_optimizer, build_run_model, load_run_data, read_rows
+from probe.tokenizer import SymbolTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(
+    n_train=16,
+    n_val=5,
+    n_test=13,  # eval batch 4: a partial last batch with one process and with two
+    batch_size=8,
+    eval_batch_size=4,
+    max_steps=4,
+    n_layer=1,
+    n_embd=16,
+    n_head=2,
+    progress=False,
+)
+
+
+def tiny(tmp_path, name="run", **overrides) -> FinetuneConfig:
+    return FinetuneConfig(**{**TINY, "output_dir": str(tmp_path / name), **overrides})
+
+
+def direct_test_loss(config: FinetuneConfig, model) -> float:
+    """Mean test loss of ``model`` over the whole test split in one batch, no accelerate."""
+    data = load_run_data(config, get_task(config.task))
+    test = data.splits["test"]
+    model.eval()
+    with torch.no_grad():
+        logits = readout(model, test["input_ids"], test["attention_mask"])
+    return per_sample_loss(logits, test["labels"], data.label_kind).mean().item()
+
+
+# -- training and evaluation -----------------------------------------------------------
+
+
+def test_training_loss_falls_on_a_learnable_task(tmp_path):
+    settings = dict(n_train=32, n_embd=32, batch_size=32, converge_loss=0.0)
+    first = finetune(tiny(tmp_path, "first", max_steps=1, **settings))
+    trained = finetune(tiny(tmp_path, "trained", max_steps=150, **settings))
+    assert trained["train_loss"] < 0.25 * first["train_loss"]
+
+
+def test_one_process_counts_each_test_sample_once_and_weights_the_last_batch_right(tmp_path):
+    config = tiny(tmp_path, save_model=True)
+    row = finetune(config)
+    assert (row["test_samples"], row["val_samples"], row["processes"]) == (13, 5, 1)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
+    assert row["test_loss"] == pytest.approx(direct_test_loss(config, model), rel=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_count_each_test_sample_once(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 probe/finetune.py` on a CPU
+    machine: gloo, and every test sample counted exactly once (13 over a total batch
+    of 8 leaves a partial last batch that accelerate pads with repeats)."""
+    out = tmp_path / "run"
+    flags = ["--n-train", "16", "--n-val", "5", "--n-test", "13", "--batch-size", "4"]
+    flags += ["--eval-batch-size", "4", "--max-steps", "3", "--n-layer", "1"]
+    flags += ["--n-embd", "16", "--n-head", "2", "--no-progress", "--save-model"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [*launch, str(ROOT / "probe" / "finetune.py"), *flags, "--output-dir", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = read_rows(out / "results.jsonl")  # one line: only the main process writes
+    assert (row["processes"], row["test_samples"], row["val_samples"]) == (2, 13, 5)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    config = FinetuneConfig.from_dict(row["config"])
+    assert row["test_loss"] == pytest.approx(direct_test_loss(config, model), rel=1e-5)
+
+
+def test_resume_reaches_the_same_final_metrics_as_an_uninterrupted_run(tmp_path):
+    # 24 samples in batches of 8: the interruption at step 10 falls mid-epoch; dropout
+    # on, so the restored random state matters too
+    dropout = {"resid_pdrop": 0.1, "attn_pdrop": 0.1, "embd_pdrop": 0.1}
+    common = dict(n_train=24, ab="kq,vo", checkpoint_every=7, model_overrides=dropout)
+    whole = finetune(tiny(tmp_path, "whole", max_steps=20, **common))
+    cut = tiny(tmp_path, "cut", max_steps=10, **common)
+    first = finetune(cut)
+    resumed = finetune(tiny(tmp_path, "cut", max_steps=20, resume=True, **common))
+    assert first["steps"] == 10 and resumed["steps"] == 20
+    for key in ("test_loss", "test_error", "val_loss", "train_loss", "ab"):
+        assert resumed[key] == whole[key], key
+    assert [p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()] == ["step-20"]
+    assert len(read_rows(tmp_path / "cut" / "results.jsonl")) == 2  # one row per run
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    finetune(tiny(tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match=r"lr: 0\.001 -> 0\.01"):
+        finetune(tiny(tmp_path, max_steps=4, lr=0.01, resume=True))
+
+
+@pytest.mark.parametrize("model", ["gpt2", "t5", "llama"])
+@pytest.mark.parametrize("task, kind", [("aba_vs_abb", "regression"), ("var_copy", "symbolic")])
+def test_each_architecture_and_head_completes_a_short_run(tmp_path, model, task, kind):
+    row = finetune(tiny(tmp_path, model=model, task=task, ab="kq,vo", checkpoints=False))
+    assert row["label_kind"] == kind
+    assert row["test_samples"] == 13 and row["steps"] == 4
+    assert torch.isfinite(torch.tensor(row["test_loss"])) and 0 <= row["test_error"] <= 1
+    expected = {"t5": ["decoder", "encoder"]}.get(model, ["self"])
+    assert row["ab"]["modules"] == expected
+    assert row["ab"]["a_absmax"] > 0 and row["ab"]["b_absmax"] > 0  # a and b trained
+
+
+def test_mlp_baseline_runs(tmp_path):
+    row = finetune(tiny(tmp_path, model="mlp_xxt", n_head=None, checkpoints=False))
+    assert row["ab"] is None and row["test_samples"] == 13
+
+
+def test_result_row_is_one_json_line_with_the_run(tmp_path):
+    row = finetune(tiny(tmp_path, seed=3, checkpoints=False))
+    (line,) = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert json.loads(line) == row
+    assert row["config"]["seed"] == 3 and row["n_train"] == 16
+    assert row["stopped"] == "max_steps" and row["version"]
+    for key in ("test_loss", "test_error", "val_loss", "val_error", "wall_s", "train_s"):
+        assert isinstance(row[key], float)
+
+
+# -- LoRA --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny 'pretrained' GPT-2 folder with its SymbolTokenizer (symbolic head)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    regular = sorted(
+        set(get_task("aba_vs_abb").regular_tokens + get_task("var_copy").regular_tokens)
+    )
+    tok = SymbolTokenizer.build(regular, 64)
+    model = build_model(
+        "gpt2",
+        task=get_task("var_copy"),
+        tokenizer=tok,
+        pretrained=False,
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        seed=0,
+    )
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "task, full", [("aba_vs_abb", {"ab_scalings", "score"}), ("var_copy", {"ab_scalings"})]
+)
+def test_lora_trains_only_adapters_ab_and_a_new_head(tmp_path, checkpoint, task, full):
+    config = tiny(
+        tmp_path,
+        model=str(checkpoint),
+        from_scratch=False,
+        task=task,
+        ab="kq",
+        lora_r=2,
+        n_layer=None,
+        n_embd=None,
+        n_head=None,
+    )
+    data = load_run_data(config, get_task(task))
+    model, n_trainable = build_run_model(config, data)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    adapters = [n for n in names if ".lora_A." in n or ".lora_B." in n]
+    fully = {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in names if n not in adapters}
+    assert adapters and fully == full  # the regression head `score` is new, so it trains
+    optimized = {id(p) for g in build_optimizer(model, config).param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in model.parameters() if p.requires_grad}
+    assert n_trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    row = finetune(config)
+    assert row["trainable_params"] == n_trainable and row["ab"]["a_absmax"] > 0
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        ({"task": "nope"}, ValueError, "known tasks: same_different"),
+        ({"task": "majority_k", "task_params": {"q": 1}}, ValueError, "parameters"),
+        ({"ab": "kq,xx"}, ValueError, "none, kq, vo, kq,vo"),
+        ({"model": "mlp", "lora_r": 2, "n_head": None}, ValueError, "LoRA"),
+        ({"model": "mlp", "ab": "kq", "n_head": None}, ValueError, "MLP"),
+        ({"model": "no-such-model-xyz"}, ValueError, "--model accepts"),
+        ({"model": "/no/such/folder"}, ValueError, "--model accepts"),
+        ({"n_train": 0}, ValueError, "integer >= 1"),
+        ({"n_head": 3}, ValueError, "not divisible"),
+        ({"from_scratch": False}, ValueError, "keeps its own shape"),
+        ({"max_steps": 0}, ValueError, "never stop"),
+        ({"lr": float("nan")}, ValueError, "finite"),
+        ({"log_with": "nonsense"}, ValueError, "tensorboard"),
+        ({"task": "aba_vs_abb", "dataset": "some/data"}, ValueError, "pass one"),
+        ({"resume": True}, FileNotFoundError, "no checkpoint"),
+        ({"resume": True, "overwrite": True}, ValueError, "one of them"),
+    ],
+)
+def test_bad_input_is_refused_before_any_model_or_data_work(
+    tmp_path, monkeypatch, overrides, error, match
+):
+    def no_work(*args, **kwargs):
+        raise AssertionError("model or data work started before the input was checked")
+
+    monkeypatch.setattr("probe.finetune.load_run_data", no_work)
+    monkeypatch.setattr("probe.finetune.build_run_model", no_work)
+    with pytest.raises(error, match=match):
+        finetune(tiny(tmp_path, **overrides))
+
+
+def test_existing_output_dir_is_refused_without_overwrite(tmp_path):
+    finetune(tiny(tmp_path, max_steps=1))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        finetune(tiny(tmp_path, max_steps=1))
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    finetune(tiny(tmp_path, max_steps=1, overwrite=True))
+    assert len(read_rows(tmp_path / "run" / "results.jsonl")) == 1  # the old row is gone
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only run files go
+
+
+def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+    config = tiny(tmp_path, lr=1e30, max_steps=50, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=r"at step \d+.*checkpoints/step-\d+"):
+        finetune(config)
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def test_flags_map_to_config_fields():
+    config = parse_config(
+        [
+            "--pretrained",
+            "--model",
+            "some/ckpt",
+            "--ab",
+            "vo,kq",
+            "--task-param",
+            "k=5",
+            "--task",
+            "majority_k",
+            "--model-override",
+            "resid_pdrop=0.0",
+            "--no-checkpoints",
+        ]
+    )
+    assert config.from_scratch is False and config.ab == "kq,vo"
+    assert config.task_params == {"k": 5} and config.model_overrides == {"resid_pdrop": 0.0}
+    assert config.checkpoints is False
+    config = parse_config(["--dataset", "data/x", "--config", "aba"])
+    assert (config.dataset, config.dataset_config, config.task) == ("data/x", "aba", None)
+    help_text = build_parser().format_help()
+    assert "--lora-targets" in help_text and "--log-with" in help_text
+
+
+def test_bad_flag_value_exits_with_the_accepted_values(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--ab", "kq,xx"])
+    assert exit_info.value.code == 2
+    assert "none, kq, vo, kq,vo" in capsys.readouterr().err
+
+
+def test_probe_finetune_command_appends_a_row(tmp_path):
+    from probe.cli import main
+
+    out = tmp_path / "cli"
+    main(
+        [
+            "finetune",
+            "--output-dir",
+            str(out),
+            "--n-train",
+            "16",
+            "--n-test",
+            "8",
+            "--n-val",
+            "0",
+            "--max-steps",
+            "2",
+            "--n-layer",
+            "1",
+            "--n-embd",
+            "16",
+            "--n-head",
+            "2",
+            "--no-progress",
+            "--no-checkpoints",
+        ]
+    )
+    (row,) = read_rows(out / "results.jsonl")
+    assert row["test_samples"] == 8 and row["val_loss"] is None
+
+
+def test_quickstart_prints_a_table_per_n_and_variant(capsys, tmp_path):
+    from probe.quickstart import main
+
+    rows = main(["--n", "16", "32", "--max-steps", "2", "--n-test", "8"])
+    assert {(r["n_train"], r["variant"]) for r in rows} == {
+        (16, "plain"),
+        (16, "+KQ"),
+        (32, "plain"),
+        (32, "+KQ"),
+    }
+    out = capsys.readouterr().out
+    assert "plain" in out and "+KQ" in out and "test loss <= 0.05" in out
