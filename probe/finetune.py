@@ -81,19 +81,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     ``FloatingPointError`` when the training loss stops being finite.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from probe import __version__
-    from probe.models import readout
-    from probe.train_loop import (
-        LoopSettings,
-        TensorRows,
-        TrainState,
-        eval_loader,
-        evaluate,
-        train,
-        train_loader,
-    )
 
     if not isinstance(config, FinetuneConfig):
         raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
@@ -110,7 +97,31 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         log_with=config.trackers or None,
         project_dir=str(out),
     )
+    atexit.unregister(_destroy_process_group)  # once, however many runs
     atexit.register(_destroy_process_group)
+    try:
+        return _run(accelerator, config, task, out, start)
+    finally:  # also after a failed run: trackers closed, no process group left behind
+        accelerator.end_training()
+        _destroy_process_group()
+
+
+def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> dict[str, Any]:
+    """The body of :func:`finetune` once the accelerator exists."""
+    from accelerate.utils import set_seed
+
+    from probe import __version__
+    from probe.models import readout
+    from probe.train_loop import (
+        LoopSettings,
+        TensorRows,
+        TrainState,
+        eval_loader,
+        evaluate,
+        train,
+        train_loader,
+    )
+
     accelerator.wait_for_everyone()  # everyone has checked the folder before it changes
     if accelerator.is_main_process:
         _prepare_output_dir(out, config)
@@ -224,8 +235,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         if config.progress:
             print(_summary(row), flush=True)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    _destroy_process_group()
     return row
 
 

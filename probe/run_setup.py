@@ -246,17 +246,19 @@ def _render_tokenizer(config: FinetuneConfig):
 
 
 def _dataset_tokenizer(config: FinetuneConfig, dsd):
-    """The rendering tokenizer; for a saved folder whose card does not list its
-    symbols, the tokenizer saved beside the data."""
+    """The rendering tokenizer: for a local folder the one saved beside the data,
+    else the one the dataset's card describes."""
     from probe import data as probe_data
+    from probe import hub
 
-    try:
-        return probe_data.dataset_tokenizer(dsd)
-    except ValueError:
-        if config.dataset is None or not Path(config.dataset).expanduser().is_dir():
-            raise
+    folder = Path(config.dataset).expanduser() if config.dataset else None
+    if folder is not None and folder.is_dir():
         name = config.dataset_config or dsd["train"].info.config_name
-        return probe_data.load_tokenizer(Path(config.dataset).expanduser(), name)
+        try:
+            return hub.load_tokenizer(folder, name)
+        except FileNotFoundError:
+            pass
+    return probe_data.dataset_tokenizer(dsd)
 
 
 def load_run_data(config: FinetuneConfig, task) -> RunData:
@@ -273,7 +275,9 @@ def load_run_data(config: FinetuneConfig, task) -> RunData:
             seed=config.seed,
         )
     else:
-        dsd = probe_data.load_dataset(config.dataset, config.dataset_config)
+        from probe import hub
+
+        dsd = hub.load_dataset(config.dataset, config.dataset_config)
         dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
         dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
         dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
@@ -333,7 +337,16 @@ def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.
     full = [MODULE_NAME] if config.ab != "none" else []
     if label_kind == "regression":
         full += [h for h in REGRESSION_HEADS if isinstance(getattr(model, h, None), nn.Module)]
-    targets = [t.strip() for t in config.lora_targets.split(",")] if config.lora_targets else None
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
+    targets = None  # peft's per-architecture default
+    if config.lora_targets:
+        targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
+        missing = [t for t in targets if t not in linear]
+        if missing:
+            raise ValueError(
+                f"--lora-targets: {', '.join(missing)} names no linear layer of "
+                f"{type(model).__name__}; its linear layers: {', '.join(linear)}"
+            )
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha or config.lora_r,
@@ -345,11 +358,10 @@ def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.
     )
     try:
         return get_peft_model(model, lora)
-    except ValueError as err:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
+    except ValueError as err:  # e.g. no default targets known for this architecture
         raise ValueError(
-            f"--lora-targets {config.lora_targets!r}: {err}. Linear layers of "
-            f"{type(model).__name__}: {', '.join(linear)}"
+            f"LoRA could not wrap {type(model).__name__}: {err}. Name the layers to adapt "
+            f"with --lora-targets; its linear layers: {', '.join(linear)}"
         ) from err
 
 

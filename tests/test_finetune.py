@@ -147,6 +147,40 @@ def test_result_row_is_one_json_line_with_the_run(tmp_path):
         assert isinstance(row[key], float)
 
 
+def test_a_saved_dataset_trains_like_the_rendered_task(tmp_path):
+    from probe import render, save_dataset
+
+    dsd = render("aba_vs_abb", n_train=16, n_val=5, n_test=13, seed=0)
+    save_dataset(dsd, tmp_path / "data", "aba")
+    from_task = finetune(tiny(tmp_path, "task", checkpoints=False))
+    from_disk = finetune(
+        tiny(
+            tmp_path,
+            "disk",
+            task=None,
+            dataset=str(tmp_path / "data"),
+            dataset_config="aba",
+            n_train=None,
+            n_val=None,
+            n_test=None,
+            checkpoints=False,
+        )
+    )
+    assert from_disk["test_samples"] == 13 and from_disk["task"] == "aba_vs_abb"
+    assert from_disk["test_loss"] == pytest.approx(from_task["test_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="exceeds the dataset's 16 rows"):
+        finetune(tiny(tmp_path, "big", task=None, dataset=str(tmp_path / "data"), n_train=17))
+
+
+def test_stop_rules_epochs_and_convergence(tmp_path):
+    # 16 samples in batches of 8: two steps per epoch; validation every 2 steps on the way
+    row = finetune(tiny(tmp_path, "epochs", max_steps=0, epochs=3, eval_every=2))
+    assert (row["steps"], row["epochs"], row["stopped"]) == (6, 3.0, "epochs")
+    # a threshold every loss is under: stops once the window (3 steps) is full
+    row = finetune(tiny(tmp_path, "conv", max_steps=100, converge_loss=100.0, converge_window=3))
+    assert (row["steps"], row["stopped"]) == (3, "converged")
+
+
 # -- LoRA --------------------------------------------------------------------------------
 
 
@@ -199,6 +233,21 @@ def test_lora_trains_only_adapters_ab_and_a_new_head(tmp_path, checkpoint, task,
     assert n_trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     row = finetune(config)
     assert row["trainable_params"] == n_trainable and row["ab"]["a_absmax"] > 0
+
+
+def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
+    config = tiny(
+        tmp_path,
+        model=str(checkpoint),
+        from_scratch=False,
+        lora_r=2,
+        lora_targets="c_attn,qkv",
+        n_layer=None,
+        n_embd=None,
+        n_head=None,
+    )
+    with pytest.raises(ValueError, match="qkv names no linear layer.*c_attn, c_fc, c_proj"):
+        finetune(config)
 
 
 # -- refusals ----------------------------------------------------------------------------
