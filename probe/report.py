@@ -185,12 +185,18 @@ def plot_curves(
     return path
 
 
+def _cell(x: object) -> str:
+    if isinstance(x, float):
+        return "–" if x != x else f"{x:.3g}"  # NaN: a cell not run (yet)
+    return str(x)
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub markdown table (pandas' to_markdown needs tabulate, not a dependency)."""
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        cells = [f"{x:.3g}" if isinstance(x, float) else str(x) for x in row]
+        cells = [_cell(x) for x in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
