@@ -272,7 +272,7 @@ def write_report(
             metric,
             threshold,
             band,
-            title=f"{recipe} ({task})",
+            title=recipe if recipe == task else f"{recipe} ({task})",
         )
         written[png] = out / png
         grid = sub["grid_cells"].max() if "grid_cells" in sub.columns else float("nan")
