@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -245,9 +245,10 @@ def test_gradients_reach_a_and_b(arch):
 )
 def test_lora_trains_the_adapters_and_the_scalings(arch, targets):
     model = inject_ab(build(arch))
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, target_modules=targets, modules_to_save=["ab_scalings"])
+    lora = LoraConfig(
+        r=4, target_modules=targets, modules_to_save=["ab_scalings"], fan_in_fan_out=arch == "gpt2"
     )
+    peft_model = get_peft_model(model, lora)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all(("lora_" in n) or (".ab_scalings." in n) for n in trainable)
     assert sum(".ab_scalings." in n for n in trainable) == 2 * 2  # a and b, 2 layers
@@ -264,6 +265,28 @@ def test_lora_trains_the_adapters_and_the_scalings(arch, targets):
     optimizer.step()
     after = ab_values(peft_model)  # read through peft's wrapper: the trained copy
     assert (after[["a", "b"]] - before[["a", "b"]]).abs().min().min() > 0
+
+
+def test_lora_adapter_carries_the_scalings_and_merges(tmp_path):
+    lora = LoraConfig(
+        r=4, target_modules=["c_attn"], modules_to_save=["ab_scalings"], fan_in_fan_out=True
+    )
+    peft_model = get_peft_model(inject_ab(build("gpt2")), lora).eval()
+    randomize_ab(peft_model)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    inputs = batch("gpt2")
+    with torch.no_grad():
+        expected = logits(peft_model, inputs)
+    peft_model.save_pretrained(tmp_path)  # the adapter file holds the trained a/b copies
+    reloaded = PeftModel.from_pretrained(inject_ab(build("gpt2")), tmp_path).eval()
+    merged = reloaded.merge_and_unload()  # peft puts the trained copy in the wrapper's place
+    assert isinstance(merged.transformer.h[0].attn.ab_scalings, ABScalings)
+    with torch.no_grad():  # merged W + BA rounds differently from W x + B A x
+        assert (logits(merged, inputs) - expected).abs().max() <= 1e-5
+    assert ab_values(merged).equals(ab_values(peft_model))
 
 
 # ---------------------------------------------------------------------------
