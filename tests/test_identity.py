@@ -240,6 +240,19 @@ def test_gradients_reach_a_and_b(arch):
         assert module.b.grad is not None and module.b.grad.abs().min() > 0
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_activation_checkpointing_gives_the_same_gradients(arch):
+    grads = []
+    for checkpointing in (False, True):
+        model = inject_ab(build(arch)).train()
+        randomize_ab(model)
+        if checkpointing:  # the layer's forward runs twice: the hooks must pair up again
+            model.activation_checkpointing_enable()
+        logits(model, batch(arch)).square().mean().backward()
+        grads.append(torch.cat([p.grad for m in scalings(model) for p in m.parameters()]))
+    assert torch.equal(grads[0], grads[1])
+
+
 @pytest.mark.parametrize(
     ("arch", "targets"), [("gpt2", ["c_attn"]), ("llama", ["q_proj", "v_proj"])]
 )
