@@ -30,6 +30,9 @@ How the patch works (nothing is copied from the modeling files):
 ``inject_ab`` switches the model to ``"probe_ab"`` (the terms need the
 probabilities, which sdpa and flash kernels do not return, so the injected
 model always computes attention eagerly) and ``remove_ab`` switches it back.
+(GPT-2 configs with ``reorder_and_upcast_attn=True`` have a second eager path,
+in float32 with the scaling folded into ``baddbmm``; the injected model uses the
+plain one, equal up to rounding.)
 
 Cross-attention (T5's decoder attending to the encoder; GPT-2 with
 ``add_cross_attention``) gets no scalings: ``X_dec X_encᵀ`` compares two
@@ -160,7 +163,12 @@ def ab_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
 
-    x = module.__dict__.pop(_INPUT)  # [batch, seq, d_model]
+    x = module.__dict__.pop(_INPUT, None)  # [batch, seq, d_model]
+    if x is None:
+        raise RuntimeError(
+            f"{type(module).__name__} computed attention without its forward pre-hook recording "
+            "X; the identity scalings only work through the attention module's forward"
+        )
     if x.shape[-2] != key.shape[-2]:
         raise ValueError(
             f"the identity scalings need X at every key position, but the attention got "
@@ -247,6 +255,8 @@ def inject_ab(model: nn.Module, kq: bool = True, vo: bool = True) -> nn.Module:
             f"{type(model).__name__} already carries identity scalings "
             f"({getattr(model.config, CONFIG_KEY, None)}); call remove_ab(model) before injecting again"
         )
+    for site in sites:  # fail before changing anything
+        _eager_forward(type(site.attention))
     pretrained = _pretrained(model)
     restore = {
         path: sub.config._attn_implementation
