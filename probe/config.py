@@ -54,9 +54,8 @@ class FinetuneConfig:
     from_scratch: bool = field(
         default=True,
         metadata=_help(
-            "fresh weights from the model's config (the paper's setting); --pretrained "
-            "loads the checkpoint's weights",
-            negative="--pretrained",
+            "fresh weights from the model's config (the paper's setting)",
+            negative=("--pretrained", "load the checkpoint's weights (not from scratch)"),
         ),
     )
     n_layer: int | None = field(
@@ -99,7 +98,10 @@ class FinetuneConfig:
     # -- data
     task: str | None = field(
         default=None,
-        metadata=_help(f"a catalogue task, see `probe tasks` (default {DEFAULT_TASK})"),
+        metadata=_help(
+            "a catalogue task, see `probe tasks`, optionally with parameters: "
+            f"majority_k:k=5 (default {DEFAULT_TASK})"
+        ),
     )
     task_params: dict[str, Any] = field(
         default_factory=dict,
@@ -359,13 +361,22 @@ def _base_type(annotation: Any) -> Any:
     return args[0] if args and typing.get_origin(annotation) is not dict else annotation
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (the field's help says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser with one flag per dataclass field (``--n-train`` for
     ``n_train``); the help and defaults come from the fields."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(cls.__doc__ or "").strip().splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -375,11 +386,11 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta.get("help")}
         if kind is bool:
-            if "negative" in meta:
+            if "negative" in meta:  # two flags, e.g. --from-scratch (default) / --pretrained
                 parser.add_argument(flag, action="store_true", **kwargs)
-                kwargs.pop("default")
-                kwargs["help"] = argparse.SUPPRESS
-                parser.add_argument(meta["negative"], action="store_false", **kwargs)
+                negative, negative_help = meta["negative"]
+                kwargs.update(help=negative_help, default=argparse.SUPPRESS)
+                parser.add_argument(negative, action="store_false", **kwargs)
             else:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is dict:

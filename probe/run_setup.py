@@ -126,7 +126,15 @@ def check_environment(config: FinetuneConfig, run_state: dict[str, Any]):
     from probe.tasks import get_task
 
     task = None
-    if config.task is not None:
+    if config.task is not None and ":" in config.task:  # the spec form, majority_k:k=5
+        from probe.data import resolve_task
+
+        if config.task_params:
+            raise ValueError(
+                f"--task {config.task!r} carries its parameters already; drop --task-param"
+            )
+        task, _ = resolve_task(config.task)
+    elif config.task is not None:
         task = get_task(config.task, **config.task_params)
     else:
         path = Path(config.dataset).expanduser()

@@ -258,6 +258,7 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
     [
         ({"task": "nope"}, ValueError, "known tasks: same_different"),
         ({"task": "majority_k", "task_params": {"q": 1}}, ValueError, "parameters"),
+        ({"task": "majority_k:q=1"}, ValueError, "parameters"),
         ({"ab": "kq,xx"}, ValueError, "none, kq, vo, kq,vo"),
         ({"model": "mlp", "lora_r": 2, "n_head": None}, ValueError, "LoRA"),
         ({"model": "mlp", "ab": "kq", "n_head": None}, ValueError, "MLP"),
