@@ -218,6 +218,6 @@ def test_custom_task_probabilities():
 def test_demo_runs(capsys):
     from probe.demo import main
 
-    main(["--n-train", "32", "--n-test", "8", "--show", "1"])
+    main(["--summary-only", "--show", "1"])
     out = capsys.readouterr().out
     assert "aba_vs_abb" in out and "OK: the test uses only unseen symbols" in out
