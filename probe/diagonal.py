@@ -117,20 +117,43 @@ def _product(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | N
     return a if b is None else a * b
 
 
-def head_scores(f: HeadFactors, c: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """The ``SCORES`` of ``M[h] = left[h] right[h]ᵀ``, or with ``c`` [n_heads] given, the
-    ``EFFECTIVE_SCORES`` of ``M[h] + c[h]·diag(identity_diag)``; each [n_heads] float32."""
+@dataclass
+class Moments:
+    """What every score is computed from, for ``M[h] = left[h] right[h]ᵀ``."""
+
+    diag: torch.Tensor  # [n_heads, d_model]: diag M
+    fro2: torch.Tensor  # [n_heads]: ‖M‖²_F
+    eig: torch.Tensor  # [n_heads, min(r, d_model)] complex: M's eigenvalues but n_zero zeros
+    n_zero: int
+
+
+def moments(f: HeadFactors) -> Moments:
+    """diag, ‖·‖²_F and eigenvalues of every head's M from r-sized products only."""
     left, right = f.left, f.right
-    n_heads, d, r = left.shape
-    diag = torch.einsum("hdr,hdr->hd", left, right)  # [H, d]
+    _, d, r = left.shape
+    diag = torch.einsum("hdr,hdr->hd", left, right)
     gram = torch.einsum("hdr,hds->hrs", left, left) * torch.einsum("hdr,hds->hrs", right, right)
-    fro2 = gram.sum((-1, -2)).clamp_min(0)
+    fro2 = gram.sum((-1, -2)).clamp_min(0)  # ⟨LᵀL, RᵀR⟩; rounding can dip below 0
     if r <= d:  # the r eigenvalues of Rᵀ L, and d - r zeros
-        eig = torch.linalg.eigvals(right.transpose(1, 2) @ left)
-        n_zero = d - r
-    else:
-        eig = torch.linalg.eigvals(left @ right.transpose(1, 2))
-        n_zero = 0
+        return Moments(diag, fro2, _eigvals(right.transpose(1, 2) @ left), d - r)
+    return Moments(diag, fro2, _eigvals(left @ right.transpose(1, 2)), 0)
+
+
+def _eigvals(batch: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of [n, k, k] matrices. numpy's loop over small LAPACK calls runs on one
+    thread; torch's parallel batch was 4-40x slower on a CPU shared with other jobs."""
+    return torch.from_numpy(np.linalg.eigvals(batch.numpy()))
+
+
+def head_scores(
+    f: HeadFactors, c: torch.Tensor | None = None, m: Moments | None = None
+) -> dict[str, np.ndarray]:
+    """The ``SCORES`` of ``M[h] = left[h] right[h]ᵀ``, or with ``c`` [n_heads] given, the
+    ``EFFECTIVE_SCORES`` of ``M[h] + c[h]·diag(identity_diag)``; each [n_heads] float32.
+    ``m``: ``moments(f)`` when already computed."""
+    m = moments(f) if m is None else m
+    diag, fro2, eig, n_zero = m.diag, m.fro2, m.eig, m.n_zero
+    _, d, r = f.left.shape
     w = f.identity_diag
     if c is None:
         abs_sum = eig.abs().sum(-1)
@@ -143,7 +166,9 @@ def head_scores(f: HeadFactors, c: torch.Tensor | None = None) -> dict[str, np.n
         if w is None:  # M + cI shifts M's eigenvalues by c, its d - r zeros included
             abs_sum = (eig + c[:, None]).abs().sum(-1) + n_zero * c.abs()
         else:
-            abs_sum = _abs_eig_sum_full(f, c, w)
+            # M + c·diag(w) has full rank and no low-rank shortcut: its eigenvalues would need
+            # a d_model × d_model eigensolve per head (minutes for a 768-wide model)
+            abs_sum = torch.where(c == 0, eig.abs().sum(-1), torch.nan)
     trace = diag.sum(-1)
     fro = fro2.sqrt()
     sqrt_d = d**0.5
@@ -160,17 +185,6 @@ def head_scores(f: HeadFactors, c: torch.Tensor | None = None) -> dict[str, np.n
         "copying_score": trace / abs_sum,
     }
     return {k: v.numpy().astype(np.float32) for k, v in out.items()}
-
-
-def _abs_eig_sum_full(f: HeadFactors, c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Σ|λ| of ``M[h] + c[h] diag(w)``: full rank, so one d × d eigensolve per head."""
-    sums = []
-    for h in range(f.left.shape[0]):
-        m = f.left[h] @ f.right[h].T
-        if c[h] != 0:
-            m = m + torch.diag(c[h] * w)
-        sums.append(torch.linalg.eigvals(m).abs().sum())
-    return torch.stack(sums)
 
 
 def _identity_scalings(site: AttentionSite) -> dict[str, torch.Tensor | None] | None:
@@ -216,10 +230,12 @@ def attn_diagonal(
     cross-attention keys and values: the encoder's final norm), so M is the form on the
     normalized input before its gain (``qk``: Γ_q M Γ_kv, ``ov``: Γ_kv M). Norm biases are
     dropped: they shift X by a constant and add no bilinear term. W_O is unchanged. The
-    effective matrices become Γ_q (M + aI) Γ_kv and Γ_kv (M + bI); their eigenvalues then
-    need one d_model × d_model eigensolve per head with a nonzero scaling (slow for wide
-    models). Without ``fold_layernorm`` the matrices act on the attention layer's actual
-    input, which is also what the identity scalings act on.
+    effective matrices become Γ_q (M + aI) Γ_kv and Γ_kv (M + bI): full rank, so where the
+    gains are not all equal and the scaling is nonzero, ``eff_copying_score`` is NaN (its
+    eigenvalues would need a d_model × d_model eigensolve per head; for one head, take
+    ``torch.linalg.eigvals(head_matrix(..., fold_layernorm=True, effective=True))``).
+    Without ``fold_layernorm`` the matrices act on the attention layer's actual input,
+    which is also what the identity scalings act on.
 
     Float32 throughout; weights in, table out (the model is not changed).
     """
@@ -233,6 +249,7 @@ def attn_diagonal(
             scalings = {"qk": None, "ov": None}
         for matrix in MATRICES:
             f = head_factors(site, matrix, gains)
+            m = moments(f)
             cols: dict[str, object] = {
                 "site": site.name,
                 "kind": site.kind,
@@ -243,13 +260,13 @@ def attn_diagonal(
                 "d_model": site.d_model,
                 "d_head": site.d_head,
                 "scaling": f.scaling,
-                **head_scores(f),
+                **head_scores(f, m=m),
             }
             if scalings is not None:
                 c = scalings[matrix]
                 # a term that was not injected: NaN scaling, and the head applies M itself
                 cols["identity_scaling"] = np.nan if c is None else c.numpy()
-                eff = head_scores(f, c)
+                eff = head_scores(f, c, m)
                 cols.update({f"eff_{k}": eff[k] for k in EFFECTIVE_SCORES})
             frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)
@@ -373,7 +390,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder for the CSV and PNGs")
     parser.add_argument(
-        "--score", default="cos_identity", choices=SCORES, help="score shown in the heatmap"
+        "--score",
+        default="cos_identity",
+        choices=SCORES + tuple(f"eff_{s}" for s in EFFECTIVE_SCORES),
+        help="score shown in the heatmap and used to pick the top heads "
+        "(eff_*: with the identity scalings of an injected checkpoint)",
     )
     parser.add_argument(
         "--fold-layernorm", action="store_true", help="fold the input norms' gains into W_Q/K/V"
@@ -384,7 +405,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from probe.diagonal_plots import plot_diagonal, plot_head
 
-    model = load_model(args.model, args.gguf, args.from_scratch, args.seed)
+    try:
+        model = load_model(args.model, args.gguf, args.from_scratch, args.seed)
+    except (OSError, ValueError) as err:  # not found / offline / unsupported: no traceback
+        parser.exit(2, f"probe diagonal: error: {err}\n")
     df = attn_diagonal(model, fold_layernorm=args.fold_layernorm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
