@@ -24,16 +24,14 @@ product and the nonzero eigenvalues of ``L Rᵀ`` are those of ``Rᵀ L``.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from probe.architectures import AttentionSite, arch_spec, attention_sites, head_weights
+from probe.architectures import AttentionSite, attention_sites, head_weights
 
 MATRICES = ("qk", "ov")
 SCORES = (
@@ -314,54 +312,6 @@ def head_matrix(
     return m
 
 
-def load_model(
-    name_or_path: str, gguf: str | None = None, from_scratch: bool = False, seed: int = 0
-) -> nn.Module:
-    """A model for ``attn_diagonal``: a Hub id, a local folder, or a GGUF file in a folder.
-
-    ``from_scratch`` builds the same architecture from its config with fresh weights drawn
-    under ``torch.manual_seed(seed)`` (the global RNG state is restored afterwards). The
-    architecture is checked against ``probe.architectures`` before any weights are read.
-    """
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-    )
-
-    path = Path(name_or_path)
-    if gguf is None and path.suffix == ".gguf" and path.is_file():
-        name_or_path, gguf = str(path.parent), path.name
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    except OSError as err:
-        raise OSError(
-            f"could not load a config for {name_or_path!r}"
-            + (f" (gguf_file={gguf!r})" if gguf else "")
-            + f": {err}\nOffline, pass a local folder, or a .gguf file with --gguf."
-        ) from err
-    spec = arch_spec(config)
-    auto = {
-        "causal": AutoModelForCausalLM,
-        "seq2seq": AutoModelForSeq2SeqLM,
-        "encoder": AutoModel,
-    }[spec.family]
-    if from_scratch:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = auto.from_config(config)
-    elif getattr(config, "probe_ab", None):
-        # saved after inject_ab: from_pretrained alone would drop the identity scalings
-        from probe.identity import load_injected
-
-        model = load_injected(name_or_path, **kwargs)
-    else:
-        model = auto.from_pretrained(name_or_path, **kwargs)
-    return model.eval()
-
-
 def top_heads(
     df: pd.DataFrame, score: str = "cos_identity", n: int = 10, matrix: str | None = None
 ) -> pd.DataFrame:
@@ -372,76 +322,20 @@ def top_heads(
     return rows.nlargest(n, score)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``probe diagonal``: write the per-head table and its pictures for one checkpoint."""
-    from probe.diagonal_plots import save_figure
-
-    parser = argparse.ArgumentParser(
-        prog="probe diagonal",
-        description="Identity structure (W_Q W_Kᵀ, W_V W_O ≈ a·I) of every attention head.",
-    )
-    parser.add_argument("--model", required=True, help="Hub id, local folder or .gguf file")
-    parser.add_argument("--gguf", default=None, help="GGUF file name inside the --model folder")
-    parser.add_argument(
-        "--from-scratch",
-        action="store_true",
-        help="score the same architecture with fresh random weights (seeded by --seed)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="output folder for the CSV and PNGs")
-    parser.add_argument(
-        "--score",
-        default="cos_identity",
-        choices=SCORES + tuple(f"eff_{s}" for s in EFFECTIVE_SCORES),
-        help="score shown in the heatmap and used to pick the top heads "
-        "(eff_*: with the identity scalings of an injected checkpoint)",
-    )
-    parser.add_argument(
-        "--fold-layernorm", action="store_true", help="fold the input norms' gains into W_Q/K/V"
-    )
-    parser.add_argument("--top", type=int, default=4, help="plot the matrices of the top N heads")
-    parser.add_argument("--block", type=int, default=64, help="top-left block size of head plots")
-    args = parser.parse_args(argv)
-
-    from probe.diagonal_plots import plot_diagonal, plot_head
-
-    try:
-        model = load_model(args.model, args.gguf, args.from_scratch, args.seed)
-    except (OSError, ValueError) as err:  # not found / offline / unsupported: no traceback
-        parser.exit(2, f"probe diagonal: error: {err}\n")
-    df = attn_diagonal(model, fold_layernorm=args.fold_layernorm)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "diagonal.csv", index=False)
-    written = [out / "diagonal.csv", out / f"heatmap_{args.score}.png"]
-    save_figure(plot_diagonal(df, score=args.score), written[-1])
-    top = top_heads(df, args.score, args.top)
-    for row in top.itertuples():
-        path = out / f"head_{row.kind}{row.layer}_h{row.head}_{row.matrix}.png"
-        fig = plot_head(
-            model,
-            row.layer,
-            row.head,
-            row.matrix,
-            kind=row.kind,
-            block=args.block,
-            fold_layernorm=args.fold_layernorm,
-        )
-        save_figure(fig, path)
-        written.append(path)
-    cols = ["kind", "layer", "head", "matrix", "a_star", "cos_identity", "copying_score"]
-    print(top[cols].to_string(index=False))
-    print("wrote " + ", ".join(str(p) for p in written))
+# the pictures and the command line live beside this module; imported on use so that
+# matplotlib and the transformers Auto classes load only when needed
+_ELSEWHERE = {
+    "plot_diagonal": "diagonal_plots",
+    "plot_head": "diagonal_plots",
+    "plot_distributions": "diagonal_plots",
+    "load_model": "diagonal_cli",
+    "main": "diagonal_cli",
+}
 
 
 def __getattr__(name: str):
-    # the plots live in probe.diagonal_plots; imported on use so matplotlib stays optional here
-    if name in ("plot_diagonal", "plot_head", "plot_distributions"):
-        from probe import diagonal_plots
+    if name in _ELSEWHERE:
+        import importlib
 
-        return getattr(diagonal_plots, name)
+        return getattr(importlib.import_module(f"probe.{_ELSEWHERE[name]}"), name)
     raise AttributeError(f"module 'probe.diagonal' has no attribute {name!r}")
-
-
-if __name__ == "__main__":
-    main()

@@ -25,7 +25,8 @@ from transformers import (
 )
 
 from probe.architectures import attention_sites, head_weights
-from probe.diagonal import SCORES, attn_diagonal, head_matrix, load_model, main, top_heads
+from probe.diagonal import SCORES, attn_diagonal, head_matrix, top_heads
+from probe.diagonal_cli import load_model, main
 from probe.diagonal_plots import plot_diagonal, plot_distributions, plot_head, save_figure
 
 D, H = 32, 4  # tiny width and head count for the architecture tests

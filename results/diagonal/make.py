@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 
 from probe.architectures import attention_sites
-from probe.diagonal import HeadFactors, attn_diagonal, head_factors, head_scores, load_model
+from probe.diagonal import HeadFactors, attn_diagonal, head_factors, head_scores
+from probe.diagonal_cli import load_model
 from probe.diagonal_plots import plot_diagonal, plot_distributions, plot_head, save_figure
 from probe.offline import minilm_dir, smollm2_gguf
 
