@@ -65,9 +65,12 @@ def _linear(weight_module: nn.Module) -> torch.Tensor:
 
 
 def _gpt2_weights(attn: nn.Module, out: nn.Module) -> Matrices:
-    # Conv1D stores [in, out] already; c_attn is Q, K and V side by side.
+    # Conv1D stores [in, out] already; c_attn is Q, K and V side by side, except in
+    # cross-attention, where c_attn holds K and V and Q has its own q_attn.
     w = attn.c_attn.weight
     d = w.shape[0]
+    if getattr(attn, "is_cross_attention", False):
+        return attn.q_attn.weight, w[:, :d], w[:, d:], out.weight
     return w[:, :d], w[:, d : 2 * d], w[:, 2 * d :], out.weight
 
 
