@@ -332,13 +332,33 @@ def _json_default(x: Any) -> Any:
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
-    """A short hash of what a cell computes, to catch a recipe edited between runs."""
+    """A short hash of what a cell computes, to catch a recipe (or a FinetuneConfig
+    default) changed between runs."""
     kept = {k: v for k, v in settings.items() if k not in UNHASHED_FIELDS}
     text = json.dumps(kept, sort_keys=True, default=_json_default)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 # -- running -----------------------------------------------------------------------
+
+
+def _code_version() -> str:
+    """probe's version and, in a git checkout, the commit (``+dirty`` with local edits)."""
+    import subprocess
+
+    from probe import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--exclude", "*"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"{__version__}+{rev}" if rev else __version__
 
 
 def _label_kind(task: str, params: Mapping[str, Any]) -> str | None:
@@ -410,8 +430,14 @@ def run_sweep(
     cells = config.cells()
     mine = cells if shard is None else cells[shard[0] :: shard[1]]
     settings = {c.key: config.cell_settings(c) for c in mine}
-    hashes = {k: settings_hash(s) for k, s in settings.items()}
     configs = cell_configs(config, mine, work_dir)
+    # Hash every field, defaults included, so a changed default also counts as a
+    # change; the model as the recipe names it, not as resolved on this machine.
+    hashes = {
+        k: settings_hash({**dataclasses.asdict(configs[k]), "model": settings[k].get("model")})
+        for k in configs
+    }
+    code = _code_version()
     kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
 
     if overwrite:
@@ -461,6 +487,7 @@ def run_sweep(
             "threshold": config.threshold,
             "grid_cells": len(cells),
             "cell_hash": hashes[c.key],
+            "code": code,
             **{k: v for k, v in result.items() if k not in ("variant", "n", "recipe")},
         }
         row["seed"] = c.seed
