@@ -230,6 +230,17 @@ def _shared_settings(rows: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def _codes(rows: pd.DataFrame) -> str:
+    """The code versions the rows were made with; more than one is worth a warning."""
+    if "code" not in rows.columns:
+        return ""
+    counts = rows["code"].dropna().value_counts()
+    if len(counts) <= 1:
+        return ", ".join(counts.index)
+    listed = ", ".join(f"{c} ({k} cells)" for c, k in counts.items())
+    return f"**mixed** — {listed}"
+
+
 def write_report(
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -307,6 +318,7 @@ def write_report(
             f"Task `{task}`; metric: {metric} on unseen symbols (mean over seeds); {status}.",
             "",
             *([f"Shared settings: {shared}.", ""] if (shared := _shared_settings(sub)) else []),
+            *([f"Code: {codes}.", ""] if (codes := _codes(sub)) else []),
             f"![{recipe}]({png})",
             "",
             markdown_table(t),
