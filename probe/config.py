@@ -49,7 +49,7 @@ class FinetuneConfig:
         ),
     )
     gguf_file: str | None = field(
-        default=None, metadata=_help("GGUF file name inside the --model folder")
+        default=None, metadata=_help("GGUF file name inside the --model folder or Hub repo")
     )
     from_scratch: bool = field(
         default=True,
@@ -59,18 +59,27 @@ class FinetuneConfig:
         ),
     )
     n_layer: int | None = field(
-        default=None, metadata=_help("layers, from scratch only (default 2)")
+        default=None,
+        metadata=_help(
+            f"layers, from scratch only (default: {SMALL_SHAPE['n_layer']}; "
+            "the MLP baselines keep their own)"
+        ),
     )
     n_embd: int | None = field(
-        default=None, metadata=_help("model width, from scratch only (default 128)")
+        default=None,
+        metadata=_help(
+            f"model width, from scratch only (default: {SMALL_SHAPE['n_embd']}; "
+            "the MLP baselines keep their own)"
+        ),
     )
     n_head: int | None = field(
-        default=None, metadata=_help("attention heads, from scratch only (default 4)")
+        default=None,
+        metadata=_help(f"attention heads, from scratch only (default: {SMALL_SHAPE['n_head']})"),
     )
     model_overrides: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
-            "further config overrides passed to build_model, e.g. resid_pdrop=0.0",
+            "a further config override passed to build_model, e.g. resid_pdrop=0.0 (repeatable)",
             flag="--model-override",
         ),
     )
@@ -100,12 +109,12 @@ class FinetuneConfig:
         default=None,
         metadata=_help(
             "a catalogue task, see `probe tasks`, optionally with parameters: "
-            f"majority_k:k=5 (default {DEFAULT_TASK})"
+            f"majority_k:k=5 (default: {DEFAULT_TASK})"
         ),
     )
     task_params: dict[str, Any] = field(
         default_factory=dict,
-        metadata=_help("a catalogue task's parameter, e.g. k=5", flag="--task-param"),
+        metadata=_help("a catalogue task's parameter, e.g. k=5 (repeatable)", flag="--task-param"),
     )
     dataset: str | None = field(
         default=None,
@@ -124,17 +133,23 @@ class FinetuneConfig:
     n_train: int | None = field(
         default=None,
         metadata=_help(
-            f"training samples (= train alphabet size; default {DEFAULT_SIZES['n_train']}); "
-            "with --dataset: the first N rows (default all)"
+            "training samples (= train alphabet size; with --dataset: its first N rows) "
+            f"(default: {DEFAULT_SIZES['n_train']}; with --dataset: all)"
         ),
     )
     n_val: int | None = field(
         default=None,
-        metadata=_help(f"validation samples (default {DEFAULT_SIZES['n_val']}; 0: none)"),
+        metadata=_help(
+            "validation samples, 0 for none (with --dataset: its first N rows) "
+            f"(default: {DEFAULT_SIZES['n_val']}; with --dataset: all)"
+        ),
     )
     n_test: int | None = field(
         default=None,
-        metadata=_help(f"test samples, on unseen symbols (default {DEFAULT_SIZES['n_test']})"),
+        metadata=_help(
+            "test samples, on unseen symbols (with --dataset: its first N rows) "
+            f"(default: {DEFAULT_SIZES['n_test']}; with --dataset: all)"
+        ),
     )
     seed: int = field(default=0, metadata=_help("seed of the data, the weights and the order"))
     # -- optimization
@@ -206,7 +221,10 @@ class FinetuneConfig:
         metadata=_help("comma-separated accelerate trackers, e.g. tensorboard (default: none)"),
     )
     log_every: int = field(default=10, metadata=_help("log the training loss every N steps"))
-    progress: bool = field(default=True, metadata=_help("show a progress bar (main process)"))
+    progress: bool = field(
+        default=True,
+        metadata=_help("show a progress bar and the closing summary line (main process)"),
+    )
 
     def __post_init__(self) -> None:
         if self.task is not None and self.dataset is not None:
@@ -362,10 +380,10 @@ def _base_type(annotation: Any) -> Any:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None (the field's help says what None means)."""
+    """Shows defaults, except None and {} (the field's help says what they mean)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is argparse.SUPPRESS:
+        if action.default in (None, {}) or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
 
