@@ -208,10 +208,11 @@ def train(
             if not math.isfinite(value):
                 bar.close()
                 where = last_checkpoint or "none (this run saved no checkpoint yet)"
+                # --resume keeps --lr and --max-grad-norm, so it would meet the same NaN
                 raise FloatingPointError(
                     f"training loss is {value} at step {state.step + 1}; the run stops. "
-                    f"Last good checkpoint: {where}. Lower --lr or set --max-grad-norm, "
-                    "then start over (or --resume from that checkpoint)"
+                    f"Last good checkpoint: {where}. Lower --lr or set --max-grad-norm "
+                    "and start the run again with --overwrite"
                 )
             accelerator.backward(loss)
             if s.max_grad_norm:
