@@ -62,8 +62,9 @@ __all__ = ["FinetuneConfig", "finetune", "main"]
 
 RESULTS_FILE = "results.jsonl"
 CHECKPOINTS = "checkpoints"
+LOGS = "logs"
 # Files a run writes in its output folder; --overwrite removes these and nothing else.
-RUN_ARTIFACTS = (RESULTS_FILE, CHECKPOINTS, "run_config.json", "model", "logs")
+RUN_ARTIFACTS = (RESULTS_FILE, CHECKPOINTS, "run_config.json", "model", LOGS)
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     ``FloatingPointError`` when the training loss stops being finite.
     """
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
     if not isinstance(config, FinetuneConfig):
         raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
@@ -95,7 +97,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         cpu=not _has_accelerator(),
         mixed_precision=config.mixed_precision,
         log_with=config.trackers or None,
-        project_dir=str(out),
+        # trackers write to OUTPUT_DIR/logs, one of the RUN_ARTIFACTS --overwrite removes
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / LOGS)),
     )
     atexit.unregister(_destroy_process_group)  # once, however many runs
     atexit.register(_destroy_process_group)
@@ -126,8 +129,6 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
     if accelerator.is_main_process:
         _prepare_output_dir(out, config)
     accelerator.wait_for_everyone()
-    if config.trackers:
-        accelerator.init_trackers("probe", config=_flat(config))
 
     set_seed(config.seed)
     data = load_run_data(config, task)
@@ -143,6 +144,13 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
     names = list(loaders)
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
     loaders = dict(zip(names, prepared, strict=True))
+    if accelerator.is_main_process and not config.resume:
+        # written (and trackers started) once the set-up has succeeded: a run that
+        # failed before training (a dataset or tokenizer that cannot be loaded) leaves
+        # no files behind for the next try to refuse
+        _write_atomic(config_path(out), json.dumps(config.to_dict(), indent=2) + "\n")
+    if config.trackers:
+        accelerator.init_trackers("probe", config=_flat(config))
 
     state = TrainState(window=config.converge_window)
     accelerator.register_for_checkpointing(state)
@@ -264,8 +272,6 @@ def _prepare_output_dir(out: Path, config: FinetuneConfig) -> None:
             elif path.exists():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    if not config.resume:
-        _write_atomic(config_path(out), json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:
