@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from probe.config import FinetuneConfig
@@ -89,26 +91,38 @@ def model_type(config: FinetuneConfig) -> str:
     from probe.models import SCRATCH_PRESETS
 
     name = config.model
-    if name in MLP_VARIANTS:
-        return "mlp"
-    if name in SCRATCH_PRESETS:
-        return SCRATCH_PRESETS[name][0]
-    if config.from_scratch and (name in ARCHITECTURES or name in ALIASES):
-        return ALIASES.get(name, name)
-    from transformers import AutoConfig
-
     path = Path(name).expanduser()
     gguf = config.gguf_file
-    if name.endswith(".gguf"):
-        if not path.is_file():
-            raise FileNotFoundError(f"--model {name!r}: no such GGUF file")
-        path, gguf = path.parent, path.name
     accepted = (
         "a Hub id (gpt2, t5-small, HuggingFaceTB/SmolLM2-135M, ...), a folder saved with "
         "save_pretrained, a .gguf file, an architecture name from scratch "
         f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}) or an "
         f"MLP baseline ({', '.join(MLP_VARIANTS)})"
     )
+    built_in = name in MLP_VARIANTS or name in SCRATCH_PRESETS
+    architecture = config.from_scratch and (name in ARCHITECTURES or name in ALIASES)
+    if gguf is not None and not path.is_dir():
+        what = "a GGUF file already" if name.endswith(".gguf") else "built in, not a checkpoint"
+        if name.endswith(".gguf") or built_in or architecture:
+            raise ValueError(
+                f"--gguf-file {gguf!r} names a file inside the --model folder or Hub repo, "
+                f"but --model {name!r} is {what}; pass --model FOLDER --gguf-file FILE, "
+                "or --model PATH.gguf alone"
+            )
+    if name in MLP_VARIANTS:
+        return "mlp"
+    if name in SCRATCH_PRESETS:
+        return SCRATCH_PRESETS[name][0]
+    if architecture:
+        return ALIASES.get(name, name)
+    from transformers import AutoConfig
+
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"--model {name!r}: no such GGUF file")
+        path, gguf = path.parent, path.name
+    elif name.startswith((".", "/", "~")) and not path.exists():  # a path, not a Hub id
+        raise ValueError(f"--model {name!r}: no such folder; --model accepts {accepted}")
     try:
         hf_config = AutoConfig.from_pretrained(str(path) if path.exists() else name, gguf_file=gguf)
     except (OSError, ValueError) as err:
@@ -140,6 +154,8 @@ def check_environment(config: FinetuneConfig, run_state: dict[str, Any]):
         path = Path(config.dataset).expanduser()
         if (config.dataset.startswith((".", "/", "~")) or path.exists()) and not path.is_dir():
             raise FileNotFoundError(f"--dataset {config.dataset!r}: no such folder")
+    if config.tokenizer is not None:
+        _check_local("--tokenizer", config.tokenizer)
     kind = model_type(config)
     if kind == "mlp":
         if config.ab != "none":
@@ -157,6 +173,12 @@ def check_environment(config: FinetuneConfig, run_state: dict[str, Any]):
     _check_trackers(config.trackers)
     _check_output_dir(config, run_state)
     return task
+
+
+def _check_local(flag: str, name: str) -> None:
+    """A name written as a path (./x, /x, ~/x) must exist: it is no Hub id."""
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"{flag} {name!r}: no such folder")
 
 
 def _check_trackers(trackers: list[str]) -> None:
@@ -241,16 +263,27 @@ def _first(split, n: int | None, what: str):
 def _render_tokenizer(config: FinetuneConfig):
     """The tokenizer to render --task with: --tokenizer, the model's own when pretrained,
     else None (probe's SymbolTokenizer)."""
-    from transformers import AutoTokenizer
-
     if config.tokenizer is not None:
-        return AutoTokenizer.from_pretrained(config.tokenizer)
+        return _load_tokenizer("--tokenizer", config.tokenizer)
     if config.from_scratch:
         return None
     if config.model.endswith(".gguf"):
         path = Path(config.model).expanduser()
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(config.model, gguf_file=config.gguf_file)
+        return _load_tokenizer("--model", str(path.parent), gguf_file=path.name)
+    return _load_tokenizer("--model", config.model, gguf_file=config.gguf_file)
+
+
+def _load_tokenizer(flag: str, name: str, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    _check_local(flag, name)
+    try:
+        return AutoTokenizer.from_pretrained(name, gguf_file=gguf_file)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{flag} {name!r}: no tokenizer could be loaded ({str(err).splitlines()[0]}); pass "
+            "a Hub id that is cached or reachable, or a folder saved with save_pretrained"
+        ) from err
 
 
 def _dataset_tokenizer(config: FinetuneConfig, dsd):
@@ -319,15 +352,22 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
             s = config.shape_overrides
             shape = SHAPE_KEYS[kind](s["n_layer"], s["n_embd"], s["n_head"])
             overrides = {**shape, **overrides}
-    model = build_model(
-        config.model,
-        task=data.task,
-        tokenizer=data.tokenizer,
-        pretrained=not config.from_scratch,
-        gguf_file=config.gguf_file,
-        seed=config.seed,
-        **overrides,
-    )
+    try:
+        model = build_model(
+            config.model,
+            task=data.task,
+            tokenizer=data.tokenizer,
+            pretrained=not config.from_scratch,
+            gguf_file=config.gguf_file,
+            seed=config.seed,
+            **overrides,
+        )
+    except (TypeError, StrictDataclassError) as err:
+        if not config.model_overrides:
+            raise
+        # build_model takes overrides as keyword arguments: an unknown one is a TypeError,
+        # a value of the wrong type fails the config's own validation
+        raise ValueError(f"--model-override {config.model_overrides}: {err}") from err
     if config.ab != "none":
         inject_ab(model, kq=config.kq, vo=config.vo)
     if config.lora_r:
@@ -365,7 +405,10 @@ def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.
         fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
     )
     try:
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated name; nothing the user can act on
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            return get_peft_model(model, lora)
     except ValueError as err:  # e.g. no default targets known for this architecture
         raise ValueError(
             f"LoRA could not wrap {type(model).__name__}: {err}. Name the layers to adapt "

@@ -3,6 +3,7 @@ LoRA, several processes, and the refusals a user relies on."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -263,7 +264,9 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"model": "mlp", "lora_r": 2, "n_head": None}, ValueError, "LoRA"),
         ({"model": "mlp", "ab": "kq", "n_head": None}, ValueError, "MLP"),
         ({"model": "no-such-model-xyz"}, ValueError, "--model accepts"),
-        ({"model": "/no/such/folder"}, ValueError, "--model accepts"),
+        ({"model": "/no/such/folder"}, ValueError, "no such folder; --model accepts"),
+        ({"gguf_file": "x.gguf"}, ValueError, "--model 'gpt2' is built in"),
+        ({"tokenizer": "./no/such/tokenizer"}, FileNotFoundError, "--tokenizer.*no such folder"),
         ({"n_train": 0}, ValueError, "integer >= 1"),
         ({"n_head": 3}, ValueError, "not divisible"),
         ({"from_scratch": False}, ValueError, "keeps its own shape"),
@@ -295,6 +298,13 @@ def test_existing_output_dir_is_refused_without_overwrite(tmp_path):
     finetune(tiny(tmp_path, max_steps=1, overwrite=True))
     assert len(read_rows(tmp_path / "run" / "results.jsonl")) == 1  # the old row is gone
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only run files go
+
+
+def test_a_run_that_fails_in_set_up_leaves_nothing_to_refuse(tmp_path):
+    with pytest.raises(ValueError, match="--model-override"):
+        finetune(tiny(tmp_path, model_overrides={"no_such_field": 1}))
+    assert not any((tmp_path / "run").iterdir())  # no run_config.json to block a retry
+    assert finetune(tiny(tmp_path, max_steps=1))["steps"] == 1
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
@@ -330,6 +340,16 @@ def test_flags_map_to_config_fields():
     assert (config.dataset, config.dataset_config, config.task) == ("data/x", "aba", None)
     help_text = build_parser().format_help()
     assert "--lora-targets" in help_text and "--log-with" in help_text
+
+
+def test_help_shows_each_default_once():
+    help_text = build_parser().format_help().split("options:")[1]
+    entries = re.split(r"\n  (?=-)", " ".join(help_text.split("\n\n")))
+    for entry in entries:
+        assert " ".join(entry.split()).count("(default") <= 1, entry
+    assert "(default: None)" not in help_text and "(default: {})" not in help_text
+    assert "--n-layer N_LAYER     layers, from scratch only (default: 2;" in help_text
+    assert "(default: 0.001)" in help_text  # --lr, from the field's own default
 
 
 def test_bad_flag_value_exits_with_the_accepted_values(capsys):
