@@ -279,7 +279,8 @@ def find_site(model: nn.Module, layer: int, kind: str | None = None) -> Attentio
     match = [s for s in sites if s.layer == layer and (kind is None or s.kind == kind)]
     if not match:
         layers = sorted({s.layer for s in sites if kind is None or s.kind == kind})
-        raise ValueError(f"no {kind or ''} attention at layer {layer}; layers are {layers}")
+        what = f"{kind} attention" if kind else "attention"
+        raise ValueError(f"no {what} at layer {layer}; layers are {layers}")
     return match[0]
 
 

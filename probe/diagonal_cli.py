@@ -29,9 +29,22 @@ def load_model(
         AutoModelForSeq2SeqLM,
     )
 
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if gguf is None and path.suffix == ".gguf" and path.is_file():
-        name_or_path, gguf = str(path.parent), path.name
+        name_or_path, gguf, path = str(path.parent), path.name, path.parent
+    if not path.exists() and (
+        path.suffix == ".gguf" or str(name_or_path).startswith((".", "/", "~"))
+    ):
+        raise FileNotFoundError(
+            f"--model {str(name_or_path)!r}: no such file or folder; pass a folder saved with "
+            "save_pretrained, a .gguf file, or a Hub id"
+        )
+    if gguf is not None and path.is_dir() and not (path / gguf).is_file():
+        found = sorted(p.name for p in path.glob("*.gguf"))
+        raise FileNotFoundError(
+            f"--gguf {gguf!r}: no such file in {str(path)!r}; its GGUF files: "
+            f"{', '.join(found) or 'none'}"
+        )
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
@@ -91,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=4, help="plot the matrices of the top N heads")
     parser.add_argument("--block", type=int, default=64, help="top-left block size of head plots")
     args = parser.parse_args(argv)
+    if args.top < 0:
+        parser.error(f"--top {args.top}: pass 0 or more heads to plot")
+    if args.block < 1:
+        parser.error(f"--block {args.block}: pass a block size of at least 1")
 
     from probe.diagonal_plots import plot_diagonal, plot_head
 
@@ -106,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     save_figure(plot_diagonal(df, score=args.score), written[-1])
     top = top_heads(df, args.score, args.top)
     for row in top.itertuples():
-        path = out / f"head_{row.kind}{row.layer}_h{row.head}_{row.matrix}.png"
+        kind = "" if row.kind == "self" else f"{row.kind}_"
+        path = out / f"head_{kind}L{row.layer}_h{row.head}_{row.matrix}.png"
         fig = plot_head(
             model,
             row.layer,
@@ -119,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         save_figure(fig, path)
         written.append(path)
     cols = ["kind", "layer", "head", "matrix", "a_star", "cos_identity", "copying_score"]
-    print(top[cols].to_string(index=False))
+    if len(top):
+        print(top[cols].to_string(index=False))
     print("wrote " + ", ".join(str(p) for p in written))
 
 

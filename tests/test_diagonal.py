@@ -423,7 +423,7 @@ def test_cli_writes_table_and_pictures(tmp_path):
         table["cos_identity"], attn_diagonal(model)["cos_identity"], rtol=1e-5
     )
     assert (out / "heatmap_cos_identity.png").exists()
-    assert len(list(out.glob("head_self*_h*_*.png"))) == 2
+    assert len(list(out.glob("head_L*_h*_*.png"))) == 2
 
 
 def test_cli_from_scratch_is_seeded(tmp_path):
