@@ -55,7 +55,7 @@ def run_probe(out: str, steps: int) -> float:
 
 def run_trainer(out: str, steps: int) -> float:
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     cfg = config(out, steps)
     data = load_run_data(cfg, get_task(cfg.task))
@@ -80,7 +80,9 @@ def run_trainer(out: str, steps: int) -> float:
         use_cpu=not torch.cuda.is_available(),
         seed=cfg.seed,
     )
-    result = Trainer(model=model, args=args, train_dataset=train).train()
+    trainer = Trainer(model=model, args=args, train_dataset=train)
+    trainer.remove_callback(PrinterCallback)  # its end-of-run metrics line; we print ours
+    result = trainer.train()
     return steps * BATCH / result.metrics["train_runtime"]
 
 
