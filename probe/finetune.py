@@ -175,16 +175,7 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
             return {}
         return evaluate(accelerator, model, loaders["validation"], label_kind, readout, "val")
 
-    settings = LoopSettings(
-        max_steps=config.max_steps,
-        epochs=config.epochs,
-        converge_loss=config.converge_loss,
-        max_grad_norm=config.max_grad_norm,
-        eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every,
-        progress=config.progress,
-    )
+    settings = LoopSettings.from_config(config)
     previous = checkpoint_dirs(checkpoints)
     first_step, train_start = state.step, time.perf_counter()
     train(

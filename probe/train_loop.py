@@ -8,6 +8,7 @@ the steps an uninterrupted run would have taken.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -148,6 +149,11 @@ class LoopSettings:
     checkpoint_every: int
     log_every: int
     progress: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> LoopSettings:
+        """The fields of the same names from a ``FinetuneConfig``."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
 def _stop_reason(state: TrainState, s: LoopSettings) -> str:
