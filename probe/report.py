@@ -154,12 +154,16 @@ def plot_curves(
     if band not in ("minmax", "std"):
         raise ValueError(f"band={band!r}; use 'minmax' or 'std'")
     variants = list(dict.fromkeys(curve["variant"]))
-    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    # Many variants come in pairs (plain / modified at one width, recipe order):
+    # tab20 gives each pair one hue, dark and light, and the second is dashed.
+    paired = len(variants) > 6
+    cmap = plt.get_cmap("tab20" if paired else "tab10")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for i, v in enumerate(variants):
         g = curve[curve["variant"] == v].sort_values("n")
         color = cmap(i % cmap.N)
-        ax.plot(g["n"], g["mean"], marker="o", ms=3.5, color=color, label=v)
+        ls = "--" if paired and i % 2 else "-"
+        ax.plot(g["n"], g["mean"], marker="o", ms=3.5, color=color, ls=ls, label=v)
         lo, hi = (
             (g["min"], g["max"])
             if band == "minmax"
