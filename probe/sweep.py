@@ -7,7 +7,8 @@ a few :class:`~probe.finetune.FinetuneConfig` overrides: ``ab: kq``,
 cell runs through :func:`probe.finetune.finetune` and its row, with the cell's
 keys (``recipe``, ``variant``, ``n``, ``seed``) added, is appended to the sweep's
 results file. A recipe may ``include:`` other recipes (paths relative to it):
-mappings merge key by key, anything else is replaced, so ``recipes/base.yaml``
+mappings merge key by key (except ``variants``, which the including recipe
+replaces whole), anything else is replaced, so ``recipes/base.yaml``
 holds the shared training defaults and each recipe states only what differs::
 
     include: base.yaml
@@ -177,11 +178,19 @@ class Cell:
 # -- recipes ---------------------------------------------------------------------
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key (recursively); lists and scalars from ``over`` replace."""
+# Recipe keys an including file replaces whole: a recipe that includes another
+# to change its variants wants exactly the variants it lists.
+REPLACED_KEYS = ("variants",)
+
+
+def _merge(
+    base: Mapping[str, Any], over: Mapping[str, Any], replaced: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Mappings merge key by key (recursively) except ``replaced`` keys; lists and
+    scalars from ``over`` replace."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+        if k not in replaced and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -207,7 +216,7 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
     for inc in includes:
         merged = _merge(merged, load_recipe(path.parent / inc, (*_seen, path)))
     merged.pop("name", None)  # a name never comes from an included file
-    return _merge(merged, d)
+    return _merge(merged, d, REPLACED_KEYS)
 
 
 def _finetune_fields() -> dict[str, dataclasses.Field]:

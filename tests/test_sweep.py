@@ -77,6 +77,12 @@ def test_include_merges_mappings_and_names_from_file(tmp_path):
     ]
 
 
+def test_including_recipe_replaces_variants_whole(tmp_path):
+    write(tmp_path / "a.yaml", "task: copy\nn: [4]\nvariants: {none: {}, vo: {ab: vo}}\n")
+    write(tmp_path / "b.yaml", "include: a.yaml\nvariants: {kq: {ab: kq}}\nbaseline: null\n")
+    assert list(SweepConfig.from_yaml(tmp_path / "b.yaml").variants) == ["kq"]
+
+
 def test_include_cycle_is_an_error(tmp_path):
     write(tmp_path / "a.yaml", "include: b.yaml\n")
     write(tmp_path / "b.yaml", "include: a.yaml\n")
