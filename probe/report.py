@@ -264,9 +264,12 @@ def write_report(
     if threshold is None:
         recorded = df["threshold"].dropna().unique() if "threshold" in df.columns else []
         threshold = float(recorded[0]) if len(recorded) == 1 else 0.05
-    if baseline is None:
-        recorded = df["baseline"].dropna().unique() if "baseline" in df.columns else []
-        baseline = str(recorded[0]) if len(recorded) == 1 else "none"
+    if baseline is None and "baseline" in df.columns:
+        recorded = df["baseline"].dropna().unique()
+        # a recipe's `baseline: null` means no ratios
+        baseline = str(recorded[0]) if len(recorded) == 1 else None
+    elif baseline is None:
+        baseline = "none"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     curve = curves(df, metric)
@@ -299,7 +302,8 @@ def write_report(
             else f"{done} cells"
         )
         t = table[table["recipe"] == recipe]
-        t = t[["variant", "n_star_text", "ratio_text", "best_mean", "seeds"]].rename(
+        cols = ["variant", "n_star_text", "ratio_text", "best_mean", "seeds"]
+        t = t[[c for c in cols if baseline is not None or c != "ratio_text"]].rename(
             columns={
                 "n_star_text": f"n* ({metric} <= {threshold:g})",
                 "ratio_text": f"n* / n*({baseline})",
