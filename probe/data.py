@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +39,7 @@ import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
 from probe.alphabets import Alphabet, Vocab, symbol_vocab
-from probe.templates import TemplateTask
+from probe.templates import TemplateTask, check_count
 from probe.tokenizer import (
     SymbolTokenizer,
     encode_each,
@@ -90,19 +89,6 @@ def resolve_task(task: TemplateTask | str) -> tuple[TemplateTask, str | None]:
         except json.JSONDecodeError:
             params[key.strip()] = value.strip()
     return get_task(name.strip(), **params), task
-
-
-def check_count(value: Any, what: str, low: int = 0) -> int:
-    """``value`` as an integer >= ``low``, or a ValueError naming ``what``."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-    if v < low:
-        raise ValueError(f"{what} must be >= {low}, got {v}")
-    return v
 
 
 def _need(task: TemplateTask) -> int:

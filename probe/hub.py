@@ -23,7 +23,8 @@ import datasets
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from probe.data import SPLITS, check_count, dataset_tokenizer, render, resolve_task, task_info
+from probe.data import SPLITS, dataset_tokenizer, render, resolve_task, task_info
+from probe.templates import check_count
 from probe.tokenizer import SymbolTokenizer, load_tokenizer_by_name
 
 CARD = "README.md"

@@ -422,8 +422,8 @@ class TemplateTask:
         ``[n, max_wildcards]`` (int64; -1 past each template's wildcards). The same
         generator state gives identical arrays.
         """
-        n = _count(n, "n")
-        n_symbols = _count(n_symbols, "n_symbols")
+        n = check_count(n, "n")
+        n_symbols = check_count(n_symbols, "n_symbols")
         if not isinstance(rng, np.random.Generator):
             raise ValueError(
                 f"rng must be a numpy Generator, got {type(rng).__name__}; "
@@ -480,14 +480,14 @@ class TemplateTask:
         )
 
 
-def _count(value: Any, what: str) -> int:
-    """A non-negative integer argument, or a ValueError naming it."""
+def check_count(value: Any, what: str, low: int = 0) -> int:
+    """``value`` as an integer >= ``low``, or a ValueError naming ``what``."""
     try:
         if isinstance(value, bool):
             raise TypeError
         v = operator.index(value)
     except TypeError:
         raise ValueError(f"{what} must be an integer, got {value!r}") from None
-    if v < 0:
-        raise ValueError(f"{what} must be >= 0, got {v}")
+    if v < low:
+        raise ValueError(f"{what} must be >= {low}, got {v}")
     return v
