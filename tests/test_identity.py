@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,7 +10,6 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
@@ -415,29 +415,14 @@ def test_changing_the_attention_implementation_after_injecting_is_caught():
 # A real checkpoint: SmolLM2-135M (Llama family, 9 query heads over 3 key/value heads)
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from probe.offline import smollm2_gguf
-
-    try:
-        path = smollm2_gguf()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    return AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, attn_implementation="eager"
-    ).eval()
-
-
 def test_smollm2_keeps_its_predictions_at_zero(smollm2):
+    model = copy.deepcopy(smollm2.model)  # the session's copy stays unpatched (conftest.py)
     ids = torch.tensor([[1, 504, 3458, 314, 4649, 357, 260, 1234, 30]])  # a short prompt
     with torch.no_grad():
-        before = smollm2(ids, use_cache=False).logits
-        inject_ab(smollm2)
-        try:
-            sites = attention_sites(smollm2)
-            assert sites[0].n_kv_heads < sites[0].n_heads
-            after = smollm2(ids, use_cache=False).logits
-        finally:
-            remove_ab(smollm2)
+        before = model(ids, use_cache=False).logits
+        inject_ab(model)
+        sites = attention_sites(model)
+        assert sites[0].n_kv_heads < sites[0].n_heads
+        after = model(ids, use_cache=False).logits
     assert torch.equal(before.argmax(-1), after.argmax(-1))
     assert torch.equal(before, after)

@@ -336,19 +336,8 @@ def test_minilm_as_a_regression_classifier():
     assert out.shape == (2, 1) and torch.isfinite(out).all()
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from transformers import AutoTokenizer
-
-    from probe.offline import smollm2_gguf
-
-    path = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return build_model(str(path)).eval(), tok
-
-
 def test_gguf_smollm2_predicts_paris(smollm2):
-    model, tok = smollm2
+    model, tok = smollm2.model, smollm2.tokenizer  # loaded once, by build_model (conftest.py)
     assert type(model).__name__ == "LlamaForCausalLM" and model.probe_label_kind == "symbolic"
     enc = tok(["The capital of France is", "Monday, Tuesday,"], padding=True, return_tensors="pt")
     assert tok.padding_side == "right" or enc.attention_mask.all()

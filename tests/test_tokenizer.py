@@ -95,24 +95,19 @@ def test_loaded_symbol_tokenizer_renders_the_same(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    p = smollm2_gguf()
-    return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-
-
-@pytest.fixture(scope="module")
 def minilm():
     return AutoTokenizer.from_pretrained(str(minilm_dir()))
 
 
 @pytest.fixture(params=["smollm2", "minilm"])
 def real(request):
-    return request.getfixturevalue(request.param)
+    fixture = {"smollm2": "smollm2_tokenizer", "minilm": "minilm"}[request.param]
+    return request.getfixturevalue(fixture)
 
 
-def test_encoding_prefix(smollm2, minilm):
+def test_encoding_prefix(smollm2_tokenizer, minilm):
     # byte-level BPE without add_prefix_space: 'foo' at the start differs from ' foo'
-    assert encoding_prefix(smollm2) == " "
+    assert encoding_prefix(smollm2_tokenizer) == " "
     # WordPiece splits on whitespace first: no difference
     assert encoding_prefix(minilm) == ""
 
@@ -139,10 +134,10 @@ def test_single_token_symbols(real):
         assert tail[-1] == i and real.decode([i]).strip() == w
 
 
-def test_single_token_symbols_drop_glued_pieces(smollm2, minilm):
+def test_single_token_symbols_drop_glued_pieces(smollm2_tokenizer, minilm):
     words, _ = single_token_symbols(minilm)
     assert not any(w.startswith("##") for w in words)
-    words, _ = single_token_symbols(smollm2)
+    words, _ = single_token_symbols(smollm2_tokenizer)
     assert "<|im_end|>" not in words and "Ġ" not in words
     assert all(w == w.strip() and w for w in words)
 
@@ -182,12 +177,12 @@ def test_render_real_tokenizer_alphabet_too_large(minilm):
         render("aba_vs_abb", 100_000, 10, 10, tokenizer=minilm)
 
 
-def test_gguf_tokenizer_named_by_its_file(smollm2, monkeypatch):
+def test_gguf_tokenizer_named_by_its_file(smollm2_tokenizer, monkeypatch):
     import transformers
 
     from probe.tokenizer import load_tokenizer_by_name
 
-    name = tokenizer_name(smollm2)
+    name = tokenizer_name(smollm2_tokenizer)
     assert name == str(smollm2_gguf())
     # the name loads back through gguf_file= (recorded, not re-read: that takes ~5 s)
     calls = []
