@@ -129,6 +129,14 @@ def _bert_norms(model: nn.Module, name: str) -> tuple[nn.Module | None, nn.Modul
     return (_sibling(model, path),) * 2
 
 
+# decoder-only models: a one-output classifier for regression, the LM head for symbols,
+# both read at the last real position (the readout token)
+_CAUSAL_HEADS = {
+    "regression": "AutoModelForSequenceClassification",
+    "symbolic": "AutoModelForCausalLM",
+}
+_CAUSAL_READOUTS = {"regression": "last_token_score", "symbolic": "last_token_logits"}
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": ArchSpec(
         model_type="gpt2",
@@ -141,11 +149,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_heads_key="n_head",
         qk_scaled=True,
         input_norms=_gpt2_norms,
-        heads={
-            "regression": "AutoModelForSequenceClassification",
-            "symbolic": "AutoModelForCausalLM",
-        },
-        readouts={"regression": "last_token_score", "symbolic": "last_token_logits"},
+        heads=_CAUSAL_HEADS,
+        readouts=_CAUSAL_READOUTS,
         position_embeddings=("wpe",),
     ),
     "t5": ArchSpec(
@@ -180,11 +185,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         qk_scaled=True,
         input_norms=_llama_norms,
         notes="RoPE rotates Q and K; W_Q W_Kᵀ is the content term at relative position 0",
-        heads={
-            "regression": "AutoModelForSequenceClassification",
-            "symbolic": "AutoModelForCausalLM",
-        },
-        readouts={"regression": "last_token_score", "symbolic": "last_token_logits"},
+        heads=_CAUSAL_HEADS,
+        readouts=_CAUSAL_READOUTS,
     ),
     "bert": ArchSpec(
         model_type="bert",
