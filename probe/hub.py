@@ -292,7 +292,7 @@ def _hub_offline() -> bool:
 def _unreachable(hub_id: str, why: str) -> ConnectionError:
     return ConnectionError(
         f"dataset {hub_id!r} is not in the local cache and {why}. To provide it: on a "
-        f"machine with access, run `huggingface-cli download --repo-type dataset {hub_id} "
+        f"machine with access, run `hf download --repo-type dataset {hub_id} "
         f"--local-dir DIR` (or render it with `probe data render --task NAME --n-train N "
         f"--out DIR`), copy DIR here and pass the folder instead of the Hub id"
     )

@@ -121,7 +121,8 @@ def test_offline_hub_id_fails_at_once():
     message = str(err.value)
     assert "'someone/template-tasks'" in message
     assert "offline" in message and "HF_HUB_OFFLINE" in message
-    assert "huggingface-cli download" in message and "pass the folder" in message
+    assert "`hf download --repo-type dataset someone/template-tasks" in message
+    assert "pass the folder" in message
 
 
 # -- the command line's jobs ---------------------------------------------------------
