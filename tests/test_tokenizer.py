@@ -198,3 +198,48 @@ def test_unknown_tokenizer_name_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="cannot load tokenizer .*local folder"):
         load_tokenizer_by_name(str(tmp_path / "nowhere"))
+
+
+def test_unreachable_hub_tokenizer_is_asked_once_then_the_cache(monkeypatch):
+    import huggingface_hub
+    import transformers
+
+    from probe.tokenizer import load_tokenizer_by_name
+
+    asked, loads = [], []
+
+    def repo_info(self, repo_id, **kwargs):
+        asked.append((repo_id, kwargs.get("timeout")))
+        raise ConnectionError("no route to host")
+
+    def from_pretrained(name, **kwargs):
+        loads.append(kwargs)
+        raise OSError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+    with pytest.raises(ValueError) as err:
+        load_tokenizer_by_name("someone/tokenizer")
+    assert asked == [("someone/tokenizer", 10)]
+    assert loads == [{"local_files_only": True}]  # never the retrying download
+    message = str(err.value)
+    assert "'someone/tokenizer'" in message and "cannot be reached" in message
+    assert "no route to host" in message and "`hf download someone/tokenizer" in message
+
+
+def test_offline_hub_tokenizer_names_the_way_out():
+    from probe.tokenizer import load_tokenizer_by_name
+
+    with pytest.raises(
+        ValueError, match=r"'gpt2'.*not in the local cache.*HF_HUB_OFFLINE.*hf download gpt2"
+    ):
+        load_tokenizer_by_name("gpt2")
+
+
+def test_missing_tokenizer_path_is_not_sent_to_the_hub(tmp_path):
+    from probe.tokenizer import load_tokenizer_by_name
+
+    for name in (str(tmp_path / "nowhere"), "./nowhere", "a/b/c", str(tmp_path / "tok.gguf")):
+        with pytest.raises(ValueError, match="no such file or folder"):
+            load_tokenizer_by_name(name)
