@@ -28,9 +28,10 @@ Names ``build_model`` accepts:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,10 @@ def _architecture_key(name: str) -> str | None:
 def _load_config(name: str, folder: str, gguf: str | None, pretrained: bool) -> PreTrainedConfig:
     architecture = _architecture_key(name)
     local = Path(folder).is_dir()
+    if architecture is None and not pretrained and not local and name in CONFIG_MAPPING:
+        # a transformers architecture probe has no table row for (e.g. "bloom"): say so
+        # rather than look it up on the Hub as a checkpoint
+        arch_spec(AutoConfig.for_model(name))
     if architecture is not None and not pretrained and not local:
         # the default config class, never the Hub: GPT2Config() is the gpt2 checkpoint's
         # configuration, and "t5", "llama", "bert" name no checkpoint at all
@@ -371,8 +376,16 @@ def _hub_message(name: str, architecture: str | None, reason: str) -> str:
     return (
         f"could not load {name!r} from the Hugging Face Hub ({reason}). Download it on a "
         f"machine with internet (`hf download {name} --local-dir DIR`), copy DIR here and "
-        "pass build_model(DIR), or pass a GGUF file (a .gguf path, or gguf_file=)." + scratch
+        "pass build_model(DIR), or pass a GGUF file (a .gguf path, or gguf_file=)."
+        + scratch
+        + _did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, *MLP_VARIANTS])
     )
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` Did you mean 'gpt2'?`` when ``name`` is a near miss of a known name, else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" Did you mean {close[0]!r}?" if close and close[0] != name else ""
 
 
 def _checkpoint_label_kind(config: PreTrainedConfig) -> str:
@@ -390,11 +403,13 @@ def _config_fields(config: PreTrainedConfig) -> set[str]:
 
 
 def _check_overrides(config: PreTrainedConfig, overrides: Mapping[str, Any]) -> None:
-    unknown = sorted(set(overrides) - _config_fields(config))
+    fields = _config_fields(config)
+    unknown = sorted(set(overrides) - fields)
     if unknown:
+        hints = "".join(_did_you_mean(k, fields) for k in unknown)
         raise TypeError(
-            f"unknown config override(s) {unknown} for {type(config).__name__}; its fields are: "
-            f"{', '.join(sorted(_config_fields(config)))}"
+            f"unknown config override(s) {unknown} for {type(config).__name__}.{hints} Its "
+            f"fields are: {', '.join(sorted(fields))}"
         )
 
 

@@ -201,6 +201,13 @@ def test_unknown_override_names_it_and_lists_the_fields():
         build_model("gpt2", pretrained=False, n_layers=2)
 
 
+def test_unknown_override_suggests_the_near_miss():
+    with pytest.raises(
+        TypeError, match=r"\['n_layers'\] for GPT2Config\. Did you mean 'n_layer'\?"
+    ):
+        build_model("gpt2", pretrained=False, n_layers=2)
+
+
 def test_attribute_map_overrides_and_derived_fields():
     # GPT-2 calls hidden_size n_embd; Llama derives head_dim from hidden_size / heads
     gpt2 = build_model(
@@ -226,6 +233,19 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
     )
     with pytest.raises(ValueError, match=r"gpt_neox.*bert, gpt2, llama, t5"):
         build_model(tmp_path, pretrained=False)
+
+
+def test_unsupported_architecture_name_is_refused_before_the_hub():
+    # "bloom" is a transformers architecture without a row in probe's table, not a checkpoint
+    with pytest.raises(
+        ValueError, match=r"unsupported architecture 'bloom'.*bert, gpt2, llama, t5"
+    ):
+        build_model("bloom", pretrained=False)
+
+
+def test_misspelt_architecture_name_gets_a_suggestion():
+    with pytest.raises(OSError, match=r"'gtp2'.*Did you mean 'gpt2'\?"):
+        build_model("gtp2", pretrained=False)
 
 
 def test_offline_hub_id_fails_at_once_naming_the_model():
