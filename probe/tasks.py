@@ -12,6 +12,7 @@ single letters: ``=``, ``;``, ``print``, ``1``, ``-1``, ``|``, ``:``.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import itertools
 import re
@@ -86,7 +87,12 @@ def list_tasks() -> list[str]:
 def task_entry(name: str) -> TaskEntry:
     """The registry entry of ``name``: its factory, parameter defaults and description."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(_REGISTRY)}")
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.75)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(_REGISTRY)} (`probe tasks` shows "
+            f"their templates).{hint}"
+        )
     return _REGISTRY[name]
 
 

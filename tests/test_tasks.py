@@ -207,6 +207,8 @@ def test_unknown_task_lists_known_ones():
     with pytest.raises(ValueError, match="unknown task 'abba'"):
         task_entry("abba")
     assert task_entry("majority_k").defaults == {"k": 3}
+    with pytest.raises(ValueError, match=r"`probe tasks`.*Did you mean 'aba_vs_abb'\?"):
+        get_task("aba_vs_ab")
 
 
 def test_unknown_param_is_named():
