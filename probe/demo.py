@@ -24,11 +24,21 @@ SUMMARY_N_TRAIN = 1024  # samples (= symbols) of the summary's training split
 SUMMARY_N_TEST = 256  # samples of its validation and test splits each
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more samples")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="probe demo", description=__doc__.splitlines()[0])
     p.add_argument("--task", default="aba_vs_abb", help="a catalogue task (see `probe tasks`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the runs")
-    p.add_argument("--show", type=int, default=3, help="samples shown per split")
+    p.add_argument("--show", type=_non_negative, default=3, help="samples shown per split")
     p.add_argument(
         "--summary-only", action="store_true", help="show the dataset, skip the training"
     )

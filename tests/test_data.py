@@ -221,3 +221,11 @@ def test_demo_runs(capsys):
     main(["--summary-only", "--show", "1"])
     out = capsys.readouterr().out
     assert "aba_vs_abb" in out and "OK: the test uses only unseen symbols" in out
+
+
+def test_demo_refuses_a_negative_show(capsys):
+    from probe.demo import main
+
+    with pytest.raises(SystemExit):
+        main(["--summary-only", "--show", "-1"])
+    assert "--show: -1 is negative" in capsys.readouterr().err
