@@ -53,9 +53,17 @@ def _read_card(path: Path) -> tuple[dict[str, Any], str]:
     if not card.exists():
         return {}, ""
     text = card.read_text(encoding="utf-8")
-    if text.startswith("---"):
+    if text.startswith("---") and text.count("---") >= 2:
         _, front, body = text.split("---", 2)
-        meta = yaml.safe_load(front) or {}
+        try:
+            meta = yaml.safe_load(front) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(
+                f"{card}: the YAML front matter does not parse ({why}{where}); fix or remove it"
+            ) from None
         if not isinstance(meta, dict):
             raise ValueError(f"{card}: the YAML front matter is not a mapping")
         return meta, body.lstrip("\n")
@@ -70,6 +78,13 @@ def _existing_configs(path: Path) -> list[str]:
 def _check_destination(path: Path, config: str, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} exists and is not a folder; pick another output path")
+    if (path / CARD).exists() and "configs" not in _read_card(path)[0]:
+        # the folder's README.md is rewritten as the dataset card: never someone else's
+        raise FileExistsError(
+            f"{path / CARD} exists and is not a dataset card listing `configs:` (as "
+            f"probe.save_dataset writes), so saving here would replace it; pick a new or "
+            f"empty folder, or one written by probe.save_dataset"
+        )
     if not overwrite and ((path / config).exists() or config in _existing_configs(path)):
         raise FileExistsError(
             f"config {config!r} already exists in {path}; pass overwrite=True "
@@ -91,7 +106,8 @@ def save_dataset(
     ``path/README.md`` card whose YAML lists every config of the folder. The
     config is written into a temporary folder next to its destination and then
     renamed into place, so a failure leaves nothing half-written. An existing
-    config is refused unless ``overwrite``.
+    config is refused unless ``overwrite``; so is a folder whose ``README.md`` is not a
+    dataset card listing ``configs:`` (it would be replaced).
     """
     if not isinstance(dsd, datasets.DatasetDict):
         raise ValueError(f"expected a DatasetDict from probe.render, got {type(dsd).__name__}")

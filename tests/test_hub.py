@@ -78,6 +78,24 @@ def test_overwrite_refused_then_allowed(tmp_path):
     assert sorted(os.listdir(folder)) == ["README.md", "aba"]  # nothing left behind
 
 
+def test_a_folder_with_someone_elses_readme_is_refused(tmp_path):
+    dsd = render("copy", 8, 4, 4, seed=0)
+    notes = "# my project notes\n"
+    (tmp_path / "README.md").write_text(notes)
+    with pytest.raises(FileExistsError, match="README.md exists and is not a dataset card"):
+        save_dataset(dsd, tmp_path, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["README.md"]
+    assert (tmp_path / "README.md").read_text() == notes
+    (tmp_path / "README.md").write_text("---\nfoo: [\n---\n")
+    with pytest.raises(ValueError, match="YAML front matter does not parse .* at line 3"):
+        save_dataset(dsd, tmp_path)
+    # a folder without a card takes the dataset beside what it holds
+    (tmp_path / "README.md").unlink()
+    (tmp_path / "notes.txt").write_text("x")
+    save_dataset(dsd, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "copy", "notes.txt"]
+
+
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     dsd = render("aba_vs_abb", 20, 4, 4)
     calls = []
