@@ -154,6 +154,14 @@ class FinetuneConfig:
     seed: int = field(default=0, metadata=_help("seed of the data, the weights and the order"))
     # -- optimization
     lr: float = field(default=1e-3, metadata=_help("AdamW learning rate (constant)"))
+    ab_lr: float | None = field(
+        default=3e-2,
+        metadata=_help(
+            "AdamW learning rate of the a/b scalings (--ab). Adam moves a scalar by about "
+            "its learning rate per step, so at the matrices' 1e-3 a and b stay near 0 "
+            "while the network memorizes its training symbols; 'none': same as --lr"
+        ),
+    )
     weight_decay: float = field(
         default=0.0,
         metadata=_help(
@@ -315,6 +323,14 @@ class FinetuneConfig:
                 raise ValueError(f"--{_flag(name)} {value!r} must be a finite number >= 0")
         if self.lr == 0:
             raise ValueError("--lr 0 trains nothing; pass a positive learning rate")
+        if self.ab_lr is not None and (
+            not isinstance(self.ab_lr, (int, float))
+            or not math.isfinite(self.ab_lr)
+            or not self.ab_lr > 0
+        ):
+            raise ValueError(
+                f"--ab-lr {self.ab_lr!r} must be a finite number > 0, or none for --lr's value"
+            )
         if self.lora_r == 0 and (self.lora_alpha is not None or self.lora_targets):
             raise ValueError("--lora-alpha / --lora-targets need --lora-r R > 0")
         if self.lora_alpha is not None and not self.lora_alpha > 0:
@@ -379,6 +395,16 @@ def _base_type(annotation: Any) -> Any:
     return args[0] if args and typing.get_origin(annotation) is not dict else annotation
 
 
+def _none_or(kind: type) -> Any:
+    """An argparse type for an optional number: ``none`` gives None."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except None and {} (the field's help says what they mean)."""
 
@@ -416,6 +442,8 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
                 flag, type=_parse_pair, action=_PairsAction, metavar="KEY=VALUE", **kwargs
             )
         else:
+            optional = type(None) in typing.get_args(hints[f.name]) and kind in (int, float)
+            kind = _none_or(kind) if optional else kind
             parser.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
     return parser
 
