@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 AB_CHOICES = ("none", "kq", "vo", "kq,vo")
+# the a/b scalings' own AdamW learning rates (see FinetuneConfig.a_lr)
+A_LR = 1e-2
+B_LR = 3e-2
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
 # The paper's small transformer, used from scratch unless the shape is given.
 SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4}
@@ -154,12 +157,20 @@ class FinetuneConfig:
     seed: int = field(default=0, metadata=_help("seed of the data, the weights and the order"))
     # -- optimization
     lr: float = field(default=1e-3, metadata=_help("AdamW learning rate (constant)"))
-    ab_lr: float | None = field(
-        default=3e-2,
+    a_lr: float | None = field(
+        default=A_LR,
         metadata=_help(
-            "AdamW learning rate of the a/b scalings (--ab). Adam moves a scalar by about "
-            "its learning rate per step, so at the matrices' 1e-3 a and b stay near 0 "
-            "while the network memorizes its training symbols; 'none': same as --lr"
+            "AdamW learning rate of the KQ scalings a (--ab kq). Adam moves a scalar by "
+            "about its learning rate per step, so at the matrices' 1e-3 a stays near 0 "
+            "while the network memorizes; a scales X Xᵀ (diagonal ~ width), so it takes "
+            "a smaller step than b. 'none': same as --lr"
+        ),
+    )
+    b_lr: float | None = field(
+        default=B_LR,
+        metadata=_help(
+            "AdamW learning rate of the VO scalings b (--ab vo); see --a-lr. "
+            "'none': same as --lr"
         ),
     )
     weight_decay: float = field(
@@ -323,14 +334,15 @@ class FinetuneConfig:
                 raise ValueError(f"--{_flag(name)} {value!r} must be a finite number >= 0")
         if self.lr == 0:
             raise ValueError("--lr 0 trains nothing; pass a positive learning rate")
-        if self.ab_lr is not None and (
-            not isinstance(self.ab_lr, (int, float))
-            or not math.isfinite(self.ab_lr)
-            or not self.ab_lr > 0
-        ):
-            raise ValueError(
-                f"--ab-lr {self.ab_lr!r} must be a finite number > 0, or none for --lr's value"
-            )
+        for name in ("a_lr", "b_lr"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0
+            ):
+                raise ValueError(
+                    f"--{_flag(name)} {value!r} must be a finite number > 0, or none for "
+                    "--lr's value"
+                )
         if self.lora_r == 0 and (self.lora_alpha is not None or self.lora_targets):
             raise ValueError("--lora-alpha / --lora-targets need --lora-r R > 0")
         if self.lora_alpha is not None and not self.lora_alpha > 0:

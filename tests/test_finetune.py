@@ -237,22 +237,24 @@ def test_lora_trains_only_adapters_ab_and_a_new_head(tmp_path, checkpoint, task,
     assert row["trainable_params"] == n_trainable and row["ab"]["a_absmax"] > 0
 
 
-@pytest.mark.parametrize("ab_lr, expected", [(0.25, 0.25), (None, TINY_LR)])
-def test_ab_scalings_step_at_their_own_learning_rate(tmp_path, ab_lr, expected):
+@pytest.mark.parametrize("a_lr, b_lr", [(0.25, 0.5), (None, None)])
+def test_ab_scalings_step_at_their_own_learning_rates(tmp_path, a_lr, b_lr):
     # Adam's first step is lr * sign(gradient) in every coordinate: after one step each
-    # a and b sits at +-ab_lr (the matrices' lr with ab_lr None), whatever its gradient
-    config = tiny(tmp_path, ab="kq,vo", ab_lr=ab_lr, lr=TINY_LR, max_steps=1)
+    # a sits at +-a_lr and each b at +-b_lr (the matrices' lr when None)
+    config = tiny(tmp_path, ab="kq,vo", a_lr=a_lr, b_lr=b_lr, lr=TINY_LR, max_steps=1)
+    expected = {"a": a_lr or TINY_LR, "b": b_lr or TINY_LR}
     data = load_run_data(config, get_task(config.task))
     model, _ = build_run_model(config, data)
     groups = build_optimizer(model, config).param_groups
-    ab_ids = {id(p) for n, p in model.named_parameters() if "ab_scalings" in n}
-    (ab_group,) = [g for g in groups if {id(p) for p in g["params"]} & ab_ids]
-    assert {id(p) for p in ab_group["params"]} == ab_ids
-    assert ab_group["lr"] == expected and ab_group["weight_decay"] == 0.0
-    assert all(g["lr"] == TINY_LR for g in groups if g is not ab_group)
+    for name in ("a", "b"):
+        ids = {id(p) for n, p in model.named_parameters() if n.endswith(f"ab_scalings.{name}")}
+        (group,) = [g for g in groups if {id(p) for p in g["params"]} & ids]
+        assert {id(p) for p in group["params"]} == ids
+        assert group["lr"] == expected[name] and group["weight_decay"] == 0.0
     row = finetune(config)
-    moved = [abs(v) for v in row["ab"]["a"] + row["ab"]["b"]]
-    assert moved == pytest.approx([expected] * len(moved), rel=1e-3)
+    for name in ("a", "b"):
+        moved = [abs(v) for v in row["ab"][name]]
+        assert moved == pytest.approx([expected[name]] * len(moved), rel=1e-3)
 
 
 def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
@@ -291,7 +293,8 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"from_scratch": False}, ValueError, "keeps its own shape"),
         ({"max_steps": 0}, ValueError, "never stop"),
         ({"lr": float("nan")}, ValueError, "finite"),
-        ({"ab_lr": 0.0}, ValueError, "--ab-lr 0.0 must be a finite number > 0"),
+        ({"b_lr": 0.0}, ValueError, "--b-lr 0.0 must be a finite number > 0"),
+        ({"a_lr": float("inf")}, ValueError, "--a-lr inf must be a finite number > 0"),
         ({"log_with": "nonsense"}, ValueError, "tensorboard"),
         ({"task": "aba_vs_abb", "dataset": "some/data"}, ValueError, "pass one"),
         ({"resume": True}, FileNotFoundError, "no checkpoint"),
@@ -351,11 +354,11 @@ def test_flags_map_to_config_fields():
             "--model-override",
             "resid_pdrop=0.0",
             "--no-checkpoints",
-            "--ab-lr",
+            "--a-lr",
             "none",
         ]
     )
-    assert config.ab_lr is None and parse_config(["--ab-lr", "0.1"]).ab_lr == 0.1
+    assert config.a_lr is None and parse_config(["--b-lr", "0.1"]).b_lr == 0.1
     assert config.from_scratch is False and config.ab == "kq,vo"
     assert config.task_params == {"k": 5} and config.model_overrides == {"resid_pdrop": 0.0}
     assert config.checkpoints is False
@@ -407,11 +410,8 @@ def test_probe_finetune_command_appends_a_row(tmp_path):
             "2",
             "--no-progress",
             "--no-checkpoints",
-            "--ab-lr",
-            "none",
         ]
     )
-    assert config.ab_lr is None and parse_config(["--ab-lr", "0.1"]).ab_lr == 0.1
     (row,) = read_rows(out / "results.jsonl")
     assert row["test_samples"] == 8 and row["val_loss"] is None
 
