@@ -169,8 +169,7 @@ class FinetuneConfig:
     b_lr: float | None = field(
         default=B_LR,
         metadata=_help(
-            "AdamW learning rate of the VO scalings b (--ab vo); see --a-lr. "
-            "'none': same as --lr"
+            "AdamW learning rate of the VO scalings b (--ab vo); see --a-lr. 'none': same as --lr"
         ),
     )
     weight_decay: float = field(
