@@ -500,6 +500,8 @@ def run_sweep(
             **{k: v for k, v in result.items() if k not in ("variant", "n", "recipe")},
         }
         row["seed"] = c.seed
+        # the model as the recipe names it (`offline:smollm2`); config holds the resolved path
+        row["model"] = settings[c.key].get("model") or row.get("model")
         append_row(path, row)
         rows.append(row)
     return rows
