@@ -228,7 +228,9 @@ def _shared_settings(rows: pd.DataFrame) -> str:
     configs = [c for c in rows["config"] if isinstance(c, dict)]
     if "model" in rows.columns and len(configs) == len(rows):
         # the model as the recipe names it, not the path it resolved to on one machine
-        configs = [{**c, "model": m or c.get("model")} for c, m in zip(configs, rows["model"])]
+        configs = [
+            {**c, "model": m or c.get("model")} for c, m in zip(configs, rows["model"], strict=True)
+        ]
     parts = []
     for k in SETTINGS:
         values = {repr(c.get(k)) for c in configs}
