@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from probe.config import A_LR
+
 TASK = "aba_vs_abb"
 VARIANTS = {"plain": "none", "+KQ": "kq"}
 DEFAULT_N = (32, 64, 128, 256, 512)
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     print(
         f"{TASK}: a 2-layer, 128-wide, 4-head GPT-2 from scratch, plain vs +KQ "
-        f"(a_h X Xᵀ in every head); AdamW lr 1e-3, batch 64, <= {args.max_steps} steps; "
+        f"(a_h X Xᵀ in every head); AdamW lr 1e-3 (a: {A_LR:g}), batch 64, "
+        f"<= {args.max_steps} steps; "
         f"seed {args.seed}",
         flush=True,
     )
