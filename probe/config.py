@@ -40,7 +40,8 @@ class FinetuneConfig:
 
     The defaults train the paper's small transformer (GPT-2 architecture, 2
     layers, width 128, 4 heads) from scratch on ``aba_vs_abb`` with AdamW
-    (lr 1e-3, no weight decay), batch 64, for at most 1000 steps.
+    (lr 1e-3; 0.01 and 0.03 for the scalings a and b; no weight decay), batch 64,
+    for at most 1000 steps.
     """
 
     # -- model
