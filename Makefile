@@ -1,6 +1,8 @@
 # The two commands: `make demo` (the main job) and `make test` (the tests).
-# Both create .venv when absent and install torch first: a CPU build by default,
-# override for GPUs, e.g. `make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+# Both create .venv when absent and install torch first; TORCH picks the build
+# (plain PyPI gives Linux a CUDA wheel for this pin): CPU-only machines can pass
+# TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu",
+# GPUs e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
