@@ -28,10 +28,9 @@ Names ``build_model`` accepts:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from probe.architectures import ALIASES, ARCHITECTURES, ArchSpec, arch_spec
 from probe.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig
+from probe.templates import did_you_mean
 from probe.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
 
 logger = logging.getLogger(__name__)
@@ -378,14 +378,8 @@ def _hub_message(name: str, architecture: str | None, reason: str) -> str:
         f"machine with internet (`hf download {name} --local-dir DIR`), copy DIR here and "
         "pass build_model(DIR), or pass a GGUF file (a .gguf path, or gguf_file=)."
         + scratch
-        + _did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, *MLP_VARIANTS])
+        + did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, *MLP_VARIANTS])
     )
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` Did you mean 'gpt2'?`` when ``name`` is a near miss of a known name, else ``""``."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-    return f" Did you mean {close[0]!r}?" if close and close[0] != name else ""
 
 
 def _checkpoint_label_kind(config: PreTrainedConfig) -> str:
@@ -406,7 +400,7 @@ def _check_overrides(config: PreTrainedConfig, overrides: Mapping[str, Any]) -> 
     fields = _config_fields(config)
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        hints = "".join(_did_you_mean(k, fields) for k in unknown)
+        hints = "".join(did_you_mean(k, fields) for k in unknown)
         raise TypeError(
             f"unknown config override(s) {unknown} for {type(config).__name__}.{hints} Its "
             f"fields are: {', '.join(sorted(fields))}"

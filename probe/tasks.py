@@ -12,7 +12,6 @@ single letters: ``=``, ``;``, ``print``, ``1``, ``-1``, ``|``, ``:``.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import itertools
 import re
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from probe.templates import TemplateTask
+from probe.templates import TemplateTask, did_you_mean
 
 TaskFactory = Callable[..., TemplateTask]
 
@@ -87,11 +86,9 @@ def list_tasks() -> list[str]:
 def task_entry(name: str) -> TaskEntry:
     """The registry entry of ``name``: its factory, parameter defaults and description."""
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.75)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"unknown task {name!r}; known tasks: {', '.join(_REGISTRY)} (`probe tasks` shows "
-            f"their templates).{hint}"
+            f"their templates).{did_you_mean(name, _REGISTRY)}"
         )
     return _REGISTRY[name]
 

@@ -14,6 +14,7 @@ samples, so a task never holds two equivalent templates.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import numbers
@@ -478,6 +479,12 @@ class TemplateTask:
             + probs
             + ")"
         )
+
+
+def did_you_mean(name: Any, known: Iterable[str]) -> str:
+    """`` Did you mean 'gpt2'?`` when ``name`` is a near miss of a known name, else ``""``."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.75)
+    return f" Did you mean {close[0]!r}?" if close and close[0] != name else ""
 
 
 def check_count(value: Any, what: str, low: int = 0) -> int:
