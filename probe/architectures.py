@@ -57,6 +57,15 @@ class ArchSpec:
     # (model, attention module path) -> (norm whose output feeds the queries, norm whose
     # output feeds the keys and values); None where the input is not a norm's output
     input_norms: Callable[[nn.Module, str], tuple[nn.Module | None, nn.Module | None]] | None = None
+    # (layers, width, heads) -> the from-scratch shape in this architecture's config names;
+    # feed-forward width 4x the model width everywhere (GPT-2's own default), so one shape
+    # means the same model family-wide
+    shape: Callable[[int, int, int], dict[str, int]] | None = None
+    # module name of the regression head a checkpoint gets on top (trained in full under LoRA)
+    regression_head: str = "score"
+    # the transformers Auto class of the bare architecture with its usual head, for analysis
+    # of any checkpoint (probe diagonal)
+    analysis_class: str = "AutoModelForCausalLM"
 
 
 def _linear(weight_module: nn.Module) -> torch.Tensor:
@@ -152,6 +161,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         heads=_CAUSAL_HEADS,
         readouts=_CAUSAL_READOUTS,
         position_embeddings=("wpe",),
+        shape=lambda n, d, h: {"n_layer": n, "n_embd": d, "n_head": h},
     ),
     "t5": ArchSpec(
         model_type="t5",
@@ -172,6 +182,16 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         },
         readouts={"regression": "pooled", "symbolic": "decoder_step"},
         pooled_token_key="eos_token_id",
+        # T5's per-head width = width / heads, as elsewhere
+        shape=lambda n, d, h: {
+            "num_layers": n,
+            "d_model": d,
+            "num_heads": h,
+            "d_ff": 4 * d,
+            "d_kv": d // h,
+        },
+        regression_head="classification_head",
+        analysis_class="AutoModelForSeq2SeqLM",
     ),
     "llama": ArchSpec(
         model_type="llama",
@@ -187,6 +207,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         notes="RoPE rotates Q and K; W_Q W_Kᵀ is the content term at relative position 0",
         heads=_CAUSAL_HEADS,
         readouts=_CAUSAL_READOUTS,
+        shape=lambda n, d, h: {
+            "num_hidden_layers": n,
+            "hidden_size": d,
+            "num_attention_heads": h,
+            "num_key_value_heads": h,
+            "intermediate_size": 4 * d,
+        },
     ),
     "bert": ArchSpec(
         model_type="bert",
@@ -208,6 +235,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         },
         readouts={"regression": "pooled", "symbolic": "last_token_logits_full"},
         position_embeddings=("embeddings.position_embeddings",),
+        shape=lambda n, d, h: {
+            "num_hidden_layers": n,
+            "hidden_size": d,
+            "num_attention_heads": h,
+            "intermediate_size": 4 * d,
+        },
+        regression_head="classifier",
+        analysis_class="AutoModel",
     ),
 }
 

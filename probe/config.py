@@ -30,8 +30,41 @@ DEFAULT_TASK = "aba_vs_abb"
 DEFAULT_SIZES = {"n_train": 256, "n_val": 256, "n_test": 1000}
 
 
-def _help(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
+# -- field roles ------------------------------------------------------------------
+# Each field's metadata records its group (the --help section, as peft's configs
+# group theirs) and the roles it plays elsewhere; the lists other modules need
+# are derived from these (``fields_with``), never kept by hand.
+MODEL, LORA, DATA, OPTIMIZATION, OUTPUTS = "model", "lora", "data", "optimization", "outputs"
+GROUP_TITLES = {
+    MODEL: "model",
+    LORA: "LoRA (peft)",
+    DATA: "data",
+    OPTIMIZATION: "optimization",
+    OUTPUTS: "evaluation and outputs",
+}
+# may change on --resume: says how long to train and how to report, not what a step computes
+RESUMABLE = "resumable"
+# left out of a sweep cell's settings hash: where and how a run is stored
+UNHASHED = "unhashed"
+# hashed into a sweep cell only when not at its default: a field added after results
+# were committed, whose default reproduces them (their cells keep their hash)
+HASHED_IF_SET = "hashed_if_set"
+# read by the training loop (probe.train_loop.LoopSettings)
+LOOP = "loop"
+# stated by the report under a curve when every row shares it
+SETTING = "setting"
+ROLES = (RESUMABLE, UNHASHED, HASHED_IF_SET, LOOP, SETTING)
+
+
+def _help(
+    text: str, *, group: str, roles: tuple[str, ...] = (), grid: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A field's metadata: its help, its group, its roles and, for a field the sweep
+    sets per cell, the recipe key or flag that sets it (``grid``)."""
+    meta = {"help": text, "group": group, "roles": frozenset(roles), **extra}
+    if grid is not None:
+        meta["grid"] = grid
+    return meta
 
 
 @dataclass
@@ -49,63 +82,82 @@ class FinetuneConfig:
         default="gpt2",
         metadata=_help(
             "a Hugging Face Hub id (gpt2, t5-small, ...), a local checkpoint folder, a .gguf "
-            "file, or an MLP baseline name (see probe.build_model)"
+            "file, or an MLP baseline name (see probe.build_model)",
+            group=MODEL,
+            roles=(SETTING,),
         ),
     )
     gguf_file: str | None = field(
-        default=None, metadata=_help("GGUF file name inside the --model folder or Hub repo")
+        default=None,
+        metadata=_help("GGUF file name inside the --model folder or Hub repo", group=MODEL),
     )
     from_scratch: bool = field(
         default=True,
         metadata=_help(
             "fresh weights from the model's config (the paper's setting)",
             negative=("--pretrained", "load the checkpoint's weights (not from scratch)"),
+            group=MODEL,
+            roles=(SETTING,),
         ),
     )
     n_layer: int | None = field(
         default=None,
         metadata=_help(
             f"layers, from scratch only (default: {SMALL_SHAPE['n_layer']}; "
-            "the MLP baselines keep their own)"
+            "the MLP baselines keep their own)",
+            group=MODEL,
+            roles=(SETTING,),
         ),
     )
     n_embd: int | None = field(
         default=None,
         metadata=_help(
             f"model width, from scratch only (default: {SMALL_SHAPE['n_embd']}; "
-            "the MLP baselines keep their own)"
+            "the MLP baselines keep their own)",
+            group=MODEL,
+            roles=(SETTING,),
         ),
     )
     n_head: int | None = field(
         default=None,
-        metadata=_help(f"attention heads, from scratch only (default: {SMALL_SHAPE['n_head']})"),
+        metadata=_help(
+            f"attention heads, from scratch only (default: {SMALL_SHAPE['n_head']})",
+            group=MODEL,
+            roles=(SETTING,),
+        ),
     )
     model_overrides: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
             "a further config override passed to build_model, e.g. resid_pdrop=0.0 (repeatable)",
             flag="--model-override",
+            group=MODEL,
         ),
     )
     ab: str = field(
         default="none",
         metadata=_help(
             "identity scalings injected into every head: none, kq (a_h X Xᵀ on the "
-            "logits), vo (b_h A_h X on the output) or kq,vo"
+            "logits), vo (b_h A_h X on the output) or kq,vo",
+            group=MODEL,
         ),
     )
     # -- LoRA (peft)
     lora_r: int = field(
-        default=0, metadata=_help("LoRA rank; 0 trains every weight (full fine-tuning)")
+        default=0,
+        metadata=_help(
+            "LoRA rank; 0 trains every weight (full fine-tuning)", group=LORA, roles=(SETTING,)
+        ),
     )
     lora_alpha: float | None = field(
-        default=None, metadata=_help("LoRA alpha (default: the rank, i.e. scale 1)")
+        default=None, metadata=_help("LoRA alpha (default: the rank, i.e. scale 1)", group=LORA)
     )
     lora_targets: str | None = field(
         default=None,
         metadata=_help(
             "comma-separated module names LoRA adapts (default: peft's per-architecture "
-            "choice, e.g. c_attn for GPT-2, q,v for T5, q_proj,v_proj for Llama)"
+            "choice, e.g. c_attn for GPT-2, q,v for T5, q_proj,v_proj for Llama)",
+            group=LORA,
         ),
     )
     # -- data
@@ -113,64 +165,83 @@ class FinetuneConfig:
         default=None,
         metadata=_help(
             "a catalogue task, see `probe tasks`, optionally with parameters: "
-            f"majority_k:k=5 (default: {DEFAULT_TASK})"
+            f"majority_k:k=5 (default: {DEFAULT_TASK})",
+            group=DATA,
         ),
     )
     task_params: dict[str, Any] = field(
         default_factory=dict,
-        metadata=_help("a catalogue task's parameter, e.g. k=5 (repeatable)", flag="--task-param"),
+        metadata=_help(
+            "a catalogue task's parameter, e.g. k=5 (repeatable)", flag="--task-param", group=DATA
+        ),
     )
     dataset: str | None = field(
         default=None,
-        metadata=_help("a rendered dataset: a Hub-layout folder or a Hub id (instead of --task)"),
+        metadata=_help(
+            "a rendered dataset: a Hub-layout folder or a Hub id (instead of --task)", group=DATA
+        ),
     )
     dataset_config: str | None = field(
-        default=None, metadata=_help("config name inside --dataset", flag="--config")
+        default=None, metadata=_help("config name inside --dataset", flag="--config", group=DATA)
     )
     tokenizer: str | None = field(
         default=None,
         metadata=_help(
             "tokenizer to render --task with: a Hub id or folder (default: probe's "
-            "SymbolTokenizer from scratch, the model's own tokenizer with --pretrained)"
+            "SymbolTokenizer from scratch, the model's own tokenizer with --pretrained)",
+            group=DATA,
         ),
     )
     n_train: int | None = field(
         default=None,
         metadata=_help(
             "training samples (= train alphabet size; with --dataset: its first N rows) "
-            f"(default: {DEFAULT_SIZES['n_train']}; with --dataset: all)"
+            f"(default: {DEFAULT_SIZES['n_train']}; with --dataset: all)",
+            group=DATA,
+            grid="n",
         ),
     )
     n_val: int | None = field(
         default=None,
         metadata=_help(
             "validation samples, 0 for none (with --dataset: its first N rows) "
-            f"(default: {DEFAULT_SIZES['n_val']}; with --dataset: all)"
+            f"(default: {DEFAULT_SIZES['n_val']}; with --dataset: all)",
+            group=DATA,
         ),
     )
     n_test: int | None = field(
         default=None,
         metadata=_help(
             "test samples, on unseen symbols (with --dataset: its first N rows) "
-            f"(default: {DEFAULT_SIZES['n_test']}; with --dataset: all)"
+            f"(default: {DEFAULT_SIZES['n_test']}; with --dataset: all)",
+            group=DATA,
+            roles=(SETTING,),
         ),
     )
-    seed: int = field(default=0, metadata=_help("seed of the data, the weights and the order"))
+    seed: int = field(
+        default=0,
+        metadata=_help("seed of the data, the weights and the order", group=DATA, grid="seeds"),
+    )
     # -- optimization
-    lr: float = field(default=1e-3, metadata=_help("AdamW learning rate (constant)"))
+    lr: float = field(
+        default=1e-3,
+        metadata=_help("AdamW learning rate (constant)", group=OPTIMIZATION, roles=(SETTING,)),
+    )
     a_lr: float | None = field(
         default=A_LR,
         metadata=_help(
             "AdamW learning rate of the KQ scalings a (--ab kq). Adam moves a scalar by "
             "about its learning rate per step, so at the matrices' 1e-3 a stays near 0 "
             "while the network memorizes; a scales X Xᵀ (diagonal ~ width), so it takes "
-            "a smaller step than b. 'none': same as --lr"
+            "a smaller step than b. 'none': same as --lr",
+            group=OPTIMIZATION,
         ),
     )
     b_lr: float | None = field(
         default=B_LR,
         metadata=_help(
-            "AdamW learning rate of the VO scalings b (--ab vo); see --a-lr. 'none': same as --lr"
+            "AdamW learning rate of the VO scalings b (--ab vo); see --a-lr. 'none': same as --lr",
+            group=OPTIMIZATION,
         ),
     )
     weight_decay: float = field(
@@ -178,71 +249,137 @@ class FinetuneConfig:
         metadata=_help(
             "AdamW decoupled weight decay, on weight matrices only: never on embeddings "
             "(the rows of unseen symbols get no gradient, decay would only shrink them), "
-            "biases, norms or a/b"
+            "biases, norms or a/b",
+            group=OPTIMIZATION,
         ),
     )
-    batch_size: int = field(default=64, metadata=_help("training batch size per process"))
-    eval_batch_size: int = field(default=512, metadata=_help("evaluation batch size per process"))
+    batch_size: int = field(
+        default=64,
+        metadata=_help("training batch size per process", group=OPTIMIZATION, roles=(SETTING,)),
+    )
+    eval_batch_size: int = field(
+        default=512,
+        metadata=_help("evaluation batch size per process", group=OPTIMIZATION, roles=(RESUMABLE,)),
+    )
     max_steps: int = field(
-        default=1000, metadata=_help("stop after this many optimizer steps (0: no step limit)")
+        default=1000,
+        metadata=_help(
+            "stop after this many optimizer steps (0: no step limit)",
+            group=OPTIMIZATION,
+            roles=(SETTING, RESUMABLE, LOOP),
+        ),
     )
     epochs: int = field(
-        default=0, metadata=_help("stop after this many epochs (0: as many as the steps need)")
+        default=0,
+        metadata=_help(
+            "stop after this many epochs (0: as many as the steps need)",
+            group=OPTIMIZATION,
+            roles=(SETTING, RESUMABLE, LOOP),
+        ),
     )
     converge_loss: float = field(
         default=1e-3,
         metadata=_help(
             "early stop once the mean training loss over the last --converge-window steps "
-            "is at most this (0: never stop early)"
+            "is at most this (0: never stop early)",
+            group=OPTIMIZATION,
+            roles=(RESUMABLE, LOOP),
         ),
     )
     converge_window: int = field(
-        default=50, metadata=_help("steps averaged by the early-stopping rule")
+        default=50, metadata=_help("steps averaged by the early-stopping rule", group=OPTIMIZATION)
     )
     max_grad_norm: float = field(
-        default=0.0, metadata=_help("clip the gradient norm to this (0: no clipping)")
+        default=0.0,
+        metadata=_help(
+            "clip the gradient norm to this (0: no clipping)", group=OPTIMIZATION, roles=(LOOP,)
+        ),
     )
     mixed_precision: str | None = field(
         default=None,
         metadata=_help(
             "no, fp16, bf16 or fp8 (default: accelerate's setting, e.g. "
-            "`accelerate launch --mixed_precision bf16`)"
+            "`accelerate launch --mixed_precision bf16`)",
+            group=OPTIMIZATION,
         ),
     )
     # -- evaluation and outputs
     eval_every: int = field(
-        default=0, metadata=_help("validate every N steps (0: only at the end)")
+        default=0,
+        metadata=_help(
+            "validate every N steps (0: only at the end)", group=OUTPUTS, roles=(RESUMABLE, LOOP)
+        ),
     )
     output_dir: str = field(
         default="runs/finetune",
-        metadata=_help("run folder: results.jsonl, checkpoints/, the final model"),
+        metadata=_help(
+            "run folder: results.jsonl, checkpoints/, the final model",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+            grid="--out / --work-dir",
+        ),
     )
     overwrite: bool = field(
-        default=False, metadata=_help("replace a previous run's files in --output-dir")
+        default=False,
+        metadata=_help(
+            "replace a previous run's files in --output-dir",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+            grid="--overwrite",
+        ),
     )
     resume: bool = field(
         default=False,
-        metadata=_help("continue the run in --output-dir from its last checkpoint"),
+        metadata=_help(
+            "continue the run in --output-dir from its last checkpoint",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+            grid="--resume",
+        ),
     )
     checkpoint_every: int = field(
         default=500,
-        metadata=_help("save a checkpoint every N steps, and at the end (0: only at the end)"),
+        metadata=_help(
+            "save a checkpoint every N steps, and at the end (0: only at the end)",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED, LOOP),
+        ),
     )
     checkpoints: bool = field(
-        default=True, metadata=_help("save checkpoints (--no-checkpoints: none at all)")
+        default=True,
+        metadata=_help(
+            "save checkpoints (--no-checkpoints: none at all)", group=OUTPUTS, roles=(UNHASHED,)
+        ),
     )
     save_model: bool = field(
         default=False,
-        metadata=_help("save the trained model and tokenizer to OUTPUT_DIR/model"),
+        metadata=_help(
+            "save the trained model and tokenizer to OUTPUT_DIR/model",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+        ),
     )
     log_with: str | None = field(
         default=None,
-        metadata=_help("comma-separated accelerate trackers, e.g. tensorboard (default: none)"),
+        metadata=_help(
+            "comma-separated accelerate trackers, e.g. tensorboard (default: none)",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+        ),
     )
-    log_every: int = field(default=10, metadata=_help("log the training loss every N steps"))
+    log_every: int = field(
+        default=10,
+        metadata=_help(
+            "log the training loss every N steps", group=OUTPUTS, roles=(RESUMABLE, UNHASHED, LOOP)
+        ),
+    )
     progress: bool = field(
         default=True,
-        metadata=_help("show a progress bar and the closing summary line (main process)"),
+        metadata=_help(
+            "show a progress bar and the closing summary line (main process)",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED, LOOP),
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -367,6 +504,38 @@ class FinetuneConfig:
             raise ValueError("--output-dir is empty; pass a folder for the run's files")
 
 
+def fields_with(role: str) -> tuple[str, ...]:
+    """The FinetuneConfig fields playing ``role`` (one of ``ROLES``), in field order."""
+    if role not in ROLES:
+        raise ValueError(f"unknown field role {role!r}; roles: {', '.join(ROLES)}")
+    return tuple(f.name for f in dataclasses.fields(FinetuneConfig) if role in f.metadata["roles"])
+
+
+def grid_fields() -> dict[str, str]:
+    """Fields the sweep sets for each cell -> the recipe key or flag that sets them."""
+    return {
+        f.name: f.metadata["grid"]
+        for f in dataclasses.fields(FinetuneConfig)
+        if "grid" in f.metadata
+    }
+
+
+def hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config's settings (``to_dict()``) that says what a run computes:
+    without the ``UNHASHED`` fields, and without ``HASHED_IF_SET`` fields at their default."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(FinetuneConfig)}
+    unhashed, if_set = fields_with(UNHASHED), fields_with(HASHED_IF_SET)
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in unhashed and not (k in if_set and v == defaults.get(k))
+    }
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"--{_flag(name)} {value!r} must be an integer >= {minimum}")
@@ -435,28 +604,30 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
         formatter_class=_HelpFormatter,
     )
     hints = typing.get_type_hints(cls)
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for f in dataclasses.fields(cls):
         meta = f.metadata
         flag = meta.get("flag", "--" + _flag(f.name))
         kind = _base_type(hints[f.name])
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = _default(f)
+        group = groups.get(meta.get("group"), parser)
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta.get("help")}
         if kind is bool:
             if "negative" in meta:  # two flags, e.g. --from-scratch (default) / --pretrained
-                parser.add_argument(flag, action="store_true", **kwargs)
+                group.add_argument(flag, action="store_true", **kwargs)
                 negative, negative_help = meta["negative"]
                 kwargs.update(help=negative_help, default=argparse.SUPPRESS)
-                parser.add_argument(negative, action="store_false", **kwargs)
+                group.add_argument(negative, action="store_false", **kwargs)
             else:
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is dict:
-            parser.add_argument(
+            group.add_argument(
                 flag, type=_parse_pair, action=_PairsAction, metavar="KEY=VALUE", **kwargs
             )
         else:
             optional = type(None) in typing.get_args(hints[f.name]) and kind in (int, float)
             kind = _none_or(kind) if optional else kind
-            parser.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
+            group.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
     return parser
 
 

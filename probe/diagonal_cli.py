@@ -16,50 +16,34 @@ from probe.diagonal import EFFECTIVE_SCORES, SCORES, attn_diagonal, top_heads
 def load_model(
     name_or_path: str, gguf: str | None = None, from_scratch: bool = False, seed: int = 0
 ) -> nn.Module:
-    """A model for ``attn_diagonal``: a Hub id, a local folder, or a GGUF file in a folder.
+    """A model for ``attn_diagonal``: any name ``probe.resolve.resolve_model`` takes
+    (a Hub id, a local folder, a GGUF file, ``offline:smollm2``, an architecture name),
+    loaded with the architecture's ``analysis_class`` (its usual head).
 
     ``from_scratch`` builds the same architecture from its config with fresh weights drawn
     under ``torch.manual_seed(seed)`` (the global RNG state is restored afterwards). The
     architecture is checked against ``probe.architectures`` before any weights are read.
     """
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-    )
+    import transformers
 
-    path = Path(name_or_path).expanduser()
-    if gguf is None and path.suffix == ".gguf" and path.is_file():
-        name_or_path, gguf, path = str(path.parent), path.name, path.parent
-    if not path.exists() and (
-        path.suffix == ".gguf" or str(name_or_path).startswith((".", "/", "~"))
-    ):
-        raise FileNotFoundError(
-            f"--model {str(name_or_path)!r}: no such file or folder; pass a folder saved with "
-            "save_pretrained, a .gguf file, or a Hub id"
-        )
-    if gguf is not None and path.is_dir() and not (path / gguf).is_file():
-        found = sorted(p.name for p in path.glob("*.gguf"))
-        raise FileNotFoundError(
-            f"--gguf {gguf!r}: no such file in {str(path)!r}; its GGUF files: "
-            f"{', '.join(found) or 'none'}"
-        )
-    kwargs = {"gguf_file": gguf} if gguf else {}
+    from probe.resolve import resolve_model
+
+    ref = resolve_model(name_or_path, gguf, pretrained=not from_scratch)
+    if ref.kind == "mlp":
+        raise ValueError(f"--model {name_or_path!r} is an MLP baseline: it has no attention heads")
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        config = ref.load_config()
     except OSError as err:
         raise OSError(
-            f"could not load a config for {name_or_path!r}"
+            f"could not load a config for {str(name_or_path)!r}"
             + (f" (gguf_file={gguf!r})" if gguf else "")
             + f": {err}\nOffline, pass a local folder, or a .gguf file with --gguf."
         ) from err
-    spec = arch_spec(config)
-    auto = {
-        "causal": AutoModelForCausalLM,
-        "seq2seq": AutoModelForSeq2SeqLM,
-        "encoder": AutoModel,
-    }[spec.family]
+    for key, value in ref.overrides.items():  # a preset's shape (small-gpt2)
+        setattr(config, key, value)
+    auto = getattr(transformers, arch_spec(config).analysis_class)
+    kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    name_or_path = ref.source
     if from_scratch:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -36,11 +36,9 @@ if __name__ == "__main__" and not __package__:
 
 import atexit
 import contextlib
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,23 +46,17 @@ from typing import Any
 
 import torch
 
-from probe.config import FinetuneConfig, config_path, parse_config
+from probe.config import FinetuneConfig, parse_config
+from probe.run_dir import RunDir
 from probe.run_setup import (
     ab_summary,
     build_optimizer,
     build_run_model,
     check_environment,
-    checkpoint_dirs,
     load_run_data,
 )
 
 __all__ = ["FinetuneConfig", "finetune", "main"]
-
-RESULTS_FILE = "results.jsonl"
-CHECKPOINTS = "checkpoints"
-LOGS = "logs"
-# Files a run writes in its output folder; --overwrite removes these and nothing else.
-RUN_ARTIFACTS = (RESULTS_FILE, CHECKPOINTS, "run_config.json", "model", LOGS)
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -81,13 +73,22 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     ``FileNotFoundError`` on bad input before any model or data work, and
     ``FloatingPointError`` when the training loss stops being finite.
     """
+    if not isinstance(config, FinetuneConfig):
+        raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
+    run_dir = RunDir(config.output_dir)
+    task = check_environment(config, run_dir)
+    with _main_process_lock(run_dir):
+        run_dir.check(config)  # again, now that no other job can change the folder
+        if config.resume and (row := run_dir.finished_row(config)) is not None:
+            return _already_finished(row, run_dir, config)
+        return _launch(config, task, run_dir)
+
+
+def _launch(config: FinetuneConfig, task, run_dir: RunDir) -> dict[str, Any]:
+    """Create the accelerator, run, and always tear down trackers and process group."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    if not isinstance(config, FinetuneConfig):
-        raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
-    out = Path(config.output_dir)
-    task = check_environment(config, _run_state(out, config))
     start = time.perf_counter()
 
     accelerator = Accelerator(
@@ -98,19 +99,22 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         mixed_precision=config.mixed_precision,
         log_with=config.trackers or None,
         # trackers write to OUTPUT_DIR/logs, one of the RUN_ARTIFACTS --overwrite removes
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / LOGS)),
+        project_config=ProjectConfiguration(
+            project_dir=str(run_dir.path), logging_dir=str(run_dir.logs_dir)
+        ),
     )
     atexit.unregister(_destroy_process_group)  # once, however many runs
     atexit.register(_destroy_process_group)
     try:
-        return _run(accelerator, config, task, out, start)
+        return _run(accelerator, config, task, run_dir, start)
     finally:  # also after a failed run: trackers closed, no process group left behind
         accelerator.end_training()
         _destroy_process_group()
 
 
-def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> dict[str, Any]:
-    """The body of :func:`finetune` once the accelerator exists."""
+def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: float) -> dict:
+    """The steps of a run once the accelerator exists: folder, data, model, optimizer,
+    loop, evaluation, results row."""
     from accelerate.utils import set_seed
 
     from probe import __version__
@@ -127,7 +131,7 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
 
     accelerator.wait_for_everyone()  # everyone has checked the folder before it changes
     if accelerator.is_main_process:
-        _prepare_output_dir(out, config)
+        run_dir.prepare(config.overwrite)
     accelerator.wait_for_everyone()
 
     set_seed(config.seed)
@@ -148,27 +152,27 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
         # written (and trackers started) once the set-up has succeeded: a run that
         # failed before training (a dataset or tokenizer that cannot be loaded) leaves
         # no files behind for the next try to refuse
-        _write_atomic(config_path(out), json.dumps(config.to_dict(), indent=2) + "\n")
+        run_dir.save_config(config)
     if config.trackers:
         accelerator.init_trackers("probe", config=_flat(config))
 
     state = TrainState(window=config.converge_window)
     accelerator.register_for_checkpointing(state)
-    checkpoints = out / CHECKPOINTS
     if config.resume:
-        accelerator.load_state(str(checkpoint_dirs(checkpoints)[-1]))
+        accelerator.load_state(str(run_dir.checkpoints()[-1]))
 
     def save() -> Path | None:
+        """Checkpoint step-N: every process writes its part into a hidden folder, which
+        the main process renames into place once all are done."""
         if not config.checkpoints:
             return None
-        path = checkpoints / f"step-{state.step}"
         with _quiet("accelerate.utils.other"):  # tied embeddings: "Removed shared tensor"
-            accelerator.save_state(str(path))
+            accelerator.save_state(str(run_dir.checkpoint_tmp(state.step)))
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:  # keep the newest checkpoint only
-            for old in checkpoint_dirs(checkpoints)[:-1]:
-                shutil.rmtree(old, ignore_errors=True)
-        return path
+        if accelerator.is_main_process:
+            run_dir.publish_checkpoint(state.step, config)
+        accelerator.wait_for_everyone()
+        return run_dir.checkpoint_root / f"step-{state.step}"
 
     def validate() -> dict[str, float]:
         if "validation" not in loaders:
@@ -176,7 +180,7 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
         return evaluate(accelerator, model, loaders["validation"], label_kind, readout, "val")
 
     settings = LoopSettings.from_config(config)
-    previous = checkpoint_dirs(checkpoints)
+    previous = run_dir.checkpoints()
     first_step, train_start = state.step, time.perf_counter()
     train(
         accelerator,
@@ -227,10 +231,10 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
         "config": config.to_dict(),
     }
     if accelerator.is_main_process:
-        _append_row(out / RESULTS_FILE, row)
+        run_dir.append_result(row)
         if config.save_model:
-            unwrapped.save_pretrained(out / "model")
-            data.tokenizer.save_pretrained(out / "model")
+            unwrapped.save_pretrained(run_dir.model_dir)
+            data.tokenizer.save_pretrained(run_dir.model_dir)
         if config.progress:
             print(_summary(row), flush=True)
     accelerator.wait_for_everyone()
@@ -240,52 +244,23 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
 # -- the output folder --------------------------------------------------------------
 
 
-def _run_state(out: Path, config: FinetuneConfig) -> dict[str, Any]:
-    """What an earlier run left in ``out``: the facts check_environment judges."""
-    artifacts = [name for name in RUN_ARTIFACTS if (out / name).exists()]
-    saved = None
-    if config_path(out).is_file():
-        saved = json.loads(config_path(out).read_text())
-    return {
-        "out": out,
-        "artifacts": artifacts,
-        "checkpoints": checkpoint_dirs(out / CHECKPOINTS),
-        "saved_config": saved,
-    }
+@contextlib.contextmanager
+def _main_process_lock(run_dir: RunDir) -> Iterator[None]:
+    """The folder lock, taken by the launch's main process only (the others of an
+    ``accelerate launch`` work in the same folder under its lock)."""
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    with run_dir.lock():
+        yield
 
 
-def _prepare_output_dir(out: Path, config: FinetuneConfig) -> None:
-    if config.overwrite:
-        for name in RUN_ARTIFACTS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _append_row(path: Path, row: dict[str, Any]) -> None:
-    """One JSON line appended atomically: a single O_APPEND write under an exclusive
-    lock, so concurrent runs sharing a results file never interleave their lines."""
-    line = (json.dumps(row, allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except ImportError:  # Windows: O_APPEND alone
-            pass
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+def _already_finished(row: dict, run_dir: RunDir, config: FinetuneConfig) -> dict[str, Any]:
+    """``--resume`` of a run that finished: its row, not a second one."""
+    if config.progress:
+        print(f"{run_dir.path}: the run already finished; nothing to resume", flush=True)
+        print(_summary(row), flush=True)
+    return row
 
 
 def _flat(config: FinetuneConfig) -> dict[str, Any]:

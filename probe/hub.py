@@ -24,6 +24,7 @@ import yaml
 from transformers import PreTrainedTokenizerBase
 
 from probe.data import SPLITS, dataset_tokenizer, render, resolve_task, task_info
+from probe.locate import hub_offline, hub_unreachable, looks_like_path
 from probe.templates import check_count
 from probe.tokenizer import SymbolTokenizer, load_tokenizer_by_name
 
@@ -294,15 +295,9 @@ def load_dataset(
             raise ValueError(f"{local} holds several configs; pick one of {', '.join(configs)}")
         return datasets.load_dataset(str(local), config)
     name = str(path_or_hub_id)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
+    if looks_like_path(name):
         raise FileNotFoundError(f"no folder {name}; pass a folder written by probe.save_dataset")
     return _load_from_hub(name, config)
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
 
 
 def _unreachable(hub_id: str, why: str) -> ConnectionError:
@@ -315,22 +310,16 @@ def _unreachable(hub_id: str, why: str) -> ConnectionError:
 
 
 def _load_from_hub(hub_id: str, config: str | None) -> datasets.DatasetDict:
-    if _hub_offline():
-        try:
-            return datasets.load_dataset(hub_id, config)
-        except (ConnectionError, FileNotFoundError) as e:
-            raise _unreachable(hub_id, "the Hub is offline (HF_HUB_OFFLINE=1)") from e
     # one quick request first: the loader retries an unreachable Hub for ~20 s
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    try:
-        HfApi().dataset_info(hub_id, timeout=10)
-    except (RepositoryNotFoundError, GatedRepoError):
-        raise
-    except Exception as e:  # noqa: BLE001 - any transport failure means unreachable
-        raise _unreachable(hub_id, f"the Hub cannot be reached ({type(e).__name__}: {e})") from e
-    return datasets.load_dataset(hub_id, config)
+    reason = hub_unreachable(hub_id, repo_type="dataset")
+    if reason is None:
+        return datasets.load_dataset(hub_id, config)
+    if not hub_offline():
+        raise _unreachable(hub_id, f"the Hub cannot be reached ({reason})")
+    try:  # offline mode: the local cache only
+        return datasets.load_dataset(hub_id, config)
+    except (ConnectionError, FileNotFoundError) as e:
+        raise _unreachable(hub_id, "the Hub is offline (HF_HUB_OFFLINE=1)") from e
 
 
 def load_tokenizer(path: str | os.PathLike, config: str) -> PreTrainedTokenizerBase:

@@ -398,6 +398,15 @@ def load_injected(path: str | Path, model_class: type | None = None, **kwargs) -
     import transformers
     from transformers import AutoConfig
 
+    from probe.resolve import resolve_model
+
+    ref = resolve_model(path, kwargs.get("gguf_file"))  # a missing path fails here, clearly
+    if ref.kind != "checkpoint":
+        raise ValueError(f"load_injected loads a saved checkpoint; {str(path)!r} is not one")
+    if ref.local:
+        path = ref.source
+    else:  # a Hub id: cached, or the Hub answers (else a clear error now)
+        ref.load_config()
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     config = AutoConfig.from_pretrained(str(path), **hub_kwargs)
     if model_class is None:

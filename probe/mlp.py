@@ -161,3 +161,10 @@ class SymbolMLP(PreTrainedModel):
 
 AutoConfig.register(SymbolMLPConfig.model_type, SymbolMLPConfig, exist_ok=True)
 AutoModel.register(SymbolMLPConfig, SymbolMLP, exist_ok=True)
+
+
+def mlp_shape(n_layer: int | None, n_embd: int | None) -> dict[str, int]:
+    """A run's ``--n-layer`` / ``--n-embd`` in the MLP's config names (hidden layers,
+    embedding width); what is not given keeps the MLP's own default."""
+    given = {"n_layer": n_layer, "d_embed": n_embd}
+    return {k: v for k, v in given.items() if v is not None}

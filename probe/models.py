@@ -31,29 +31,20 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
-import huggingface_hub
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers import PreTrainedConfig
 
-from probe.architectures import ALIASES, ARCHITECTURES, ArchSpec, arch_spec
+from probe.architectures import ArchSpec, arch_spec
 from probe.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig
+from probe.resolve import resolve_model
 from probe.templates import did_you_mean
 from probe.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
 
 logger = logging.getLogger(__name__)
-
-# name -> (architecture, config overrides): models that exist only as a configuration.
-# small-gpt2 is the paper's small transformer: 2 layers, 128 wide, 4 heads, read out at
-# the last position (the issue's measurements use it).
-SCRATCH_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "small-gpt2": ("gpt2", {"n_layer": 2, "n_embd": 128, "n_head": 4}),
-}
 
 # Defaults of the MLP baselines; any SymbolMLPConfig field can be overridden. With a task,
 # max_length defaults to its longest template plus the readout token.
@@ -114,21 +105,17 @@ def build_model(
         (``problem_type="regression"``). Symbolic: a causal LM, T5 as
         seq2seq LM, BERT as masked LM read at the readout token.
     """
-    name = os.fspath(name_or_path)
     kind = _requested_label_kind(task, label_kind)
-    if name in MLP_VARIANTS:
-        return _build_mlp(name, kind or "symbolic", task, tokenizer, seed, config_overrides)
-
-    if name in SCRATCH_PRESETS:
-        name, preset = SCRATCH_PRESETS[name]
-        config_overrides = {**preset, **config_overrides}
-        pretrained = False
-    folder, gguf = _locate(name, gguf_file)
-    config = _load_config(name, folder, gguf, pretrained)
+    ref = resolve_model(name_or_path, gguf_file, pretrained)
+    if ref.kind == "mlp":
+        return _build_mlp(ref.source, kind or "symbolic", task, tokenizer, seed, config_overrides)
+    config_overrides = {**ref.overrides, **config_overrides}
+    pretrained = ref.pretrained
+    config = ref.load_config()
     kind = kind or _checkpoint_label_kind(config)
 
     if config.model_type == SymbolMLPConfig.model_type:  # a saved MLP baseline
-        return _load_mlp(folder, config, pretrained, kind, seed, config_overrides)
+        return _load_mlp(ref.source, config, pretrained, kind, seed, config_overrides)
 
     spec = arch_spec(config)
     if kind not in spec.heads:
@@ -145,9 +132,9 @@ def build_model(
     load_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with _seeded(seed):
         if pretrained:
-            if gguf:
-                load_kwargs["gguf_file"] = gguf
-            model = auto_class.from_pretrained(folder, config=config, **load_kwargs)
+            if ref.gguf_file:
+                load_kwargs["gguf_file"] = ref.gguf_file
+            model = auto_class.from_pretrained(ref.source, config=config, **load_kwargs)
         else:
             model = auto_class.from_config(config, **load_kwargs)
             unit_scale_embeddings(model, spec)
@@ -292,94 +279,6 @@ def _requested_label_kind(task: Any, label_kind: str | None) -> str | None:
             "drop label_kind= (the task decides)"
         )
     return task_kind or label_kind
-
-
-def _locate(name: str, gguf_file: str | None) -> tuple[str, str | None]:
-    """(folder or Hub id, GGUF file name or None); checks local files exist."""
-    if name.endswith(".gguf"):
-        if gguf_file is not None:
-            raise ValueError(f"pass either a .gguf path ({name!r}) or gguf_file=, not both")
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"no GGUF file at {str(path)!r}")
-        return str(path.parent), path.name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if gguf_file is not None and not (path / gguf_file).is_file():
-            raise FileNotFoundError(f"no GGUF file {gguf_file!r} in {str(path)!r}")
-        return str(path), gguf_file
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a Hub id
-        raise FileNotFoundError(f"no folder or file at {name!r}")
-    return name, gguf_file
-
-
-def _architecture_key(name: str) -> str | None:
-    """The transformers model type an architecture name stands for, if it is one."""
-    if name in ARCHITECTURES:
-        return name
-    if name in ALIASES:  # "mistral" is a transformers type of its own, "smollm2" is not
-        return name if name in CONFIG_MAPPING else ALIASES[name]
-    return None
-
-
-def _load_config(name: str, folder: str, gguf: str | None, pretrained: bool) -> PreTrainedConfig:
-    architecture = _architecture_key(name)
-    local = Path(folder).is_dir()
-    if architecture is None and not pretrained and not local and name in CONFIG_MAPPING:
-        # a transformers architecture probe has no table row for (e.g. "bloom"): say so
-        # rather than look it up on the Hub as a checkpoint
-        arch_spec(AutoConfig.for_model(name))
-    if architecture is not None and not pretrained and not local:
-        # the default config class, never the Hub: GPT2Config() is the gpt2 checkpoint's
-        # configuration, and "t5", "llama", "bert" name no checkpoint at all
-        return AutoConfig.for_model(architecture)
-    if not local:
-        _check_hub(name, gguf, architecture)
-    if gguf:
-        return AutoConfig.from_pretrained(folder, gguf_file=gguf)
-    return AutoConfig.from_pretrained(folder)
-
-
-def _check_hub(name: str, gguf: str | None, architecture: str | None) -> None:
-    """Fail at once when a Hub id is neither cached nor reachable in one request.
-
-    huggingface_hub itself retries a missing file for up to a minute; a user who
-    is offline wants the error now, with what to do about it.
-    """
-    filename = gguf or "config.json"
-    try:
-        cached = huggingface_hub.try_to_load_from_cache(name, filename)
-    except ValueError:  # not a repo id at all
-        raise ValueError(
-            f"{name!r} is not a local folder or file, a Hub id, an architecture "
-            f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}) "
-            f"or an MLP baseline ({', '.join(MLP_VARIANTS)})"
-        ) from None
-    if isinstance(cached, str):
-        return
-    if huggingface_hub.is_offline_mode():
-        raise OSError(_hub_message(name, architecture, "offline (HF_HUB_OFFLINE=1) and not cached"))
-    try:
-        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(name, filename), timeout=10)
-    except Exception as err:  # unreachable, missing, gated: one try, then a clear error
-        reason = f"{type(err).__name__}: {err}"
-        raise OSError(_hub_message(name, architecture, reason)) from err
-
-
-def _hub_message(name: str, architecture: str | None, reason: str) -> str:
-    scratch = (
-        f" To build the {architecture} architecture with fresh weights instead, pass "
-        "pretrained=False."
-        if architecture
-        else ""
-    )
-    return (
-        f"could not load {name!r} from the Hugging Face Hub ({reason}). Download it on a "
-        f"machine with internet (`hf download {name} --local-dir DIR`), copy DIR here and "
-        "pass build_model(DIR), or pass a GGUF file (a .gguf path, or gguf_file=)."
-        + scratch
-        + did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, *MLP_VARIANTS])
-    )
 
 
 def _checkpoint_label_kind(config: PreTrainedConfig) -> str:

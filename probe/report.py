@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe.sweep import read_rows
+from probe.config import SETTING, fields_with
+from probe.jsonl import read_rows
 
 METRIC = {"regression": "test_loss", "symbolic": "test_error"}
 CELL_KEYS = ["recipe", "variant", "n", "seed"]
@@ -205,22 +206,6 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-# Settings worth stating under a curve, in this order.
-SETTINGS = (
-    "model",
-    "from_scratch",
-    "n_layer",
-    "n_embd",
-    "n_head",
-    "lora_r",
-    "lr",
-    "batch_size",
-    "max_steps",
-    "epochs",
-    "n_test",
-)
-
-
 def _shared_settings(rows: pd.DataFrame) -> str:
     """``key=value`` for the settings every row's config has in common."""
     if "config" not in rows.columns:
@@ -232,7 +217,7 @@ def _shared_settings(rows: pd.DataFrame) -> str:
             {**c, "model": m or c.get("model")} for c, m in zip(configs, rows["model"], strict=True)
         ]
     parts = []
-    for k in SETTINGS:
+    for k in fields_with(SETTING):  # the settings worth stating under a curve
         values = {repr(c.get(k)) for c in configs}
         if len(values) == 1 and configs and configs[0].get(k) not in (None, 0, ""):
             parts.append(f"{k}={configs[0][k]}")

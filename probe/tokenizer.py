@@ -348,37 +348,36 @@ def tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
     return name
 
 
-def load_tokenizer_by_name(name: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained(name)``, a ``.gguf`` file included, with a clear
-    error when ``name`` is neither a local folder or file nor reachable on the Hub.
+def load_tokenizer_by_name(name: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(name)``, a ``.gguf`` file (or ``gguf_file=`` in a
+    folder or Hub repo) included, with a clear error when ``name`` is neither a local
+    folder or file nor reachable on the Hub.
 
-    A Hub id is asked about once (10 s at most) before loading: transformers itself
-    retries an unreachable Hub for the better part of a minute. Unreachable, a copy in
-    the local cache still loads.
+    A Hub id is asked about once (``probe.locate.hub_unreachable``) before loading;
+    unreachable, a copy in the local cache still loads.
     """
     from transformers import AutoTokenizer
 
+    from probe.locate import hub_download_hint, hub_unreachable, looks_like_path
+
     path = Path(name).expanduser()
-    looks_local = name.endswith(".gguf") or name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not path.exists():
+    if looks_like_path(name) and not path.exists():
         raise ValueError(
             f"cannot load tokenizer {name!r}: no such file or folder; pass a local folder, a "
             f".gguf file, a Hub id or a tokenizer object"
         )
-    how = (
-        f"; pass a local folder, a .gguf file or a tokenizer object; offline, download it "
-        f"elsewhere with `hf download {name} --local-dir DIR` and pass DIR"
-    )
+    how = f"; pass a local folder, a .gguf file or a tokenizer object; offline, {hub_download_hint(name)}"
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         if path.is_file() and name.endswith(".gguf"):
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         if path.exists():
-            return AutoTokenizer.from_pretrained(str(path))
-        unreachable = _hub_unreachable(name)
+            return AutoTokenizer.from_pretrained(str(path), **kwargs)
+        unreachable = hub_unreachable(name)
         if unreachable is None:
-            return AutoTokenizer.from_pretrained(name)
+            return AutoTokenizer.from_pretrained(name, **kwargs)
         try:
-            return AutoTokenizer.from_pretrained(name, local_files_only=True)
+            return AutoTokenizer.from_pretrained(name, local_files_only=True, **kwargs)
         except OSError:
             raise ValueError(
                 f"cannot load tokenizer {name!r}: it is not in the local cache and the Hugging "
@@ -386,20 +385,3 @@ def load_tokenizer_by_name(name: str) -> PreTrainedTokenizerBase:
             ) from None
     except OSError as e:
         raise ValueError(f"cannot load tokenizer {name!r} ({e})" + how) from e
-
-
-def _hub_unreachable(repo_id: str) -> str | None:
-    """``None`` when offline mode is off and the Hub answers one request about ``repo_id``
-    (any answer, "no such repository" included); else why it cannot be asked."""
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if huggingface_hub.is_offline_mode():
-        return "offline mode: HF_HUB_OFFLINE=1"
-    try:
-        huggingface_hub.HfApi().repo_info(repo_id, timeout=10)
-    except HfHubHTTPError:  # the Hub answered (not found, gated, ...): let transformers say so
-        return None
-    except Exception as e:  # noqa: BLE001 - any transport failure means unreachable
-        return f"{type(e).__name__}: {e}"
-    return None

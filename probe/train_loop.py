@@ -137,23 +137,25 @@ class TrainState:
         self.recent = deque(state["recent"])
 
 
-@dataclass
-class LoopSettings:
-    """The parts of a FinetuneConfig the loop reads."""
+def _loop_settings_class() -> type:
+    """A dataclass of the FinetuneConfig fields whose role is ``LOOP``, same types."""
+    import typing
 
-    max_steps: int
-    epochs: int
-    converge_loss: float
-    max_grad_norm: float
-    eval_every: int
-    checkpoint_every: int
-    log_every: int
-    progress: bool
+    from probe.config import LOOP, FinetuneConfig, fields_with
 
-    @classmethod
-    def from_config(cls, config: Any) -> LoopSettings:
-        """The fields of the same names from a ``FinetuneConfig``."""
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+    hints = typing.get_type_hints(FinetuneConfig)
+    cls = dataclasses.make_dataclass(
+        "LoopSettings", [(name, hints[name]) for name in fields_with(LOOP)]
+    )
+    cls.__doc__ = "The parts of a FinetuneConfig the loop reads (the fields with role LOOP)."
+    cls.__module__ = __name__
+    cls.from_config = classmethod(
+        lambda c, config: c(**{f.name: getattr(config, f.name) for f in dataclasses.fields(c)})
+    )
+    return cls
+
+
+LoopSettings = _loop_settings_class()
 
 
 def _stop_reason(state: TrainState, s: LoopSettings) -> str:

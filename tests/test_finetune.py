@@ -15,9 +15,10 @@ import torch
 from probe import build_model, get_task
 from probe.config import FinetuneConfig, build_parser, parse_config
 from probe.finetune import finetune
+from probe.jsonl import read_rows
 from probe.metrics import per_sample_loss
 from probe.models import readout
-from probe.run_setup import build_optimizer, build_run_model, load_run_data, read_rows
+from probe.run_setup import build_optimizer, build_run_model, load_run_data
 from probe.tokenizer import SymbolTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,7 +287,7 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"model": "mlp", "ab": "kq", "n_head": None}, ValueError, "MLP"),
         ({"model": "no-such-model-xyz"}, ValueError, "--model accepts"),
         ({"model": "/no/such/folder"}, ValueError, "no such folder; --model accepts"),
-        ({"gguf_file": "x.gguf"}, ValueError, "--model 'gpt2' is built in"),
+        ({"gguf_file": "x.gguf"}, ValueError, "--model 'gpt2'.*'gpt2' is built in"),
         ({"tokenizer": "./no/such/tokenizer"}, FileNotFoundError, "--tokenizer.*no such folder"),
         ({"n_train": 0}, ValueError, "integer >= 1"),
         ({"n_head": 3}, ValueError, "not divisible"),

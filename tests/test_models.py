@@ -265,15 +265,15 @@ def test_unreachable_hub_is_asked_once(monkeypatch):
 
     calls = []
 
-    def unreachable(url, **kwargs):
-        calls.append(url)
+    def unreachable(self, repo_id, **kwargs):
+        calls.append((repo_id, kwargs.get("timeout")))
         raise ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", unreachable)
     with pytest.raises(OSError, match=r"'org/some-model'.*Name or service not known"):
         build_model("org/some-model")
-    assert len(calls) == 1 and calls[0].endswith("config.json")
+    assert calls == [("org/some-model", 10)]  # once, with a timeout: no retry loop
 
 
 def test_not_a_name_of_anything():

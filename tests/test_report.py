@@ -13,8 +13,9 @@ import json
 import pandas as pd
 import pytest
 
+from probe.jsonl import read_rows
 from probe.report import curves, load_results, main, metric_of, n_star, write_report
-from probe.sweep import SweepConfig, read_rows, run_sweep
+from probe.sweep import SweepConfig, run_sweep
 
 
 def rows_file(path, rows):

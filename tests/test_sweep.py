@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from probe.jsonl import read_rows
 from probe.sweep import (
     SweepConfig,
     load_recipe,
     parse_shard,
-    read_rows,
     results_path,
     run_sweep,
 )
