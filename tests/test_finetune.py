@@ -429,3 +429,44 @@ def test_quickstart_prints_a_table_per_n_and_variant(capsys, tmp_path):
     }
     out = capsys.readouterr().out
     assert "plain" in out and "+KQ" in out and "test loss <= 0.05" in out
+
+
+def test_resume_of_a_finished_run_returns_its_row_without_a_second_one(tmp_path):
+    first = finetune(tiny(tmp_path, max_steps=3))
+    again = finetune(tiny(tmp_path, max_steps=3, resume=True))
+    assert again == first
+    assert len(read_rows(tmp_path / "run" / "results.jsonl")) == 1
+
+
+def test_resume_after_a_kill_during_a_save_continues_from_the_last_complete_checkpoint(
+    tmp_path, monkeypatch
+):
+    from accelerate import Accelerator
+
+    whole = finetune(tiny(tmp_path, "whole", max_steps=6, checkpoint_every=2))
+    real_save = Accelerator.save_state
+
+    def killed_at_step_4(self, output_dir=None, **kwargs):
+        real_save(self, output_dir, **kwargs)
+        if "step-4" in str(output_dir):  # the files are there, the rename never happens
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Accelerator, "save_state", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny(tmp_path, max_steps=6, checkpoint_every=2))
+    monkeypatch.undo()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".step-4.tmp", "step-2"]
+    resumed = finetune(tiny(tmp_path, max_steps=6, checkpoint_every=2, resume=True))
+    assert resumed["test_loss"] == whole["test_loss"] and resumed["steps"] == 6
+    assert [p.name for p in checkpoints.iterdir()] == ["step-6"]
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
+    from probe.run_dir import folder_lock
+
+    with folder_lock(tmp_path / "run", "--output-dir"):
+        with pytest.raises(
+            FileExistsError, match=f"in use by another probe process \\(pid {os.getpid()}\\)"
+        ):
+            finetune(tiny(tmp_path, max_steps=1))

@@ -428,3 +428,38 @@ def dsd_task(dsd):
     from probe.data import dataset_task
 
     return dataset_task(dsd)
+
+
+# -- the one resolver ------------------------------------------------------------------
+
+
+def test_resolve_model_names_each_kind_without_building(tmp_path):
+    from probe.resolve import resolve_model
+
+    assert resolve_model("mlp_xxt").kind == "mlp"
+    preset = resolve_model("small-gpt2", pretrained=True)  # presets are always fresh
+    assert (preset.kind, preset.source, preset.overrides["n_embd"]) == ("architecture", "gpt2", 128)
+    assert resolve_model("smollm2", pretrained=False).model_type() == "llama"
+    assert resolve_model("gpt2", pretrained=True).kind == "checkpoint"  # a Hub id then
+    hub = resolve_model("org/model", gguf_file="w.gguf")
+    assert (hub.kind, hub.source, hub.gguf_file, hub.local) == (
+        "checkpoint",
+        "org/model",
+        "w.gguf",
+        False,
+    )
+    with pytest.raises(ValueError, match="known offline models are offline:smollm2"):
+        resolve_model("offline:nope")
+    with pytest.raises(ValueError, match="is built in, not a checkpoint"):
+        resolve_model("mlp", gguf_file="w.gguf")
+
+
+def test_offline_names_resolve_everywhere_a_model_name_is_taken():
+    from probe.diagonal_cli import load_model
+    from probe.offline import minilm_dir
+    from probe.resolve import resolve_model
+
+    ref = resolve_model("offline:minilm")
+    assert ref.source == str(minilm_dir()) and ref.model_type() == "bert"
+    model = load_model("offline:minilm")
+    assert type(model).__name__ == "BertModel"  # the architecture table's analysis class
