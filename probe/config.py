@@ -55,6 +55,20 @@ LOOP = "loop"
 SETTING = "setting"
 ROLES = (RESUMABLE, UNHASHED, HASHED_IF_SET, LOOP, SETTING)
 
+# Fields renamed after results were recorded: new name -> (old name, old value from new).
+# Saved configs and recipes in the old names still load, and a cell's hash is computed
+# in the old names, so committed results keep their hashes.
+RENAMED = {"pretrained": ("from_scratch", lambda pretrained: not pretrained)}
+
+
+def upgrade_names(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with renamed fields under their new names (``from_scratch`` -> ``pretrained``)."""
+    d = dict(d)
+    for new, (old, _) in RENAMED.items():
+        if old in d and new not in d:
+            d[new] = not d.pop(old)  # every rename so far is a negation
+    return d
+
 
 def _help(
     text: str, *, group: str, roles: tuple[str, ...] = (), grid: str | None = None, **extra: Any
@@ -91,11 +105,14 @@ class FinetuneConfig:
         default=None,
         metadata=_help("GGUF file name inside the --model folder or Hub repo", group=MODEL),
     )
-    from_scratch: bool = field(
-        default=True,
+    pretrained: bool = field(
+        default=False,
         metadata=_help(
-            "fresh weights from the model's config (the paper's setting)",
-            negative=("--pretrained", "load the checkpoint's weights (not from scratch)"),
+            "load the checkpoint's weights (build_model's pretrained=True)",
+            negative=(
+                "--from-scratch",
+                "fresh weights from the model's config (the paper's setting; the default)",
+            ),
             group=MODEL,
             roles=(SETTING,),
         ),
@@ -409,7 +426,7 @@ class FinetuneConfig:
     @property
     def shape_overrides(self) -> dict[str, int]:
         """The from-scratch shape in GPT-2's names (n_layer, n_embd, n_head)."""
-        if not self.from_scratch:
+        if self.pretrained:
             return {}
         return {k: getattr(self, k) or v for k, v in SMALL_SHAPE.items()}
 
@@ -422,6 +439,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        d = upgrade_names(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -451,7 +469,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if not self.from_scratch:
+            if self.pretrained:
                 raise ValueError(
                     f"--{_flag(name)} {value} sets the shape of a model built from scratch; "
                     "a --pretrained checkpoint keeps its own shape (drop the flag)"
@@ -525,11 +543,15 @@ def hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
     without the ``UNHASHED`` fields, and without ``HASHED_IF_SET`` fields at their default."""
     defaults = {f.name: _default(f) for f in dataclasses.fields(FinetuneConfig)}
     unhashed, if_set = fields_with(UNHASHED), fields_with(HASHED_IF_SET)
-    return {
+    kept = {
         k: v
         for k, v in settings.items()
         if k not in unhashed and not (k in if_set and v == defaults.get(k))
     }
+    for new, (old, old_value) in RENAMED.items():
+        if new in kept:
+            kept[old] = old_value(kept.pop(new))
+    return kept
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -613,7 +635,7 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
         group = groups.get(meta.get("group"), parser)
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta.get("help")}
         if kind is bool:
-            if "negative" in meta:  # two flags, e.g. --from-scratch (default) / --pretrained
+            if "negative" in meta:  # two flags, e.g. --pretrained / --from-scratch (default)
                 group.add_argument(flag, action="store_true", **kwargs)
                 negative, negative_help = meta["negative"]
                 kwargs.update(help=negative_help, default=argparse.SUPPRESS)

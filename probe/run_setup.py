@@ -30,7 +30,7 @@ def model_type(config: FinetuneConfig) -> str:
     from probe.resolve import accepted_names, resolve_model
 
     try:
-        ref = resolve_model(config.model, config.gguf_file, pretrained=not config.from_scratch)
+        ref = resolve_model(config.model, config.gguf_file, pretrained=config.pretrained)
         return ref.model_type()
     except FileNotFoundError as err:
         if config.model.endswith(".gguf"):
@@ -150,7 +150,7 @@ def _render_tokenizer(config: FinetuneConfig):
 
     if config.tokenizer is not None:
         return load_tokenizer_by_name(config.tokenizer)
-    if config.from_scratch:
+    if not config.pretrained:
         return None
     ref = resolve_model(config.model, config.gguf_file, pretrained=True)
     return load_tokenizer_by_name(ref.source, gguf_file=ref.gguf_file)
@@ -212,7 +212,7 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
     from probe.models import build_model
 
     overrides = dict(config.model_overrides)
-    if config.from_scratch:
+    if not config.pretrained:
         kind = model_type(config)
         if kind == MLP_MODEL_TYPE:
             shape = mlp_shape(config.n_layer, config.n_embd)
@@ -225,7 +225,7 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
             config.model,
             task=data.task,
             tokenizer=data.tokenizer,
-            pretrained=not config.from_scratch,
+            pretrained=config.pretrained,
             gguf_file=config.gguf_file,
             seed=config.seed,
             **overrides,

@@ -217,7 +217,7 @@ def test_lora_trains_only_adapters_ab_and_a_new_head(tmp_path, checkpoint, task,
     config = tiny(
         tmp_path,
         model=str(checkpoint),
-        from_scratch=False,
+        pretrained=True,
         task=task,
         ab="kq",
         lora_r=2,
@@ -262,7 +262,7 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
     config = tiny(
         tmp_path,
         model=str(checkpoint),
-        from_scratch=False,
+        pretrained=True,
         lora_r=2,
         lora_targets="c_attn,qkv",
         n_layer=None,
@@ -291,7 +291,7 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"tokenizer": "./no/such/tokenizer"}, FileNotFoundError, "--tokenizer.*no such folder"),
         ({"n_train": 0}, ValueError, "integer >= 1"),
         ({"n_head": 3}, ValueError, "not divisible"),
-        ({"from_scratch": False}, ValueError, "keeps its own shape"),
+        ({"pretrained": True}, ValueError, "keeps its own shape"),
         ({"max_steps": 0}, ValueError, "never stop"),
         ({"lr": float("nan")}, ValueError, "finite"),
         ({"b_lr": 0.0}, ValueError, "--b-lr 0.0 must be a finite number > 0"),
@@ -360,7 +360,7 @@ def test_flags_map_to_config_fields():
         ]
     )
     assert config.a_lr is None and parse_config(["--b-lr", "0.1"]).b_lr == 0.1
-    assert config.from_scratch is False and config.ab == "kq,vo"
+    assert config.pretrained is True and config.ab == "kq,vo"
     assert config.task_params == {"k": 5} and config.model_overrides == {"resid_pdrop": 0.0}
     assert config.checkpoints is False
     config = parse_config(["--dataset", "data/x", "--config", "aba"])

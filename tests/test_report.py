@@ -142,7 +142,7 @@ def mini_config() -> SweepConfig:
             "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
             "finetune": {
                 "model": "gpt2",
-                "from_scratch": True,
+                "pretrained": False,
                 "n_layer": 1,
                 "n_embd": 16,
                 "n_head": 2,
