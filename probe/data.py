@@ -471,19 +471,3 @@ def dataset_tokenizer(dsd: datasets.DatasetDict | datasets.Dataset) -> PreTraine
         )
     _remember_tokenizer(ds.info.description, tokenizer)
     return tokenizer
-
-
-# -- names that moved to probe.hub ---------------------------------------------------
-
-# still importable from here, loaded on first use (probe.hub imports this module)
-_IN_HUB = frozenset(
-    {"save_dataset", "load_dataset", "load_tokenizer", "render_to_disk", "export_catalogue"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _IN_HUB:
-        from probe import hub
-
-        return getattr(hub, name)
-    raise AttributeError(f"module 'probe.data' has no attribute {name!r}")

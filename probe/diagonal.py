@@ -321,22 +321,3 @@ def top_heads(
         raise ValueError(f"unknown score {score!r}; the table has {list(df.columns)}")
     rows = df if matrix is None else df[df["matrix"] == matrix]
     return rows.nlargest(n, score)
-
-
-# the pictures and the command line live beside this module; imported on use so that
-# matplotlib and the transformers Auto classes load only when needed
-_ELSEWHERE = {
-    "plot_diagonal": "diagonal_plots",
-    "plot_head": "diagonal_plots",
-    "plot_distributions": "diagonal_plots",
-    "load_model": "diagonal_cli",
-    "main": "diagonal_cli",
-}
-
-
-def __getattr__(name: str):
-    if name in _ELSEWHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"probe.{_ELSEWHERE[name]}"), name)
-    raise AttributeError(f"module 'probe.diagonal' has no attribute {name!r}")
