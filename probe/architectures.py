@@ -44,7 +44,6 @@ class ArchSpec:
     n_layers_key: str  # config attribute holding the number of layers (per stack)
     n_heads_key: str  # config attribute holding the number of query heads
     qk_scaled: bool  # True: logits carry 1/sqrt(d_head); False: T5 folds it into W_Q
-    notes: str = ""
     # label kind ("regression" / "symbolic") -> the transformers Auto class building that head
     heads: dict[str, str] = field(default_factory=dict, hash=False)
     # label kind -> how probe.models.readout reads the answer (the modes are defined there)
@@ -153,6 +152,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         readouts=_CAUSAL_READOUTS,
         position_embeddings=("wpe",),
     ),
+    # T5: relative position bias is added to the logits; no 1/sqrt(d) scaling
     "t5": ArchSpec(
         model_type="t5",
         family="seq2seq",
@@ -164,7 +164,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_heads_key="num_heads",
         qk_scaled=False,
         input_norms=_t5_norms,
-        notes="relative position bias is added to the logits; no 1/sqrt(d) scaling",
         # the classifier pools the decoder state at the (single) eos token of each row
         heads={
             "regression": "AutoModelForSequenceClassification",
@@ -173,6 +172,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         readouts={"regression": "pooled", "symbolic": "decoder_step"},
         pooled_token_key="eos_token_id",
     ),
+    # RoPE rotates Q and K; W_Q W_Kᵀ is the content term at relative position 0
     "llama": ArchSpec(
         model_type="llama",
         family="causal",
@@ -184,7 +184,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_heads_key="num_attention_heads",
         qk_scaled=True,
         input_norms=_llama_norms,
-        notes="RoPE rotates Q and K; W_Q W_Kᵀ is the content term at relative position 0",
         heads=_CAUSAL_HEADS,
         readouts=_CAUSAL_READOUTS,
     ),

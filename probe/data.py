@@ -253,13 +253,7 @@ def _table(
     if task.label_kind == "regression":
         labels = pa.array(np.asarray(task.labels, dtype=np.float32)[template])
     else:
-        label_wild = np.array(
-            [
-                tpl.wildcards_in_order.index(y) if y in tpl.wildcards_in_order else -1
-                for tpl, y in zip(task.templates, task.labels, strict=True)
-            ],
-            dtype=np.int64,
-        )
+        label_wild = task.label_wildcard
         label_const = np.array(
             [
                 vocab.regular_ids[y][0] if j < 0 else 0
