@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from probe.architectures import AttentionSite, attention_sites, head_weights
+from probe.identity import MODULE_NAME
 
 MATRICES = ("qk", "ov")
 SCORES = (
@@ -188,7 +189,7 @@ def head_scores(
 def _identity_scalings(site: AttentionSite) -> dict[str, torch.Tensor | None] | None:
     """The injected ``a`` (qk) and ``b`` (ov) of a site, [n_heads] each (None: that term is
     not injected); None if the site carries no identity scalings (``probe.identity``)."""
-    ab = site.attention._modules.get("ab_scalings")
+    ab = site.attention._modules.get(MODULE_NAME)
     if ab is None:
         return None
     # calling the module (not reading .a/.b) reaches peft's active copy when it wraps it

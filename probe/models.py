@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 # name -> (architecture, config overrides): models that exist only as a configuration.
 # small-gpt2 is the paper's small transformer: 2 layers, 128 wide, 4 heads, read out at
-# the last position (the measurements use it).
+# the last position (the shape recipes/base.yaml pins).
 SCRATCH_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "small-gpt2": ("gpt2", {"n_layer": 2, "n_embd": 128, "n_head": 4}),
 }
