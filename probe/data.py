@@ -76,19 +76,26 @@ def resolve_task(task: TemplateTask | str) -> tuple[TemplateTask, str | None]:
         raise ValueError(
             f"task must be a TemplateTask or a catalogue name, got {type(task).__name__}"
         )
-    name, _, params_text = task.partition(":")
+    name, params = parse_task_spec(task)
+    return get_task(name, **params), task
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"majority_k:k=5"`` -> ``("majority_k", {"k": 5})``: a catalogue name and its
+    parameters (values parsed as JSON, else strings); nothing is looked up."""
+    name, _, params_text = spec.partition(":")
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in params_text.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(
-                f"task {task!r}: parameter {item!r} is not key=value; write e.g. 'majority_k:k=5'"
+                f"task {spec!r}: parameter {item!r} is not key=value; write e.g. 'majority_k:k=5'"
             )
         try:
             params[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             params[key.strip()] = value.strip()
-    return get_task(name.strip(), **params), task
+    return name.strip(), params
 
 
 def _need(task: TemplateTask) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from probe.data import dataset_tokenizer, render, task_info
+from probe.data import dataset_tokenizer, parse_task_spec, render, task_info
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 SUMMARY_N_TRAIN = 1024  # samples (= symbols) of the summary's training split
@@ -130,9 +130,13 @@ def quickstart_config(args: argparse.Namespace) -> Any:
         finetune["max_steps"] = args.max_steps
     if args.n_test is not None:
         finetune["n_test"] = args.n_test
+    task, params = (config.task, config.task_params)
+    if args.task:  # the task the summary shows, with its parameters (majority_k:k=5)
+        task, params = parse_task_spec(args.task)
     return dataclasses.replace(
         config,
-        task=args.task or config.task,
+        task=task,
+        task_params=params,
         n=sorted(args.n) if args.n else config.n,
         seeds=[args.seed],
         finetune=finetune,
@@ -163,7 +167,7 @@ def run_quickstart(config: Any, out: str | None = None) -> list[dict[str, Any]]:
         f"{v} ({', '.join(f'{k}={x}' for k, x in o.items())})" for v, o in config.variants.items()
     )
     print(
-        f"recipe {config.name}, task {config.task}: {shown}; n {' '.join(map(str, config.n))}; "
+        f"recipe {config.name}, task {_task_text(config)}: {shown}; n {' '.join(map(str, config.n))}; "
         f"seed {' '.join(map(str, config.seeds))}\n  {_settings_line(settings)}",
         flush=True,
     )
@@ -181,6 +185,11 @@ def run_quickstart(config: Any, out: str | None = None) -> list[dict[str, Any]]:
         print(format_results(folder / "results", config))
     print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f}s")
     return rows
+
+
+def _task_text(config: Any) -> str:
+    params = ",".join(f"{k}={v}" for k, v in config.task_params.items())
+    return f"{config.task}:{params}" if params else config.task
 
 
 def _settings_line(settings: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from probe.demo import RECIPE, build_parser, main
+from probe.demo import RECIPE, build_parser, main, quickstart_config
 from probe.sweep import THRESHOLD, SweepConfig
 
 
@@ -44,6 +44,18 @@ def test_the_recipe_is_the_quickstart():
     settings = config.cell_settings(config.cells()[0])
     assert settings["n_val"] == 0 and settings["n_test"] == 500
     assert settings["max_steps"] == 1000 and settings["checkpoints"] is False
+
+
+def test_options_change_the_recipe():
+    args = build_parser().parse_args(
+        ["--task", "majority_k:k=5", "--n", "64", "8", "--seed", "2", "--max-steps", "7"]
+    )
+    config = quickstart_config(args)
+    assert (config.task, config.task_params) == ("majority_k", {"k": 5})
+    assert config.n == [8, 64] and config.seeds == [2]
+    settings = config.cell_settings(config.cells()[0])
+    assert settings["max_steps"] == 7 and settings["task_params"] == {"k": 5}
+    assert settings["n_test"] == 500  # the recipe's, not overridden
 
 
 def test_a_tiny_run_trains_the_shown_task_through_the_sweep(capsys, tmp_path):
