@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -33,8 +33,8 @@ _EXPORTS = {
     "FinetuneConfig": "finetune",
     "finetune": "finetune",
     "attn_diagonal": "diagonal",
-    "plot_diagonal": "diagonal",
-    "plot_head": "diagonal",
+    "plot_diagonal": "diagonal_plots",
+    "plot_head": "diagonal_plots",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -55,7 +55,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from probe.data import render
-    from probe.diagonal import attn_diagonal, plot_diagonal, plot_head
+    from probe.diagonal import attn_diagonal
+    from probe.diagonal_plots import plot_diagonal, plot_head
     from probe.finetune import FinetuneConfig, finetune
     from probe.hub import load_dataset, save_dataset
     from probe.identity import ab_values, inject_ab, remove_ab

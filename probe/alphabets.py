@@ -29,12 +29,14 @@ from transformers import PreTrainedTokenizerBase
 from probe.templates import TemplateTask
 from probe.tokenizer import (
     SPECIAL_TOKENS,
+    SYMBOL_PREFIX,
     SymbolTokenizer,
     encoding_prefix,
     load_tokenizer_by_name,
     pad_token_id,
     readout_token_id,
     single_token_symbols,
+    symbol_names,
     symbol_range,
     token_ids,
     tokenizer_name,
@@ -194,13 +196,13 @@ def _new_symbol_tokenizer(regular: list[str], specs: dict[str, int | list[str]])
     if all(isinstance(v, int) for v in specs.values()):
         # default names: made by Arrow, as there may be millions
         for split, size in specs.items():
-            names_of[split] = _arange_strings("s", at, at + size)  # type: ignore[operator]
+            names_of[split] = _arange_strings(SYMBOL_PREFIX, at, at + size)  # type: ignore[operator]
             at += size  # type: ignore[operator]
         tokenizer = SymbolTokenizer.build(regular, at)
     else:
         names: dict[str, list[str]] = {}
         for split, v in specs.items():
-            names[split] = v if isinstance(v, list) else [f"s{k}" for k in range(at, at + v)]
+            names[split] = v if isinstance(v, list) else symbol_names(at, at + v)
             at += len(names[split])
         _check_disjoint(names)
         tokenizer = SymbolTokenizer.build(regular, [s for v in names.values() for s in v])

@@ -44,7 +44,6 @@ class ArchSpec:
     n_layers_key: str  # config attribute holding the number of layers (per stack)
     n_heads_key: str  # config attribute holding the number of query heads
     qk_scaled: bool  # True: logits carry 1/sqrt(d_head); False: T5 folds it into W_Q
-    notes: str = ""
     # label kind ("regression" / "symbolic") -> the transformers Auto class building that head
     heads: dict[str, str] = field(default_factory=dict, hash=False)
     # label kind -> how probe.models.readout reads the answer (the modes are defined there)
@@ -163,6 +162,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         position_embeddings=("wpe",),
         shape=lambda n, d, h: {"n_layer": n, "n_embd": d, "n_head": h},
     ),
+    # T5: relative position bias is added to the logits; no 1/sqrt(d) scaling
     "t5": ArchSpec(
         model_type="t5",
         family="seq2seq",
@@ -174,7 +174,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_heads_key="num_heads",
         qk_scaled=False,
         input_norms=_t5_norms,
-        notes="relative position bias is added to the logits; no 1/sqrt(d) scaling",
         # the classifier pools the decoder state at the (single) eos token of each row
         heads={
             "regression": "AutoModelForSequenceClassification",
@@ -193,6 +192,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         regression_head="classification_head",
         analysis_class="AutoModelForSeq2SeqLM",
     ),
+    # RoPE rotates Q and K; W_Q W_Kᵀ is the content term at relative position 0
     "llama": ArchSpec(
         model_type="llama",
         family="causal",
@@ -204,7 +204,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         n_heads_key="num_attention_heads",
         qk_scaled=True,
         input_norms=_llama_norms,
-        notes="RoPE rotates Q and K; W_Q W_Kᵀ is the content term at relative position 0",
         heads=_CAUSAL_HEADS,
         readouts=_CAUSAL_READOUTS,
         shape=lambda n, d, h: {

@@ -1,10 +1,13 @@
-"""The ``probe`` command: argument parsing only; the work lives in the modules."""
+"""The ``probe`` command: argument parsing, and the commands that only print
+(``probe tasks``, ``probe data render``, ``probe data export``); the work lives
+in the modules."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 # Errors that mean "the input was wrong": shown as one line, not a traceback
 # (set PROBE_DEBUG=1 to see the traceback anyway).
@@ -17,9 +20,62 @@ def _cmd_tasks(args: argparse.Namespace) -> None:
     print(format_task_table())
 
 
-def _cmd_data_render(args: argparse.Namespace) -> None:
-    from probe.hub import render_to_disk
+def render_to_disk(
+    task: str,
+    out: str | os.PathLike,
+    n_train: int,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    config: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """``probe data render``: check every argument and the destination, then render
+    and save. Returns the config folder."""
+    from probe.data import render, resolve_task
+    from probe.hub import check_target, default_config, save_dataset
+    from probe.templates import check_count
 
+    resolved, spec = resolve_task(task)
+    n_val = 1000 if n_val is None else n_val
+    n_test = 1000 if n_test is None else n_test
+    check_count(n_train, "--n-train", low=1)
+    check_count(n_val, "--n-val")
+    check_count(n_test, "--n-test")
+    check_count(seed, "--seed")
+    config = check_target(out, config or default_config(resolved.name), overwrite)
+    dsd = render(spec or resolved, n_train, n_val, n_test, tokenizer=tokenizer, seed=seed)
+    folder = save_dataset(dsd, out, config, overwrite=overwrite)
+    print(f"wrote {folder} ({', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})")
+    return folder
+
+
+DEFAULT_EXPORT_DIR = Path("data/template-tasks")
+EXPORT_SIZES = {"n_train": 2048, "n_val": 512, "n_test": 512}
+
+
+def export_catalogue(
+    out: str | os.PathLike = DEFAULT_EXPORT_DIR, overwrite: bool = False
+) -> list[Path]:
+    """``probe data export``: render every registered task (``probe.tasks.list_tasks()``,
+    with its default parameters, at ``EXPORT_SIZES``, seed 0) as the config of its
+    name in the Hub-layout folder ``out``."""
+    from probe.data import render
+    from probe.hub import check_target, default_config, save_dataset
+    from probe.tasks import list_tasks
+
+    names = list_tasks()
+    configs = [check_target(out, default_config(name), overwrite) for name in names]
+    folders = []
+    for name, config in zip(names, configs, strict=True):
+        dsd = render(name, seed=0, **EXPORT_SIZES)
+        folders.append(save_dataset(dsd, out, config, overwrite=overwrite))
+        print(f"wrote {folders[-1]}")
+    return folders
+
+
+def _cmd_data_render(args: argparse.Namespace) -> None:
     render_to_disk(
         task=args.task,
         out=args.out,
@@ -34,8 +90,6 @@ def _cmd_data_render(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_export(args: argparse.Namespace) -> None:
-    from probe.hub import export_catalogue
-
     export_catalogue(args.out, overwrite=args.overwrite)
 
 
@@ -52,7 +106,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_diagonal(args: argparse.Namespace) -> None:
-    from probe.diagonal import main as diagonal_main
+    from probe.diagonal_cli import main as diagonal_main
 
     diagonal_main(args.rest)
 
@@ -103,15 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (Hub layout)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing config")
     p.set_defaults(func=_cmd_data_render)
-    p = data_sub.add_parser("export", help="render the whole catalogue to data/template-tasks")
-    p.add_argument("--out", default="data/template-tasks")
+    p = data_sub.add_parser("export", help="render every registered task to data/template-tasks")
+    p.add_argument("--out", default=str(DEFAULT_EXPORT_DIR))
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_data_export)
 
     # Commands whose options come from one dataclass shared with the Python API
     # parse their own arguments.
     for name, func, text in [
-        ("demo", _cmd_demo, "the quickstart: the paper's effect on a small transformer"),
+        ("demo", _cmd_demo, "a rendered dataset, then the quickstart recipe (plain vs +KQ)"),
         ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
         ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
         ("sweep", _cmd_sweep, "run a recipe's grid of runs"),

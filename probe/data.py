@@ -76,19 +76,26 @@ def resolve_task(task: TemplateTask | str) -> tuple[TemplateTask, str | None]:
         raise ValueError(
             f"task must be a TemplateTask or a catalogue name, got {type(task).__name__}"
         )
-    name, _, params_text = task.partition(":")
+    name, params = parse_task_spec(task)
+    return get_task(name, **params), task
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"majority_k:k=5"`` -> ``("majority_k", {"k": 5})``: a catalogue name and its
+    parameters (values parsed as JSON, else strings); nothing is looked up."""
+    name, _, params_text = spec.partition(":")
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in params_text.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(
-                f"task {task!r}: parameter {item!r} is not key=value; write e.g. 'majority_k:k=5'"
+                f"task {spec!r}: parameter {item!r} is not key=value; write e.g. 'majority_k:k=5'"
             )
         try:
             params[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             params[key.strip()] = value.strip()
-    return get_task(name.strip(), **params), task
+    return name.strip(), params
 
 
 def _need(task: TemplateTask) -> int:
@@ -253,13 +260,7 @@ def _table(
     if task.label_kind == "regression":
         labels = pa.array(np.asarray(task.labels, dtype=np.float32)[template])
     else:
-        label_wild = np.array(
-            [
-                tpl.wildcards_in_order.index(y) if y in tpl.wildcards_in_order else -1
-                for tpl, y in zip(task.templates, task.labels, strict=True)
-            ],
-            dtype=np.int64,
-        )
+        label_wild = task.label_wildcard
         label_const = np.array(
             [
                 vocab.regular_ids[y][0] if j < 0 else 0
@@ -471,19 +472,3 @@ def dataset_tokenizer(dsd: datasets.DatasetDict | datasets.Dataset) -> PreTraine
         )
     _remember_tokenizer(ds.info.description, tokenizer)
     return tokenizer
-
-
-# -- names that moved to probe.hub ---------------------------------------------------
-
-# still importable from here, loaded on first use (probe.hub imports this module)
-_IN_HUB = frozenset(
-    {"save_dataset", "load_dataset", "load_tokenizer", "render_to_disk", "export_catalogue"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _IN_HUB:
-        from probe import hub
-
-        return getattr(hub, name)
-    raise AttributeError(f"module 'probe.data' has no attribute {name!r}")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from probe.architectures import AttentionSite, attention_sites, head_weights
+from probe.identity import MODULE_NAME
 
 MATRICES = ("qk", "ov")
 SCORES = (
@@ -188,7 +189,7 @@ def head_scores(
 def _identity_scalings(site: AttentionSite) -> dict[str, torch.Tensor | None] | None:
     """The injected ``a`` (qk) and ``b`` (ov) of a site, [n_heads] each (None: that term is
     not injected); None if the site carries no identity scalings (``probe.identity``)."""
-    ab = site.attention._modules.get("ab_scalings")
+    ab = site.attention._modules.get(MODULE_NAME)
     if ab is None:
         return None
     # calling the module (not reading .a/.b) reaches peft's active copy when it wraps it
@@ -321,22 +322,3 @@ def top_heads(
         raise ValueError(f"unknown score {score!r}; the table has {list(df.columns)}")
     rows = df if matrix is None else df[df["matrix"] == matrix]
     return rows.nlargest(n, score)
-
-
-# the pictures and the command line live beside this module; imported on use so that
-# matplotlib and the transformers Auto classes load only when needed
-_ELSEWHERE = {
-    "plot_diagonal": "diagonal_plots",
-    "plot_head": "diagonal_plots",
-    "plot_distributions": "diagonal_plots",
-    "load_model": "diagonal_cli",
-    "main": "diagonal_cli",
-}
-
-
-def __getattr__(name: str):
-    if name in _ELSEWHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"probe.{_ELSEWHERE[name]}"), name)
-    raise AttributeError(f"module 'probe.diagonal' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Rendered datasets on disk in Hub layout, and the command line's jobs that write them.
+"""Rendered datasets on disk in Hub layout.
 
 ``save_dataset`` / ``load_dataset`` use the layout of ``push_to_hub``:
 ``PATH/<config>/<split>-00000-of-00001.parquet`` plus a ``README.md`` card whose
@@ -23,14 +23,12 @@ import datasets
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from probe.data import SPLITS, dataset_tokenizer, render, resolve_task, task_info
+from probe.data import SPLITS, dataset_tokenizer, task_info
 from probe.locate import hub_offline, hub_unreachable, looks_like_path
-from probe.templates import check_count
 from probe.tokenizer import SymbolTokenizer, load_tokenizer_by_name
 
 CARD = "README.md"
 TOKENIZER_DIR = "tokenizer"
-DEFAULT_EXPORT_DIR = Path("data/template-tasks")
 _CONFIG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -43,7 +41,7 @@ def _check_config(config: str) -> str:
     return config
 
 
-def _default_config(task_name: str) -> str:
+def default_config(task_name: str) -> str:
     """The task's name (``majority_k-k5``) as a config name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", task_name)
 
@@ -93,6 +91,15 @@ def _check_destination(path: Path, config: str, overwrite: bool) -> None:
         )
 
 
+def check_target(path: str | os.PathLike, config: str, overwrite: bool = False) -> str:
+    """Refuse what :func:`save_dataset` would refuse (a bad config name, an existing
+    config without ``overwrite``, a folder that is not a dataset card's), before any
+    rendering; returns ``config``."""
+    config = _check_config(config)
+    _check_destination(Path(path), config, overwrite)
+    return config
+
+
 def save_dataset(
     dsd: datasets.DatasetDict,
     path: str | os.PathLike,
@@ -114,7 +121,7 @@ def save_dataset(
         raise ValueError(f"expected a DatasetDict from probe.render, got {type(dsd).__name__}")
     path = Path(path)
     info = task_info(dsd)
-    config = _check_config(config if config is not None else _default_config(info["task"]["name"]))
+    config = _check_config(config if config is not None else default_config(info["task"]["name"]))
     _check_destination(path, config, overwrite)
 
     fresh = not path.exists()
@@ -333,69 +340,3 @@ def load_tokenizer(path: str | os.PathLike, config: str) -> PreTrainedTokenizerB
         if d.get("config_name") == config:
             return load_tokenizer_by_name(json.loads(d["description"])["tokenizer"])
     raise FileNotFoundError(f"{Path(path)} has no config {config!r} written by probe.save_dataset")
-
-
-# -- the command line's jobs -------------------------------------------------------
-
-
-def render_to_disk(
-    task: str,
-    out: str | os.PathLike,
-    n_train: int,
-    n_val: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    tokenizer: str | None = None,
-    config: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """``probe data render``: check every argument and the destination, then render
-    and save. Returns the config folder."""
-    resolved, spec = resolve_task(task)
-    n_val = 1000 if n_val is None else n_val
-    n_test = 1000 if n_test is None else n_test
-    check_count(n_train, "--n-train", low=1)
-    check_count(n_val, "--n-val")
-    check_count(n_test, "--n-test")
-    check_count(seed, "--seed")
-    out = Path(out)
-    config = _check_config(config or _default_config(resolved.name))
-    _check_destination(out, config, overwrite)
-    dsd = render(spec or resolved, n_train, n_val, n_test, tokenizer=tokenizer, seed=seed)
-    folder = save_dataset(dsd, out, config, overwrite=overwrite)
-    print(f"wrote {folder} ({', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})")
-    return folder
-
-
-# config name -> catalogue spec, at the default size of the export
-EXPORT_CONFIGS: dict[str, str] = {
-    "same_different": "same_different",
-    "aba_vs_abb": "aba_vs_abb",
-    "aabb_vs_abab": "aabb_vs_abab",
-    "majority_3": "majority_k:k=3",
-    "majority_5": "majority_k:k=5",
-    "var_assign": "var_assign",
-    "var_copy": "var_copy",
-    "copy": "copy",
-    "rmts": "rmts",
-    "dist3": "dist3",
-    "random_templates": "random_templates",
-}
-EXPORT_SIZES = {"n_train": 2048, "n_val": 512, "n_test": 512}
-
-
-def export_catalogue(
-    out: str | os.PathLike = DEFAULT_EXPORT_DIR, overwrite: bool = False
-) -> list[Path]:
-    """``probe data export``: render every catalogue task (``EXPORT_CONFIGS``, at
-    ``EXPORT_SIZES``, seed 0) as one config each of the Hub-layout folder ``out``."""
-    out = Path(out)
-    for config, spec in EXPORT_CONFIGS.items():
-        resolve_task(spec)
-        _check_destination(out, config, overwrite)
-    folders = []
-    for config, spec in EXPORT_CONFIGS.items():
-        dsd = render(spec, seed=0, **EXPORT_SIZES)
-        folders.append(save_dataset(dsd, out, config, overwrite=overwrite))
-        print(f"wrote {folders[-1]}")
-    return folders

@@ -1,7 +1,7 @@
 """Local metrics on unseen symbols: per-sample loss and error, and their running sums.
 
-Nothing is fetched at run time (``evaluate.load`` would download metric
-scripts from the Hub). Both label kinds read one answer per sample:
+Plain torch, nothing fetched at run time. Both label kinds read one answer per
+sample:
 
 - regression: ``logits`` ``[batch, 1]`` (or ``[batch]``), float ``labels``
   ``[batch]``; loss = squared error, error = the prediction's sign differs
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-LABEL_KINDS = ("regression", "symbolic")
+from probe.templates import LABEL_KINDS
 
 
 def _check_kind(kind: str) -> None:

@@ -28,10 +28,10 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers import initialization as init
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from probe.templates import LABEL_KINDS
+
 # build_model name -> whether the MLP also sees the X Xᵀ equality features
 MLP_VARIANTS: dict[str, bool] = {"mlp": False, "mlp_xxt": True}
-
-LABEL_KINDS = ("regression", "symbolic")
 
 
 class SymbolMLPConfig(PreTrainedConfig):

@@ -3,10 +3,10 @@
 The metric is the test loss on unseen symbols for regression tasks and the test
 error for symbolic ones (a task's ``label_kind``, recorded in every row). Over
 seeds, each (variant, n) gets a mean, a standard deviation and the min-max range.
-``n*`` is the smallest n whose *mean* metric is at most the threshold (0.05, as
-in the paper); a variant that never gets there is reported as ``>N`` with N the
-largest n it was run at. Its ratio is n* / n* of the baseline variant (the plain
-transformer, ``none``).
+``n*`` is the smallest n whose *mean* metric is at most the threshold
+(``probe.sweep.THRESHOLD``, 0.05 as in the paper); a variant that never gets
+there is reported as ``>N`` with N the largest n it was run at. Its ratio is
+n* / n* of the baseline variant (the plain transformer, ``none``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas as pd
 
 from probe.config import SETTING, fields_with
 from probe.jsonl import read_rows
+from probe.sweep import THRESHOLD
 
 METRIC = {"regression": "test_loss", "symbolic": "test_error"}
 CELL_KEYS = ["recipe", "variant", "n", "seed"]
@@ -89,7 +90,7 @@ def curves(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def n_star(
-    curve: pd.DataFrame, threshold: float = 0.05, baseline: str | None = "none"
+    curve: pd.DataFrame, threshold: float = THRESHOLD, baseline: str | None = "none"
 ) -> pd.DataFrame:
     """Per (recipe, variant): n*, whether it was reached, and the ratio to ``baseline``.
 
@@ -142,7 +143,7 @@ def plot_curves(
     curve: pd.DataFrame,
     path: str | os.PathLike,
     metric: str,
-    threshold: float | None = 0.05,
+    threshold: float | None = THRESHOLD,
     band: str = "minmax",
     title: str | None = None,
 ) -> Path:
@@ -247,13 +248,13 @@ def write_report(
     """Merge ``paths`` and write curves.csv, n_star.csv, one PNG per recipe and summary.md.
 
     ``threshold`` and ``baseline`` default to what the recipe recorded in its rows
-    (0.05 and ``none`` otherwise). Returns the written files by name.
+    (``THRESHOLD`` and ``none`` otherwise). Returns the written files by name.
     """
     df = load_results(paths)
     metric = metric_of(df, metric)
     if threshold is None:
         recorded = df["threshold"].dropna().unique() if "threshold" in df.columns else []
-        threshold = float(recorded[0]) if len(recorded) == 1 else 0.05
+        threshold = float(recorded[0]) if len(recorded) == 1 else THRESHOLD
     if baseline is None and "baseline" in df.columns:
         recorded = df["baseline"].dropna().unique()
         # a recipe's `baseline: null` means no ratios
@@ -338,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", nargs="+", help="results*.jsonl files or folders holding them")
     p.add_argument("--out", required=True, help="folder for the CSV, PNG and summary.md")
-    p.add_argument("--threshold", type=float, default=None, help="n* threshold (default 0.05)")
+    p.add_argument(
+        "--threshold", type=float, default=None, help=f"n* threshold (default {THRESHOLD:g})"
+    )
     p.add_argument("--baseline", default=None, help="variant of the ratios (default: none)")
     p.add_argument("--metric", default=None, help="column to read (default: by label kind)")
     p.add_argument("--band", default="minmax", choices=["minmax", "std"])

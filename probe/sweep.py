@@ -45,6 +45,10 @@ import yaml
 
 from probe.jsonl import append_row, json_default, read_rows
 
+# n* = the smallest n whose mean metric is at most this (the paper's threshold);
+# the default of a recipe's `threshold:` and of `probe report --threshold`.
+THRESHOLD = 0.05
+
 
 @dataclass
 class SweepConfig:
@@ -71,7 +75,7 @@ class SweepConfig:
         metadata={"help": "variant the report's n* ratios are relative to (null: none)"},
     )
     threshold: float = field(
-        default=0.05, metadata={"help": "n* = smallest n whose mean metric is <= threshold"}
+        default=THRESHOLD, metadata={"help": "n* = smallest n whose mean metric is <= threshold"}
     )
     description: str = field(default="", metadata={"help": "one line on what the recipe shows"})
 
@@ -249,7 +253,7 @@ def _check_config(cfg: SweepConfig) -> None:
             f"or set `baseline: null`"
         )
     if not isinstance(cfg.threshold, (int, float)) or cfg.threshold <= 0:
-        raise ValueError(f"threshold={cfg.threshold!r} must be a positive number, e.g. 0.05")
+        raise ValueError(f"threshold={cfg.threshold!r} must be a positive number, e.g. {THRESHOLD}")
     known = _finetune_fields()
     _check_overrides("finetune:", cfg.finetune, known)
     for label, overrides in cfg.variants.items():

@@ -21,13 +21,15 @@ import numbers
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 DEFAULT_WILDCARDS: frozenset[str] = frozenset("abcdefghijklmnopqrstuvwxyz")
 
 LabelKind = Literal["regression", "symbolic"]
+# every label kind, decided by TemplateTask from its labels; models, MLPs and metrics check against it
+LABEL_KINDS: tuple[LabelKind, ...] = get_args(LabelKind)
 
 
 def _check_wildcards(wildcards: Iterable[str] | None) -> frozenset[str]:

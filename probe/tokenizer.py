@@ -151,11 +151,6 @@ def symbol_range(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int] | None:
     return start, start + int(kw["n_symbols"])
 
 
-def symbol_strings(tokenizer: PreTrainedTokenizerBase, start: int, stop: int) -> list[str]:
-    """The symbol names of a :class:`SymbolTokenizer` for ids ``[start, stop)``."""
-    return tokenizer.convert_ids_to_tokens(list(range(start, stop)))
-
-
 def readout_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id appended to every row: ``<out>`` in a SymbolTokenizer, else the eos
     token, else the sep token (BERT)."""

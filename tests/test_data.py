@@ -213,19 +213,3 @@ def test_custom_task_probabilities():
     assert 0.87 < share < 0.93
     assert task_info(dsd)["regenerate"]["cli"] is None  # not a catalogue task
     assert dsd["validation"].num_rows == 0
-
-
-def test_demo_runs(capsys):
-    from probe.demo import main
-
-    main(["--summary-only", "--show", "1"])
-    out = capsys.readouterr().out
-    assert "aba_vs_abb" in out and "OK: the test uses only unseen symbols" in out
-
-
-def test_demo_refuses_a_negative_show(capsys):
-    from probe.demo import main
-
-    with pytest.raises(SystemExit):
-        main(["--summary-only", "--show", "-1"])
-    assert "--show: -1 is negative" in capsys.readouterr().err

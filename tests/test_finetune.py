@@ -417,20 +417,6 @@ def test_probe_finetune_command_appends_a_row(tmp_path):
     assert row["test_samples"] == 8 and row["val_loss"] is None
 
 
-def test_quickstart_prints_a_table_per_n_and_variant(capsys, tmp_path):
-    from probe.quickstart import main
-
-    rows = main(["--n", "16", "32", "--max-steps", "2", "--n-test", "8"])
-    assert {(r["n_train"], r["variant"]) for r in rows} == {
-        (16, "plain"),
-        (16, "+KQ"),
-        (32, "plain"),
-        (32, "+KQ"),
-    }
-    out = capsys.readouterr().out
-    assert "plain" in out and "+KQ" in out and "test loss <= 0.05" in out
-
-
 def test_resume_of_a_finished_run_returns_its_row_without_a_second_one(tmp_path):
     first = finetune(tiny(tmp_path, max_steps=3))
     again = finetune(tiny(tmp_path, max_steps=3, resume=True))

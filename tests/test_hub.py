@@ -1,5 +1,4 @@
-"""probe.hub: Hub layout on disk (round trip, atomic writes, card), offline errors,
-and the command line's jobs."""
+"""probe.hub: Hub layout on disk (round trip, atomic writes, card), offline errors."""
 
 from __future__ import annotations
 
@@ -9,10 +8,10 @@ import time
 import datasets
 import pytest
 
-import probe.data as data
 import probe.hub as hub
+from probe.cli import EXPORT_SIZES
 from probe.data import render, task_info
-from probe.hub import export_catalogue, load_dataset, load_tokenizer, render_to_disk, save_dataset
+from probe.hub import load_dataset, load_tokenizer, save_dataset
 from probe.tasks import get_task
 from probe.templates import TemplateTask
 
@@ -143,45 +142,6 @@ def test_offline_hub_id_fails_at_once():
     assert "pass the folder" in message
 
 
-# -- the command line's jobs ---------------------------------------------------------
-
-
-def test_render_to_disk_validates_before_rendering(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "out"
-    folder = render_to_disk("majority_k:k=5", out, 16, 4, 4, seed=0, config=None)
-    assert folder == out / "majority_k-k5"  # the task's name
-    assert "wrote" in capsys.readouterr().out
-
-    def no_render(*a, **k):
-        raise AssertionError("rendered before validating")
-
-    monkeypatch.setattr(hub, "render", no_render)
-    with pytest.raises(FileExistsError, match="'majority_k-k5'"):
-        render_to_disk("majority_k:k=5", out, 16, 4, 4)
-    with pytest.raises(ValueError, match="unknown task"):
-        render_to_disk("nope", out, 16)
-    with pytest.raises(ValueError, match="--n-train must be >= 1"):
-        render_to_disk("copy", out, 0)
-    with pytest.raises(ValueError, match="config name 'a/b'"):
-        render_to_disk("copy", out, 5, config="a/b")
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="not a folder"):
-        render_to_disk("copy", tmp_path / "file", 5)
-
-
-def test_export_catalogue(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "EXPORT_SIZES", {"n_train": 12, "n_val": 3, "n_test": 3})
-    export_catalogue(tmp_path / "cat")
-    for config in hub.EXPORT_CONFIGS:
-        dsd = load_dataset(tmp_path / "cat", config)
-        assert dsd["train"].num_rows == 12
-    assert task_info(load_dataset(tmp_path / "cat", "majority_5"))["task"]["templates"][0] == (
-        "a a a a a"
-    )
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        export_catalogue(tmp_path / "cat")
-
-
 def test_committed_catalogue_loads():
     """data/template-tasks (written by `probe data export`) loads with its card."""
     folder = os.path.join(os.path.dirname(__file__), "..", "data", "template-tasks")
@@ -190,15 +150,4 @@ def test_committed_catalogue_loads():
     dsd = load_dataset(folder, "aba_vs_abb")
     info = task_info(dsd)
     assert get_task("aba_vs_abb") == TemplateTask.from_dict(info["task"])
-    assert dsd["train"].num_rows == hub.EXPORT_SIZES["n_train"]
-
-
-def test_moved_names_still_import_from_probe_data():
-    """save/load and the CLI jobs moved to probe.hub; probe.data still lends them."""
-    for name in ["save_dataset", "load_dataset", "load_tokenizer", "render_to_disk"]:
-        assert getattr(data, name) is getattr(hub, name)
-    from probe.data import export_catalogue as moved
-
-    assert moved is export_catalogue
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        data.nope  # noqa: B018
+    assert dsd["train"].num_rows == EXPORT_SIZES["n_train"]
