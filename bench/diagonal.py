@@ -18,8 +18,8 @@ import time
 import torch
 from transformers import GPT2Config, GPT2Model
 
-from probe.diagonal import attn_diagonal
-from probe.identity import inject_ab
+from probe.analysis.diagonal import attn_diagonal
+from probe.models.identity import inject_ab
 
 
 def main() -> None:

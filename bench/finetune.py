@@ -24,10 +24,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from probe.config import FinetuneConfig  # noqa: E402
-from probe.finetune import finetune  # noqa: E402
-from probe.run_setup import build_run_model, load_run_data  # noqa: E402
-from probe.tasks import get_task  # noqa: E402
+from probe.tasks.catalogue import get_task  # noqa: E402
+from probe.train.config import FinetuneConfig  # noqa: E402
+from probe.train.run import finetune  # noqa: E402
+from probe.train.setup import build_run_model, load_run_data  # noqa: E402
 
 N_TRAIN, BATCH = 1024, 64
 

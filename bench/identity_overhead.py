@@ -24,7 +24,7 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from probe.identity import inject_ab
+from probe.models.identity import inject_ab
 
 SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 8, "seq": 16, "batch": 64, "vocab": 64}
 

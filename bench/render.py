@@ -22,8 +22,8 @@ import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from probe.data import render  # noqa: E402
-from probe.tokenizer import SymbolTokenizer  # noqa: E402
+from probe.data.render import render  # noqa: E402
+from probe.data.tokenizer import SymbolTokenizer  # noqa: E402
 
 
 def paper_style(n: int, n_symbols: int, seed: int = 0) -> tuple[list[list[int]], list[float]]:
@@ -82,7 +82,7 @@ def main() -> None:
         return
     from transformers import AutoTokenizer
 
-    from probe.offline import smollm2_gguf
+    from probe.models.offline import smollm2_gguf
 
     p = smollm2_gguf()
     bpe = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)

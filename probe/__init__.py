@@ -15,26 +15,26 @@ __version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
 # public name -> module that defines it
 _EXPORTS = {
-    "Template": "templates",
-    "TemplateTask": "templates",
-    "list_tasks": "tasks",
-    "get_task": "tasks",
-    "register_task": "tasks",
-    "random_templates": "tasks",
-    "SymbolTokenizer": "tokenizer",
-    "render": "data",
-    "save_dataset": "hub",
-    "load_dataset": "hub",
-    "build_model": "models",
-    "readout": "models",
-    "inject_ab": "identity",
-    "remove_ab": "identity",
-    "ab_values": "identity",
-    "FinetuneConfig": "finetune",
-    "finetune": "finetune",
-    "attn_diagonal": "diagonal",
-    "plot_diagonal": "diagonal_plots",
-    "plot_head": "diagonal_plots",
+    "Template": "tasks.templates",
+    "TemplateTask": "tasks.templates",
+    "list_tasks": "tasks.catalogue",
+    "get_task": "tasks.catalogue",
+    "register_task": "tasks.catalogue",
+    "random_templates": "tasks.catalogue",
+    "SymbolTokenizer": "data.tokenizer",
+    "render": "data.render",
+    "save_dataset": "data.hub",
+    "load_dataset": "data.hub",
+    "build_model": "models.build",
+    "readout": "models.build",
+    "inject_ab": "models.identity",
+    "remove_ab": "models.identity",
+    "ab_values": "models.identity",
+    "FinetuneConfig": "train.config",
+    "finetune": "train.run",
+    "attn_diagonal": "analysis.diagonal",
+    "plot_diagonal": "analysis.plots",
+    "plot_head": "analysis.plots",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -54,13 +54,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from probe.data import render
-    from probe.diagonal import attn_diagonal
-    from probe.diagonal_plots import plot_diagonal, plot_head
-    from probe.finetune import FinetuneConfig, finetune
-    from probe.hub import load_dataset, save_dataset
-    from probe.identity import ab_values, inject_ab, remove_ab
-    from probe.models import build_model, readout
-    from probe.tasks import get_task, list_tasks, random_templates, register_task
-    from probe.templates import Template, TemplateTask
-    from probe.tokenizer import SymbolTokenizer
+    from probe.analysis.diagonal import attn_diagonal
+    from probe.analysis.plots import plot_diagonal, plot_head
+    from probe.data.hub import load_dataset, save_dataset
+    from probe.data.render import render
+    from probe.data.tokenizer import SymbolTokenizer
+    from probe.models.build import build_model, readout
+    from probe.models.identity import ab_values, inject_ab, remove_ab
+    from probe.tasks.catalogue import get_task, list_tasks, random_templates, register_task
+    from probe.tasks.templates import Template, TemplateTask
+    from probe.train.config import FinetuneConfig
+    from probe.train.run import finetune

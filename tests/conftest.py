@@ -22,7 +22,7 @@ def smollm2_tokenizer():
     """SmolLM2-135M's byte-level BPE tokenizer, read from its GGUF file (shared: do not modify)."""
     from transformers import AutoTokenizer
 
-    from probe.offline import smollm2_gguf
+    from probe.models.offline import smollm2_gguf
 
     path = smollm2_gguf()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -34,8 +34,8 @@ def smollm2(smollm2_tokenizer):
     attention (so an injected copy can be compared bit for bit), and its tokenizer:
     ``.model``, ``.tokenizer``, ``.path``. Shared by the session: do not modify the model;
     ``copy.deepcopy(smollm2.model)`` before injecting into it."""
-    from probe.models import build_model
-    from probe.offline import smollm2_gguf
+    from probe.models.build import build_model
+    from probe.models.offline import smollm2_gguf
 
     path = smollm2_gguf()
     model = build_model(str(path), attn_implementation="eager").eval()

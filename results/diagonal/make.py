@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probe.architectures import attention_sites
-from probe.diagonal import HeadFactors, attn_diagonal, head_factors, head_scores
-from probe.diagonal_cli import load_model
-from probe.diagonal_plots import plot_diagonal, plot_distributions, plot_head, save_figure
-from probe.offline import minilm_dir, smollm2_gguf
+from probe.analysis.diagonal import HeadFactors, attn_diagonal, head_factors, head_scores
+from probe.analysis.plots import plot_diagonal, plot_distributions, plot_head, save_figure
+from probe.cli.diagonal import load_model
+from probe.models.architectures import attention_sites
+from probe.models.offline import minilm_dir, smollm2_gguf
 
 OUT = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)

@@ -1,0 +1,1 @@
+"""Reading trained weights: per-head identity (diagonal) scores and their plots."""

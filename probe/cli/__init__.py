@@ -1,0 +1,201 @@
+"""The ``probe`` command: argument parsing, and the commands that only print
+(``probe tasks``, ``probe data render``, ``probe data export``); the work lives
+in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Errors that mean "the input was wrong": shown as one line, not a traceback
+# (set PROBE_DEBUG=1 to see the traceback anyway).
+USER_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, ConnectionError)
+
+
+def _cmd_tasks(args: argparse.Namespace) -> None:
+    from probe.tasks.catalogue import format_task_table
+
+    print(format_task_table())
+
+
+def render_to_disk(
+    task: str,
+    out: str | os.PathLike,
+    n_train: int,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    config: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """``probe data render``: check every argument and the destination, then render
+    and save. Returns the config folder."""
+    from probe.data.hub import check_target, default_config, save_dataset
+    from probe.data.render import render, resolve_task
+    from probe.tasks.templates import check_count
+
+    resolved, spec = resolve_task(task)
+    n_val = 1000 if n_val is None else n_val
+    n_test = 1000 if n_test is None else n_test
+    check_count(n_train, "--n-train", low=1)
+    check_count(n_val, "--n-val")
+    check_count(n_test, "--n-test")
+    check_count(seed, "--seed")
+    config = check_target(out, config or default_config(resolved.name), overwrite)
+    dsd = render(spec or resolved, n_train, n_val, n_test, tokenizer=tokenizer, seed=seed)
+    folder = save_dataset(dsd, out, config, overwrite=overwrite)
+    print(f"wrote {folder} ({', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})")
+    return folder
+
+
+DEFAULT_EXPORT_DIR = Path("data/template-tasks")
+EXPORT_SIZES = {"n_train": 2048, "n_val": 512, "n_test": 512}
+
+
+def export_catalogue(
+    out: str | os.PathLike = DEFAULT_EXPORT_DIR, overwrite: bool = False
+) -> list[Path]:
+    """``probe data export``: render every registered task (``probe.tasks.catalogue.list_tasks()``,
+    with its default parameters, at ``EXPORT_SIZES``, seed 0) as the config of its
+    name in the Hub-layout folder ``out``."""
+    from probe.data.hub import check_target, default_config, save_dataset
+    from probe.data.render import render
+    from probe.tasks.catalogue import list_tasks
+
+    names = list_tasks()
+    configs = [check_target(out, default_config(name), overwrite) for name in names]
+    folders = []
+    for name, config in zip(names, configs, strict=True):
+        dsd = render(name, seed=0, **EXPORT_SIZES)
+        folders.append(save_dataset(dsd, out, config, overwrite=overwrite))
+        print(f"wrote {folders[-1]}")
+    return folders
+
+
+def _cmd_data_render(args: argparse.Namespace) -> None:
+    render_to_disk(
+        task=args.task,
+        out=args.out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        config=args.config,
+        overwrite=args.overwrite,
+    )
+
+
+def _cmd_data_export(args: argparse.Namespace) -> None:
+    export_catalogue(args.out, overwrite=args.overwrite)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from probe.cli.demo import main as demo_main
+
+    demo_main(args.rest)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from probe.train.run import main as finetune_main
+
+    finetune_main(args.rest)
+
+
+def _cmd_diagonal(args: argparse.Namespace) -> None:
+    from probe.cli.diagonal import main as diagonal_main
+
+    diagonal_main(args.rest)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from probe.experiments.sweep import main as sweep_main
+
+    sweep_main(args.rest)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from probe.experiments.report import main as report_main
+
+    report_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probe", description="When can transformers reason with abstract symbols?"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tasks", help="print the task catalogue (templates and labels)")
+    p.set_defaults(func=_cmd_tasks)
+
+    data = sub.add_parser("data", help="render template tasks to Hub-layout datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("render", help="render one task to a Hub-layout folder")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="a catalogue name (see `probe tasks`), with parameters as NAME:KEY=VALUE, e.g. majority_k:k=5",
+    )
+    p.add_argument(
+        "--n-train", type=int, required=True, help="training samples (= train alphabet size)"
+    )
+    p.add_argument("--n-val", type=int, default=None, help="validation samples")
+    p.add_argument("--n-test", type=int, default=None, help="test samples (unseen symbols)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="a Hugging Face tokenizer id or folder (default: SymbolTokenizer)",
+    )
+    p.add_argument(
+        "--config", default=None, help="config name inside the folder (default: the task name)"
+    )
+    p.add_argument("--out", required=True, help="output folder (Hub layout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing config")
+    p.set_defaults(func=_cmd_data_render)
+    p = data_sub.add_parser("export", help="render every registered task to data/template-tasks")
+    p.add_argument("--out", default=str(DEFAULT_EXPORT_DIR))
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_data_export)
+
+    # Commands whose options come from one dataclass shared with the Python API
+    # parse their own arguments.
+    for name, func, text in [
+        ("demo", _cmd_demo, "a rendered dataset, then the quickstart recipe (plain vs +KQ)"),
+        ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
+        ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
+        ("sweep", _cmd_sweep, "run a recipe's grid of runs"),
+        ("report", _cmd_report, "tables and curves from sweep results"),
+    ]:
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if hasattr(args, "rest"):
+        # argparse's REMAINDER refuses a first argument that looks like an option
+        # ("diagonal --model x"): hand these commands everything after their name
+        args.rest = argv[argv.index(args.command) + 1 :]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        args.func(args)
+    except USER_ERRORS as error:
+        if os.environ.get("PROBE_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"probe {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Rendered datasets on disk in Hub layout.
+
+``save_dataset`` / ``load_dataset`` use the layout of ``push_to_hub``:
+``PATH/<config>/<split>-00000-of-00001.parquet`` plus a ``README.md`` card whose
+YAML lists every config of the folder, so ``datasets.load_dataset(PATH, config)``
+loads it and uploading the folder publishes it unchanged. A config is written
+into a temporary folder and renamed into place, so a failure leaves nothing
+half-written. A Hub id that cannot be fetched (offline, unreachable) fails at
+once with an error saying how to provide the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import datasets
+import yaml
+from transformers import PreTrainedTokenizerBase
+
+from probe.data.render import SPLITS, dataset_tokenizer, task_info
+from probe.data.tokenizer import SymbolTokenizer, load_tokenizer_by_name
+from probe.locate import hub_offline, hub_unreachable, looks_like_path
+
+CARD = "README.md"
+TOKENIZER_DIR = "tokenizer"
+_CONFIG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _check_config(config: str) -> str:
+    if not isinstance(config, str) or not _CONFIG_RE.match(config):
+        raise ValueError(
+            f"config name {config!r} is not usable as a folder name; use letters, digits, "
+            f"'_', '-' and '.', starting with a letter or digit"
+        )
+    return config
+
+
+def default_config(task_name: str) -> str:
+    """The task's name (``majority_k-k5``) as a config name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", task_name)
+
+
+def _read_card(path: Path) -> tuple[dict[str, Any], str]:
+    """The YAML front matter and body of ``path/README.md`` (empty when absent)."""
+    card = path / CARD
+    if not card.exists():
+        return {}, ""
+    text = card.read_text(encoding="utf-8")
+    if text.startswith("---") and text.count("---") >= 2:
+        _, front, body = text.split("---", 2)
+        try:
+            meta = yaml.safe_load(front) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(
+                f"{card}: the YAML front matter does not parse ({why}{where}); fix or remove it"
+            ) from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{card}: the YAML front matter is not a mapping")
+        return meta, body.lstrip("\n")
+    return {}, text
+
+
+def _existing_configs(path: Path) -> list[str]:
+    meta, _ = _read_card(path)
+    return [c.get("config_name", "default") for c in meta.get("configs", []) or []]
+
+
+def _check_destination(path: Path, config: str, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder; pick another output path")
+    if (path / CARD).exists() and "configs" not in _read_card(path)[0]:
+        # the folder's README.md is rewritten as the dataset card: never someone else's
+        raise FileExistsError(
+            f"{path / CARD} exists and is not a dataset card listing `configs:` (as "
+            f"probe.save_dataset writes), so saving here would replace it; pick a new or "
+            f"empty folder, or one written by probe.save_dataset"
+        )
+    if not overwrite and ((path / config).exists() or config in _existing_configs(path)):
+        raise FileExistsError(
+            f"config {config!r} already exists in {path}; pass overwrite=True "
+            f"(--overwrite on the command line) to replace it, or pick another config name"
+        )
+
+
+def check_target(path: str | os.PathLike, config: str, overwrite: bool = False) -> str:
+    """Refuse what :func:`save_dataset` would refuse (a bad config name, an existing
+    config without ``overwrite``, a folder that is not a dataset card's), before any
+    rendering; returns ``config``."""
+    config = _check_config(config)
+    _check_destination(Path(path), config, overwrite)
+    return config
+
+
+def save_dataset(
+    dsd: datasets.DatasetDict,
+    path: str | os.PathLike,
+    config: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``dsd`` as config ``config`` (default: the task name) of the Hub-layout
+    folder ``path`` and return ``path/<config>``.
+
+    Writes ``path/<config>/<split>-00000-of-00001.parquet``, the SymbolTokenizer
+    in ``path/<config>/tokenizer/`` (so the ids can be decoded), and a
+    ``path/README.md`` card whose YAML lists every config of the folder. The
+    config is written into a temporary folder next to its destination and then
+    renamed into place, so a failure leaves nothing half-written. An existing
+    config is refused unless ``overwrite``; so is a folder whose ``README.md`` is not a
+    dataset card listing ``configs:`` (it would be replaced).
+    """
+    if not isinstance(dsd, datasets.DatasetDict):
+        raise ValueError(f"expected a DatasetDict from probe.render, got {type(dsd).__name__}")
+    path = Path(path)
+    info = task_info(dsd)
+    config = _check_config(config if config is not None else default_config(info["task"]["name"]))
+    _check_destination(path, config, overwrite)
+
+    fresh = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)) if fresh else path
+    staging = Path(tempfile.mkdtemp(prefix=f".{config}.tmp-", dir=root))
+    card_tmp = root / f".{CARD}.tmp"
+    try:
+        for split, ds in dsd.items():
+            _write_parquet(ds, staging / f"{split}-00000-of-00001.parquet")
+        if info["tokenizer"] == "SymbolTokenizer":
+            dataset_tokenizer(dsd).save_pretrained(staging / TOKENIZER_DIR)
+        card_tmp.write_text(_card(path, config, dsd, info), encoding="utf-8")
+        target = root / config
+        trash = None
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{config}.old-", dir=root))
+            os.rename(target, trash / config)
+        _open_up(staging)  # mkdtemp made it private; give it the usual permissions
+        os.rename(staging, target)
+        os.replace(card_tmp, root / CARD)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        if fresh:
+            _open_up(root)
+            os.rename(root, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        card_tmp.unlink(missing_ok=True)
+        if fresh:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    return path / config
+
+
+def _open_up(folder: Path) -> None:
+    """Folder permissions as ``mkdir`` would give them under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+
+
+def _write_parquet(ds: datasets.Dataset, file: Path) -> None:
+    """One parquet shard with the dataset's features in the schema metadata."""
+    import pyarrow.parquet as pq
+
+    if ds._indices is not None:  # a selected or shuffled view: materialize the rows
+        ds = ds.flatten_indices()
+    pq.write_table(ds.data.table, file)
+
+
+def _card(path: Path, config: str, dsd: datasets.DatasetDict, info: dict[str, Any]) -> str:
+    """The folder's README.md with ``config`` added or replaced: YAML ``configs`` and
+    ``dataset_info`` for every config, and a section per config."""
+    meta, _ = _read_card(path)
+    configs = [c for c in meta.get("configs", []) or [] if c.get("config_name") != config]
+    configs.append(
+        {
+            "config_name": config,
+            "data_files": [{"split": s, "path": f"{config}/{s}-*.parquet"} for s in dsd],
+        }
+    )
+    configs.sort(key=lambda c: c.get("config_name", ""))
+    infos = meta.get("dataset_info", []) or []
+    infos = [infos] if isinstance(infos, dict) else infos
+    infos = [d for d in infos if d.get("config_name") != config]
+    first = dsd[next(iter(dsd))]
+    infos.append(
+        {
+            "config_name": config,
+            "description": first.info.description,
+            "features": first.features._to_yaml_list(),
+            "splits": [
+                {"name": s, "num_bytes": ds.data.nbytes, "num_examples": ds.num_rows}
+                for s, ds in dsd.items()
+            ],
+        }
+    )
+    infos.sort(key=lambda d: d.get("config_name", ""))
+    meta = {**meta, "configs": configs, "dataset_info": infos}
+    meta.setdefault("tags", ["probe", "template-tasks", "synthetic"])
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1_000_000)
+    sections = []
+    for d in infos:
+        try:
+            sections.append(_section(d["config_name"], json.loads(d.get("description") or "")))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            sections.append(f"## `{d.get('config_name')}`\n\nNot rendered by probe.\n")
+    body = "\n".join(sections)
+    return f"---\n{front}---\n\n{_CARD_INTRO.format(config=configs[0]['config_name'])}\n{body}"
+
+
+_CARD_INTRO = """# Template tasks
+
+Template tasks rendered by probe (the `symbol-probe` package; Boix-Adserà et al.,
+*When can transformers reason with abstract symbols?*, ICLR 2024). Each config is
+one task; its `train`, `validation` and `test` splits draw symbols from disjoint
+alphabets, so the test measures generalization to symbols never seen in training.
+
+```python
+from datasets import load_dataset
+dsd = load_dataset("path/to/this/folder", "{config}")  # or its Hub id; or probe.load_dataset
+```
+
+Columns: `input_ids` (the template's tokens with symbols substituted, then the
+readout token, right-padded), `attention_mask`, `labels` (a float for
+regression, the answer's token id for symbolic labels), `template` (index into
+the table below), `text` (the substituted template, tokens separated by spaces).
+The full spec of each config (task, seed, alphabets, tokenizer) is the JSON
+`description` in the YAML header above; `probe.data.render.task_info(dsd)` returns it.
+"""
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a bare ``|`` would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def _section(config: str, info: dict[str, Any]) -> str:
+    task = info["task"]
+    rows = "\n".join(
+        f"| {i} | `{_cell(t)}` | {y if isinstance(y, str) else f'{y:+g}'} | {p:.4g} |"
+        for i, (t, y, p) in enumerate(
+            zip(task["templates"], task["labels"], task["probs"], strict=True)
+        )
+    )
+    alphabets = "\n".join(
+        f"| {s} | {info['sizes'][s]} | {a['size']} | "
+        + (
+            " ".join(a["symbols"][:5]) + (" …" if a["size"] > 5 else "")
+            if a.get("symbols") is not None
+            else f"{a.get('first', '')} … {a.get('last', '')}"
+        )
+        + " |"
+        for s in SPLITS
+        if s in info["alphabets"]
+        for a in [info["alphabets"][s]]
+    )
+    regen = info["regenerate"]
+    if regen.get("cli"):
+        how = f"```\n{regen['cli']} --config {config}\n```"
+    else:
+        how = f"```python\n{regen['python']}\n```"
+    return f"""## `{config}`
+
+Task `{task["name"]}` ({info["label_kind"]} labels), seed {info["seed"]}, tokenizer
+`{info["tokenizer"]}`, readout token `{info["readout_token"]}` (id {info["readout_token_id"]}).
+
+| # | template | label | probability |
+|---|---|---|---|
+{rows}
+
+| split | samples | alphabet size | symbols |
+|---|---|---|---|
+{alphabets}
+
+Regenerate:
+
+{how}
+"""
+
+
+def load_dataset(
+    path_or_hub_id: str | os.PathLike, config: str | None = None
+) -> datasets.DatasetDict:
+    """A dataset written by :func:`save_dataset`: a local folder, or a Hub id.
+
+    Offline (``HF_HUB_OFFLINE=1``) a Hub id loads only from the local cache;
+    otherwise, and when the Hub cannot be reached, this fails at once with an
+    error that names the id and how to provide the data.
+    """
+    local = Path(path_or_hub_id)
+    if local.is_dir():
+        configs = _existing_configs(local)
+        if config is not None and configs and config not in configs:
+            raise ValueError(f"{local} has no config {config!r}; its configs: {', '.join(configs)}")
+        if config is None and len(configs) > 1:
+            raise ValueError(f"{local} holds several configs; pick one of {', '.join(configs)}")
+        return datasets.load_dataset(str(local), config)
+    name = str(path_or_hub_id)
+    if looks_like_path(name):
+        raise FileNotFoundError(f"no folder {name}; pass a folder written by probe.save_dataset")
+    return _load_from_hub(name, config)
+
+
+def _unreachable(hub_id: str, why: str) -> ConnectionError:
+    return ConnectionError(
+        f"dataset {hub_id!r} is not in the local cache and {why}. To provide it: on a "
+        f"machine with access, run `hf download --repo-type dataset {hub_id} "
+        f"--local-dir DIR` (or render it with `probe data render --task NAME --n-train N "
+        f"--out DIR`), copy DIR here and pass the folder instead of the Hub id"
+    )
+
+
+def _load_from_hub(hub_id: str, config: str | None) -> datasets.DatasetDict:
+    # one quick request first: the loader retries an unreachable Hub for ~20 s
+    reason = hub_unreachable(hub_id, repo_type="dataset")
+    if reason is None:
+        return datasets.load_dataset(hub_id, config)
+    if not hub_offline():
+        raise _unreachable(hub_id, f"the Hub cannot be reached ({reason})")
+    try:  # offline mode: the local cache only
+        return datasets.load_dataset(hub_id, config)
+    except (ConnectionError, FileNotFoundError) as e:
+        raise _unreachable(hub_id, "the Hub is offline (HF_HUB_OFFLINE=1)") from e
+
+
+def load_tokenizer(path: str | os.PathLike, config: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of config ``config`` in a folder written by :func:`save_dataset`:
+    the saved SymbolTokenizer, else the Hugging Face tokenizer the card names."""
+    folder = Path(path) / _check_config(config) / TOKENIZER_DIR
+    if folder.is_dir():
+        return SymbolTokenizer.from_pretrained(str(folder))
+    meta, _ = _read_card(Path(path))
+    for d in meta.get("dataset_info", []) or []:
+        if d.get("config_name") == config:
+            return load_tokenizer_by_name(json.loads(d["description"])["tokenizer"])
+    raise FileNotFoundError(f"{Path(path)} has no config {config!r} written by probe.save_dataset")

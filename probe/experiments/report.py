@@ -1,0 +1,370 @@
+"""Sweep results -> sample-complexity curves, n* tables, CSV and a markdown summary.
+
+The metric is the test loss on unseen symbols for regression tasks and the test
+error for symbolic ones (a task's ``label_kind``, recorded in every row). Over
+seeds, each (variant, n) gets a mean, a standard deviation and the min-max range.
+``n*`` is the smallest n whose *mean* metric is at most the threshold
+(``probe.experiments.sweep.THRESHOLD``, 0.05 as in the paper); a variant that never gets
+there is reported as ``>N`` with N the largest n it was run at. Its ratio is
+n* / n* of the baseline variant (the plain transformer, ``none``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from probe.experiments.sweep import THRESHOLD
+from probe.jsonl import read_rows
+from probe.train.config import SETTING, fields_with
+
+METRIC = {"regression": "test_loss", "symbolic": "test_error"}
+CELL_KEYS = ["recipe", "variant", "n", "seed"]
+
+
+def _files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("results*.jsonl"))
+            if not found:
+                raise FileNotFoundError(f"no results*.jsonl in folder {str(p)!r}")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"results file {str(p)!r} does not exist")
+    return files
+
+
+def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Merge sweep result files (shards, or folders holding them) into one frame.
+
+    A cell present in several files keeps its last row. Rows without the sweep's
+    cell keys (e.g. a bare finetune results.jsonl) are refused, naming the file.
+    """
+    files = _files(paths)
+    rows = read_rows(files)
+    if not rows:
+        raise ValueError(f"no rows in {[str(f) for f in files]}; run `probe sweep` first")
+    df = pd.DataFrame(rows)
+    missing = [k for k in CELL_KEYS if k not in df.columns]
+    if missing or df[CELL_KEYS].isna().any().any():
+        raise ValueError(
+            f"rows in {[str(f) for f in files]} lack the sweep keys {CELL_KEYS}; "
+            f"report reads the files `probe sweep` writes"
+        )
+    if "variant_index" not in df.columns:
+        df["variant_index"] = 0
+    df = df.drop_duplicates(CELL_KEYS, keep="last")
+    return df.sort_values(["recipe", "variant_index", "variant", "n", "seed"]).reset_index(
+        drop=True
+    )
+
+
+def metric_of(df: pd.DataFrame, metric: str | None = None) -> str:
+    """The column to read: ``metric``, or the one the rows' label kind implies."""
+    if metric is not None:
+        if metric not in df.columns:
+            raise ValueError(f"metric {metric!r} is not a column; columns: {sorted(df.columns)}")
+        return metric
+    kinds = set(df["label_kind"].dropna()) if "label_kind" in df.columns else set()
+    if len(kinds) != 1:
+        raise ValueError(
+            f"rows have label kinds {sorted(kinds) or 'unknown'}; pass --metric "
+            f"(test_loss or test_error)"
+        )
+    return METRIC[kinds.pop()]
+
+
+def curves(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (recipe, variant, n): mean, std, min, max and count of the metric over seeds."""
+    g = df.groupby(["recipe", "variant_index", "variant", "n"], sort=True)[metric]
+    out = g.agg(["mean", "std", "min", "max", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out.drop(columns="variant_index")
+
+
+def n_star(
+    curve: pd.DataFrame, threshold: float = THRESHOLD, baseline: str | None = "none"
+) -> pd.DataFrame:
+    """Per (recipe, variant): n*, whether it was reached, and the ratio to ``baseline``.
+
+    ``curve`` is the frame :func:`curves` returns; variants keep its order.
+    """
+    rows = []
+    for (recipe, variant), g in curve.groupby(["recipe", "variant"], sort=False):
+        g = g.sort_values("n")
+        hit = g[g["mean"] <= threshold]
+        reached = not hit.empty
+        n = int(hit["n"].iloc[0]) if reached else int(g["n"].max())
+        rows.append(
+            {
+                "recipe": recipe,
+                "variant": variant,
+                "n_star": n,
+                "reached": reached,
+                "n_star_text": str(n) if reached else f">{n}",
+                "best_mean": float(g["mean"].min()),
+                "seeds": int(g["count"].max()),
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["ratio"] = float("nan")
+    table["ratio_text"] = ""
+    if baseline is None:
+        return table
+    for _recipe, g in table.groupby("recipe", sort=False):
+        base = g[g["variant"] == baseline]
+        if base.empty:
+            continue
+        b_n, b_reached = int(base["n_star"].iloc[0]), bool(base["reached"].iloc[0])
+        for i, r in g.iterrows():
+            ratio = r["n_star"] / b_n
+            table.loc[i, "ratio"] = ratio
+            # An unreached n* is a lower bound: say which way the ratio is bounded.
+            if r["reached"] and b_reached:
+                text = f"{ratio:.3g}"
+            elif r["reached"]:
+                text = f"<{ratio:.3g}"
+            elif b_reached:
+                text = f">{ratio:.3g}"
+            else:
+                text = "?"
+            table.loc[i, "ratio_text"] = "1" if r["variant"] == baseline else text
+    return table
+
+
+def plot_curves(
+    curve: pd.DataFrame,
+    path: str | os.PathLike,
+    metric: str,
+    threshold: float | None = THRESHOLD,
+    band: str = "minmax",
+    title: str | None = None,
+) -> Path:
+    """Metric vs n (log2 axis) per variant, mean line and a band over seeds, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if band not in ("minmax", "std"):
+        raise ValueError(f"band={band!r}; use 'minmax' or 'std'")
+    variants = list(dict.fromkeys(curve["variant"]))
+    # Many variants come in pairs (plain / modified at one width, recipe order):
+    # tab20 gives each pair one hue, dark and light, and the second is dashed.
+    paired = len(variants) > 6
+    cmap = plt.get_cmap("tab20" if paired else "tab10")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for i, v in enumerate(variants):
+        g = curve[curve["variant"] == v].sort_values("n")
+        color = cmap(i % cmap.N)
+        ls = "--" if paired and i % 2 else "-"
+        ax.plot(g["n"], g["mean"], marker="o", ms=3.5, color=color, ls=ls, label=v)
+        lo, hi = (
+            (g["min"], g["max"])
+            if band == "minmax"
+            else ((g["mean"] - g["std"]).clip(lower=0), g["mean"] + g["std"])
+        )
+        if (g["count"] > 1).any():
+            ax.fill_between(g["n"], lo, hi, color=color, alpha=0.18, linewidth=0)
+    if threshold is not None:
+        ax.axhline(threshold, color="0.5", ls=":", lw=1, label=f"{threshold:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n (training samples = train alphabet size)")
+    label = {"test_loss": "test loss", "test_error": "test error"}.get(metric, metric)
+    ax.set_ylabel(f"{label} on unseen symbols")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2 if len(variants) > 6 else 1)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _cell(x: object) -> str:
+    if isinstance(x, float):
+        return "–" if x != x else f"{x:.3g}"  # NaN: a cell not run (yet)
+    return str(x)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (pandas' to_markdown needs tabulate, not a dependency)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = [_cell(x) for x in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _shared_settings(rows: pd.DataFrame) -> str:
+    """``key=value`` for the settings every row's config has in common."""
+    if "config" not in rows.columns:
+        return ""
+    configs = [c for c in rows["config"] if isinstance(c, dict)]
+    if "model" in rows.columns and len(configs) == len(rows):
+        # the model as the recipe names it, not the path it resolved to on one machine
+        configs = [
+            {**c, "model": m or c.get("model")} for c, m in zip(configs, rows["model"], strict=True)
+        ]
+    parts = []
+    for k in fields_with(SETTING):  # the settings worth stating under a curve
+        values = {repr(c.get(k)) for c in configs}
+        if len(values) == 1 and configs and configs[0].get(k) not in (None, 0, ""):
+            parts.append(f"{k}={configs[0][k]}")
+    return ", ".join(parts)
+
+
+def _codes(rows: pd.DataFrame) -> str:
+    """The code versions the rows were made with; more than one is worth a warning."""
+    if "code" not in rows.columns:
+        return ""
+    counts = rows["code"].dropna().value_counts()
+    if len(counts) <= 1:
+        return ", ".join(counts.index)
+    listed = ", ".join(f"{c} ({k} cells)" for c, k in counts.items())
+    return f"**mixed** — {listed}"
+
+
+def write_report(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    baseline: str | None = None,
+    metric: str | None = None,
+    band: str = "minmax",
+) -> dict[str, Path]:
+    """Merge ``paths`` and write curves.csv, n_star.csv, one PNG per recipe and summary.md.
+
+    ``threshold`` and ``baseline`` default to what the recipe recorded in its rows
+    (``THRESHOLD`` and ``none`` otherwise). Returns the written files by name.
+    """
+    df = load_results(paths)
+    metric = metric_of(df, metric)
+    if threshold is None:
+        recorded = df["threshold"].dropna().unique() if "threshold" in df.columns else []
+        threshold = float(recorded[0]) if len(recorded) == 1 else THRESHOLD
+    if baseline is None and "baseline" in df.columns:
+        recorded = df["baseline"].dropna().unique()
+        # a recipe's `baseline: null` means no ratios
+        baseline = str(recorded[0]) if len(recorded) == 1 else None
+    elif baseline is None:
+        baseline = "none"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    curve = curves(df, metric)
+    table = n_star(curve, threshold, baseline)
+    written = {"curves.csv": out / "curves.csv", "n_star.csv": out / "n_star.csv"}
+    curve.to_csv(written["curves.csv"], index=False)
+    table.drop(columns=["n_star_text", "ratio_text"]).to_csv(written["n_star.csv"], index=False)
+
+    recipes = list(dict.fromkeys(df["recipe"]))
+    md = [f"# {', '.join(recipes)}", ""]
+    for recipe in recipes:
+        sub = df[df["recipe"] == recipe]
+        png = "curves.png" if len(recipes) == 1 else f"curves-{recipe}.png"
+        task = sub["task"].iloc[0] if "task" in sub.columns else "?"
+        plot_curves(
+            curve[curve["recipe"] == recipe],
+            out / png,
+            metric,
+            threshold,
+            band,
+            title=recipe if recipe == task else f"{recipe} ({task})",
+        )
+        written[png] = out / png
+        grid = sub["grid_cells"].max() if "grid_cells" in sub.columns else float("nan")
+        done = len(sub)
+        status = (
+            f"{done} of {int(grid)} cells run"
+            + (" (partial: the grid is not finished)" if done < grid else "")
+            if grid == grid
+            else f"{done} cells"
+        )
+        t = table[table["recipe"] == recipe]
+        cols = ["variant", "n_star_text", "ratio_text", "best_mean", "seeds"]
+        t = t[[c for c in cols if baseline is not None or c != "ratio_text"]].rename(
+            columns={
+                "n_star_text": f"n* ({metric} <= {threshold:g})",
+                "ratio_text": f"n* / n*({baseline})",
+                "best_mean": f"best mean {metric}",
+            }
+        )
+        description = (
+            sub["description"].dropna().iloc[0]
+            if "description" in sub.columns and sub["description"].notna().any()
+            else ""
+        )
+        wide = curve[curve["recipe"] == recipe].pivot_table(
+            index="variant", columns="n", values="mean", sort=False
+        )
+        wide.columns = [f"n={c}" for c in wide.columns]
+        md += [
+            f"## {recipe}",
+            "",
+            *([description, ""] if description else []),
+            f"Task `{task}`; metric: {metric} on unseen symbols (mean over seeds); {status}.",
+            "",
+            *([f"Shared settings: {shared}.", ""] if (shared := _shared_settings(sub)) else []),
+            *([f"Code: {codes}.", ""] if (codes := _codes(sub)) else []),
+            f"![{recipe}]({png})",
+            "",
+            markdown_table(t),
+            "",
+            f"Mean {metric} per n:",
+            "",
+            markdown_table(wide.reset_index()),
+            "",
+        ]
+    written["summary.md"] = out / "summary.md"
+    written["summary.md"].write_text("\n".join(md))
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="probe report",
+        description="Curves, n* tables, CSV and summary.md from `probe sweep` results.",
+    )
+    p.add_argument("results", nargs="+", help="results*.jsonl files or folders holding them")
+    p.add_argument("--out", required=True, help="folder for the CSV, PNG and summary.md")
+    p.add_argument(
+        "--threshold", type=float, default=None, help=f"n* threshold (default {THRESHOLD:g})"
+    )
+    p.add_argument("--baseline", default=None, help="variant of the ratios (default: none)")
+    p.add_argument("--metric", default=None, help="column to read (default: by label kind)")
+    p.add_argument("--band", default="minmax", choices=["minmax", "std"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(
+            args.results,
+            args.out,
+            threshold=args.threshold,
+            baseline=args.baseline,
+            metric=args.metric,
+            band=args.band,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"probe report: error: {e}\n")
+    print((Path(args.out) / "summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,669 @@
+"""``FinetuneConfig``: one run's settings, shared by the Python API and the command line.
+
+Each field carries ``metadata={"help": ...}`` (as peft's configs do), so
+:func:`build_parser` makes the ``argparse`` parser of ``probe finetune`` and
+``accelerate launch probe/finetune.py`` from the same definition that
+``probe.finetune(FinetuneConfig(...))`` takes. Values are checked when the
+config is made (``__post_init__``): a bad value fails before any model or data
+work, with a message that says what is accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AB_CHOICES = ("none", "kq", "vo", "kq,vo")
+# the a/b scalings' own AdamW learning rates (see FinetuneConfig.a_lr)
+A_LR = 1e-2
+B_LR = 3e-2
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
+# The paper's small transformer, used from scratch unless the shape is given.
+SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4}
+DEFAULT_TASK = "aba_vs_abb"
+DEFAULT_SIZES = {"n_train": 256, "n_val": 256, "n_test": 1000}
+
+
+# -- field roles ------------------------------------------------------------------
+# Each field's metadata records its group (the --help section, as peft's configs
+# group theirs) and the roles it plays elsewhere; the lists other modules need
+# are derived from these (``fields_with``), never kept by hand.
+MODEL, LORA, DATA, OPTIMIZATION, OUTPUTS = "model", "lora", "data", "optimization", "outputs"
+GROUP_TITLES = {
+    MODEL: "model",
+    LORA: "LoRA (peft)",
+    DATA: "data",
+    OPTIMIZATION: "optimization",
+    OUTPUTS: "evaluation and outputs",
+}
+# may change on --resume: says how long to train and how to report, not what a step computes
+RESUMABLE = "resumable"
+# left out of a sweep cell's settings hash: where and how a run is stored
+UNHASHED = "unhashed"
+# hashed into a sweep cell only when not at its default: a field added after results
+# were committed, whose default reproduces them (their cells keep their hash)
+HASHED_IF_SET = "hashed_if_set"
+# read by the training loop (probe.train.loop.LoopSettings)
+LOOP = "loop"
+# stated by the report under a curve when every row shares it
+SETTING = "setting"
+ROLES = (RESUMABLE, UNHASHED, HASHED_IF_SET, LOOP, SETTING)
+
+# Fields renamed after results were recorded: new name -> (old name, old value from new).
+# Saved configs and recipes in the old names still load, and a cell's hash is computed
+# in the old names, so committed results keep their hashes.
+RENAMED = {"pretrained": ("from_scratch", lambda pretrained: not pretrained)}
+
+
+def upgrade_names(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with renamed fields under their new names (``from_scratch`` -> ``pretrained``)."""
+    d = dict(d)
+    for new, (old, _) in RENAMED.items():
+        if old in d and new not in d:
+            d[new] = not d.pop(old)  # every rename so far is a negation
+    return d
+
+
+def _help(
+    text: str, *, group: str, roles: tuple[str, ...] = (), grid: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A field's metadata: its help, its group, its roles and, for a field the sweep
+    sets per cell, the recipe key or flag that sets it (``grid``)."""
+    meta = {"help": text, "group": group, "roles": frozenset(roles), **extra}
+    if grid is not None:
+        meta["grid"] = grid
+    return meta
+
+
+@dataclass
+class FinetuneConfig:
+    """One training run: model, data, optimization and outputs.
+
+    The defaults train the paper's small transformer (GPT-2 architecture, 2
+    layers, width 128, 4 heads) from scratch on ``aba_vs_abb`` with AdamW
+    (lr 1e-3; 0.01 and 0.03 for the scalings a and b; no weight decay), batch 64,
+    for at most 1000 steps.
+    """
+
+    # -- model
+    model: str = field(
+        default="gpt2",
+        metadata=_help(
+            "a Hugging Face Hub id (gpt2, t5-small, ...), a local checkpoint folder, a .gguf "
+            "file, or an MLP baseline name (see probe.build_model)",
+            group=MODEL,
+            roles=(SETTING,),
+        ),
+    )
+    gguf_file: str | None = field(
+        default=None,
+        metadata=_help("GGUF file name inside the --model folder or Hub repo", group=MODEL),
+    )
+    pretrained: bool = field(
+        default=False,
+        metadata=_help(
+            "load the checkpoint's weights (build_model's pretrained=True)",
+            negative=(
+                "--from-scratch",
+                "fresh weights from the model's config (the paper's setting; the default)",
+            ),
+            group=MODEL,
+            roles=(SETTING,),
+        ),
+    )
+    n_layer: int | None = field(
+        default=None,
+        metadata=_help(
+            f"layers, from scratch only (default: {SMALL_SHAPE['n_layer']}; "
+            "the MLP baselines keep their own)",
+            group=MODEL,
+            roles=(SETTING,),
+        ),
+    )
+    n_embd: int | None = field(
+        default=None,
+        metadata=_help(
+            f"model width, from scratch only (default: {SMALL_SHAPE['n_embd']}; "
+            "the MLP baselines keep their own)",
+            group=MODEL,
+            roles=(SETTING,),
+        ),
+    )
+    n_head: int | None = field(
+        default=None,
+        metadata=_help(
+            f"attention heads, from scratch only (default: {SMALL_SHAPE['n_head']})",
+            group=MODEL,
+            roles=(SETTING,),
+        ),
+    )
+    model_overrides: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "a further config override passed to build_model, e.g. resid_pdrop=0.0 (repeatable)",
+            flag="--model-override",
+            group=MODEL,
+        ),
+    )
+    ab: str = field(
+        default="none",
+        metadata=_help(
+            "identity scalings injected into every head: none, kq (a_h X Xᵀ on the "
+            "logits), vo (b_h A_h X on the output) or kq,vo",
+            group=MODEL,
+        ),
+    )
+    # -- LoRA (peft)
+    lora_r: int = field(
+        default=0,
+        metadata=_help(
+            "LoRA rank; 0 trains every weight (full fine-tuning)", group=LORA, roles=(SETTING,)
+        ),
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata=_help("LoRA alpha (default: the rank, i.e. scale 1)", group=LORA)
+    )
+    lora_targets: str | None = field(
+        default=None,
+        metadata=_help(
+            "comma-separated module names LoRA adapts (default: peft's per-architecture "
+            "choice, e.g. c_attn for GPT-2, q,v for T5, q_proj,v_proj for Llama)",
+            group=LORA,
+        ),
+    )
+    # -- data
+    task: str | None = field(
+        default=None,
+        metadata=_help(
+            "a catalogue task, see `probe tasks`, optionally with parameters: "
+            f"majority_k:k=5 (default: {DEFAULT_TASK})",
+            group=DATA,
+        ),
+    )
+    task_params: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "a catalogue task's parameter, e.g. k=5 (repeatable)", flag="--task-param", group=DATA
+        ),
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata=_help(
+            "a rendered dataset: a Hub-layout folder or a Hub id (instead of --task)", group=DATA
+        ),
+    )
+    dataset_config: str | None = field(
+        default=None, metadata=_help("config name inside --dataset", flag="--config", group=DATA)
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata=_help(
+            "tokenizer to render --task with: a Hub id or folder (default: probe's "
+            "SymbolTokenizer from scratch, the model's own tokenizer with --pretrained)",
+            group=DATA,
+        ),
+    )
+    n_train: int | None = field(
+        default=None,
+        metadata=_help(
+            "training samples (= train alphabet size; with --dataset: its first N rows) "
+            f"(default: {DEFAULT_SIZES['n_train']}; with --dataset: all)",
+            group=DATA,
+            grid="n",
+        ),
+    )
+    n_val: int | None = field(
+        default=None,
+        metadata=_help(
+            "validation samples, 0 for none (with --dataset: its first N rows) "
+            f"(default: {DEFAULT_SIZES['n_val']}; with --dataset: all)",
+            group=DATA,
+        ),
+    )
+    n_test: int | None = field(
+        default=None,
+        metadata=_help(
+            "test samples, on unseen symbols (with --dataset: its first N rows) "
+            f"(default: {DEFAULT_SIZES['n_test']}; with --dataset: all)",
+            group=DATA,
+            roles=(SETTING,),
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_help("seed of the data, the weights and the order", group=DATA, grid="seeds"),
+    )
+    # -- optimization
+    lr: float = field(
+        default=1e-3,
+        metadata=_help("AdamW learning rate (constant)", group=OPTIMIZATION, roles=(SETTING,)),
+    )
+    a_lr: float | None = field(
+        default=A_LR,
+        metadata=_help(
+            "AdamW learning rate of the KQ scalings a (--ab kq). Adam moves a scalar by "
+            "about its learning rate per step, so at the matrices' 1e-3 a stays near 0 "
+            "while the network memorizes; a scales X Xᵀ (diagonal ~ width), so it takes "
+            "a smaller step than b. 'none': same as --lr",
+            group=OPTIMIZATION,
+        ),
+    )
+    b_lr: float | None = field(
+        default=B_LR,
+        metadata=_help(
+            "AdamW learning rate of the VO scalings b (--ab vo); see --a-lr. 'none': same as --lr",
+            group=OPTIMIZATION,
+        ),
+    )
+    weight_decay: float = field(
+        default=0.0,
+        metadata=_help(
+            "AdamW decoupled weight decay, on weight matrices only: never on embeddings "
+            "(the rows of unseen symbols get no gradient, decay would only shrink them), "
+            "biases, norms or a/b",
+            group=OPTIMIZATION,
+        ),
+    )
+    batch_size: int = field(
+        default=64,
+        metadata=_help("training batch size per process", group=OPTIMIZATION, roles=(SETTING,)),
+    )
+    eval_batch_size: int = field(
+        default=512,
+        metadata=_help("evaluation batch size per process", group=OPTIMIZATION, roles=(RESUMABLE,)),
+    )
+    max_steps: int = field(
+        default=1000,
+        metadata=_help(
+            "stop after this many optimizer steps (0: no step limit)",
+            group=OPTIMIZATION,
+            roles=(SETTING, RESUMABLE, LOOP),
+        ),
+    )
+    epochs: int = field(
+        default=0,
+        metadata=_help(
+            "stop after this many epochs (0: as many as the steps need)",
+            group=OPTIMIZATION,
+            roles=(SETTING, RESUMABLE, LOOP),
+        ),
+    )
+    converge_loss: float = field(
+        default=1e-3,
+        metadata=_help(
+            "early stop once the mean training loss over the last --converge-window steps "
+            "is at most this (0: never stop early)",
+            group=OPTIMIZATION,
+            roles=(RESUMABLE, LOOP),
+        ),
+    )
+    converge_window: int = field(
+        default=50, metadata=_help("steps averaged by the early-stopping rule", group=OPTIMIZATION)
+    )
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata=_help(
+            "clip the gradient norm to this (0: no clipping)", group=OPTIMIZATION, roles=(LOOP,)
+        ),
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata=_help(
+            "no, fp16, bf16 or fp8 (default: accelerate's setting, e.g. "
+            "`accelerate launch --mixed_precision bf16`)",
+            group=OPTIMIZATION,
+        ),
+    )
+    # -- evaluation and outputs
+    eval_every: int = field(
+        default=0,
+        metadata=_help(
+            "validate every N steps (0: only at the end)", group=OUTPUTS, roles=(RESUMABLE, LOOP)
+        ),
+    )
+    output_dir: str = field(
+        default="runs/finetune",
+        metadata=_help(
+            "run folder: results.jsonl, checkpoints/, the final model",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+            grid="--out / --work-dir",
+        ),
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_help(
+            "replace a previous run's files in --output-dir",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+            grid="--overwrite",
+        ),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_help(
+            "continue the run in --output-dir from its last checkpoint",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+            grid="--resume",
+        ),
+    )
+    checkpoint_every: int = field(
+        default=500,
+        metadata=_help(
+            "save a checkpoint every N steps, and at the end (0: only at the end)",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED, LOOP),
+        ),
+    )
+    checkpoints: bool = field(
+        default=True,
+        metadata=_help(
+            "save checkpoints (--no-checkpoints: none at all)", group=OUTPUTS, roles=(UNHASHED,)
+        ),
+    )
+    save_model: bool = field(
+        default=False,
+        metadata=_help(
+            "save the trained model and tokenizer to OUTPUT_DIR/model",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+        ),
+    )
+    log_with: str | None = field(
+        default=None,
+        metadata=_help(
+            "comma-separated accelerate trackers, e.g. tensorboard (default: none)",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED),
+        ),
+    )
+    log_every: int = field(
+        default=10,
+        metadata=_help(
+            "log the training loss every N steps", group=OUTPUTS, roles=(RESUMABLE, UNHASHED, LOOP)
+        ),
+    )
+    progress: bool = field(
+        default=True,
+        metadata=_help(
+            "show a progress bar and the closing summary line (main process)",
+            group=OUTPUTS,
+            roles=(RESUMABLE, UNHASHED, LOOP),
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.dataset is not None:
+            raise ValueError(
+                f"both --task {self.task!r} and --dataset {self.dataset!r} given; "
+                "pass one: a catalogue task to render, or a rendered dataset"
+            )
+        if self.dataset is None:
+            self.task = self.task or DEFAULT_TASK
+            for name, default in DEFAULT_SIZES.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, default)
+        elif self.task_params:
+            raise ValueError("--task-param applies to --task, not to --dataset")
+        self._check_values()
+
+    # -- derived views
+    @property
+    def kq(self) -> bool:
+        return "kq" in self.ab.split(",")
+
+    @property
+    def vo(self) -> bool:
+        return "vo" in self.ab.split(",")
+
+    @property
+    def shape_overrides(self) -> dict[str, int]:
+        """The from-scratch shape in GPT-2's names (n_layer, n_embd, n_head)."""
+        if self.pretrained:
+            return {}
+        return {k: getattr(self, k) or v for k, v in SMALL_SHAPE.items()}
+
+    @property
+    def trackers(self) -> list[str]:
+        return [t.strip() for t in (self.log_with or "").split(",") if t.strip()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        d = upgrade_names(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown FinetuneConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+    # -- validation
+    def _check_values(self) -> None:
+        parts = [p.strip() for p in self.ab.split(",")]
+        if self.ab not in AB_CHOICES and sorted(parts) != ["kq", "vo"]:
+            raise ValueError(f"--ab {self.ab!r} is not one of {', '.join(AB_CHOICES)}")
+        self.ab = "kq,vo" if sorted(parts) == ["kq", "vo"] else self.ab
+        positive = ["batch_size", "eval_batch_size", "converge_window", "log_every"]
+        non_negative = ["max_steps", "epochs", "eval_every", "checkpoint_every", "lora_r"]
+        for name in positive:
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in non_negative:
+            _check_int(name, getattr(self, name), minimum=0)
+        for name in ("n_train", "n_test"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        if self.n_val is not None:
+            _check_int("n_val", self.n_val, minimum=0)
+        for name in ("n_layer", "n_embd", "n_head"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.pretrained:
+                raise ValueError(
+                    f"--{_flag(name)} {value} sets the shape of a model built from scratch; "
+                    "a --pretrained checkpoint keeps its own shape (drop the flag)"
+                )
+            _check_int(name, value, minimum=1)
+        shape = self.shape_overrides
+        if shape and shape["n_embd"] % shape["n_head"]:
+            raise ValueError(
+                f"--n-embd {shape['n_embd']} is not divisible by --n-head {shape['n_head']}; "
+                "pick a width that is a multiple of the head count"
+            )
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ValueError("--max-steps 0 and --epochs 0 never stop; set one of them")
+        for name in ("lr", "weight_decay", "converge_loss", "max_grad_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"--{_flag(name)} {value!r} must be a finite number >= 0")
+        if self.lr == 0:
+            raise ValueError("--lr 0 trains nothing; pass a positive learning rate")
+        for name in ("a_lr", "b_lr"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0
+            ):
+                raise ValueError(
+                    f"--{_flag(name)} {value!r} must be a finite number > 0, or none for "
+                    "--lr's value"
+                )
+        if self.lora_r == 0 and (self.lora_alpha is not None or self.lora_targets):
+            raise ValueError("--lora-alpha / --lora-targets need --lora-r R > 0")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ValueError(f"--lora-alpha {self.lora_alpha!r} must be > 0")
+        if self.mixed_precision is not None and self.mixed_precision not in (
+            MIXED_PRECISION_CHOICES
+        ):
+            raise ValueError(
+                f"--mixed-precision {self.mixed_precision!r} is not one of "
+                f"{', '.join(MIXED_PRECISION_CHOICES)}"
+            )
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "--resume continues the run in --output-dir, --overwrite "
+                "replaces it; pass one of them"
+            )
+        if self.resume and not self.checkpoints:
+            raise ValueError("--resume needs checkpoints; drop --no-checkpoints")
+        if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
+            raise ValueError(f"--gguf-file {self.gguf_file!r} must name a .gguf file")
+        if not str(self.output_dir).strip():
+            raise ValueError("--output-dir is empty; pass a folder for the run's files")
+
+
+def fields_with(role: str) -> tuple[str, ...]:
+    """The FinetuneConfig fields playing ``role`` (one of ``ROLES``), in field order."""
+    if role not in ROLES:
+        raise ValueError(f"unknown field role {role!r}; roles: {', '.join(ROLES)}")
+    return tuple(f.name for f in dataclasses.fields(FinetuneConfig) if role in f.metadata["roles"])
+
+
+def grid_fields() -> dict[str, str]:
+    """Fields the sweep sets for each cell -> the recipe key or flag that sets them."""
+    return {
+        f.name: f.metadata["grid"]
+        for f in dataclasses.fields(FinetuneConfig)
+        if "grid" in f.metadata
+    }
+
+
+def hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config's settings (``to_dict()``) that says what a run computes:
+    without the ``UNHASHED`` fields, and without ``HASHED_IF_SET`` fields at their default."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(FinetuneConfig)}
+    unhashed, if_set = fields_with(UNHASHED), fields_with(HASHED_IF_SET)
+    kept = {
+        k: v
+        for k, v in settings.items()
+        if k not in unhashed and not (k in if_set and v == defaults.get(k))
+    }
+    for new, (old, old_value) in RENAMED.items():
+        if new in kept:
+            kept[old] = old_value(kept.pop(new))
+    return kept
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"--{_flag(name)} {value!r} must be an integer >= {minimum}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# -- argparse from the dataclass -------------------------------------------------
+
+
+def _parse_pair(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a Python literal when it is one (5, 0.1, True)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
+
+
+class _PairsAction(argparse.Action):
+    """Repeatable ``--flag KEY=VALUE`` collected into a dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        pairs = dict(getattr(namespace, self.dest) or {})
+        key, value = values
+        pairs[key] = value
+        setattr(namespace, self.dest, pairs)
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int | None`` -> ``int``; other annotations unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args and typing.get_origin(annotation) is not dict else annotation
+
+
+def _none_or(kind: type) -> Any:
+    """An argparse type for an optional number: ``none`` gives None."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and {} (the field's help says what they mean)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, {}) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argparse.ArgumentParser:
+    """An ``argparse`` parser with one flag per dataclass field (``--n-train`` for
+    ``n_train``); the help and defaults come from the fields."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(cls.__doc__ or "").strip().splitlines()[0],
+        formatter_class=_HelpFormatter,
+    )
+    hints = typing.get_type_hints(cls)
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        flag = meta.get("flag", "--" + _flag(f.name))
+        kind = _base_type(hints[f.name])
+        default = _default(f)
+        group = groups.get(meta.get("group"), parser)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta.get("help")}
+        if kind is bool:
+            if "negative" in meta:  # two flags, e.g. --pretrained / --from-scratch (default)
+                group.add_argument(flag, action="store_true", **kwargs)
+                negative, negative_help = meta["negative"]
+                kwargs.update(help=negative_help, default=argparse.SUPPRESS)
+                group.add_argument(negative, action="store_false", **kwargs)
+            else:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(kind) is dict:
+            group.add_argument(
+                flag, type=_parse_pair, action=_PairsAction, metavar="KEY=VALUE", **kwargs
+            )
+        else:
+            optional = type(None) in typing.get_args(hints[f.name]) and kind in (int, float)
+            kind = _none_or(kind) if optional else kind
+            group.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, prog: str | None = None) -> FinetuneConfig:
+    """A :class:`FinetuneConfig` from command-line arguments; a bad value exits with
+    argparse's usage line and the config's own message."""
+    parser = build_parser(FinetuneConfig, prog=prog)
+    args = parser.parse_args(argv)
+    try:
+        return FinetuneConfig(**vars(args))
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def config_path(output_dir: str | Path) -> Path:
+    """Where a run stores its config, to check that ``--resume`` continues the same run."""
+    return Path(output_dir) / "run_config.json"

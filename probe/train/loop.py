@@ -1,0 +1,273 @@
+"""The training and evaluation loops behind :func:`probe.train.run.finetune`.
+
+Kept apart from the run's set-up so the loop reads in one sitting. The data
+order is a pure function of ``(seed, epoch)`` and the loop's position is a
+registered checkpoint object, so a run resumed from a checkpoint takes exactly
+the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, skip_first_batches
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from probe.train.metrics import MetricSums, loss_fn, per_sample_error, per_sample_loss
+
+Batch = dict[str, torch.Tensor]
+Readout = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TensorRows(Dataset):
+    """A split held as tensors, fetched a whole batch at a time.
+
+    ``columns``: name -> tensor with the samples on dim 0 (``input_ids``
+    ``[n, seq]``, ``attention_mask`` ``[n, seq]``, ``labels`` ``[n]``).
+    ``__getitems__`` makes the DataLoader index once per batch instead of once
+    per row (a rendered split is a few KB to MB: it always fits in memory).
+    """
+
+    def __init__(self, columns: dict[str, torch.Tensor]):
+        sizes = {k: v.shape[0] for k, v in columns.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"columns hold different sample counts: {sizes}")
+        self.columns = columns
+        self.n = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Batch:
+        return {k: v[i] for k, v in self.columns.items()}
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[index] for k, v in self.columns.items()}
+
+
+def _whole_batch(batch: Batch) -> Batch:
+    """Collate function: ``TensorRows.__getitems__`` already returns a batch."""
+    return batch
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` drawn from ``(seed, epoch)`` alone.
+
+    It touches no global random state, so evaluating, checkpointing or
+    resuming never changes which samples a step sees; accelerate's data loader
+    calls ``set_epoch`` at the start of every epoch.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def train_loader(rows: TensorRows, batch_size: int, seed: int) -> DataLoader:
+    # The loader's own generator keeps its per-iterator base seed off the global
+    # torch RNG, which dropout uses: a resumed run then draws the same masks.
+    return DataLoader(
+        rows,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(rows), seed),
+        collate_fn=_whole_batch,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def eval_loader(rows: TensorRows, batch_size: int) -> DataLoader:
+    return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=_whole_batch)
+
+
+@dataclass
+class TrainState:
+    """Where the loop is: saved with every checkpoint (``register_for_checkpointing``)."""
+
+    window: int
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
+    recent: deque = field(default_factory=deque)  # the last ``window`` training losses
+    stopped: str = ""  # why training ended: max_steps, epochs or converged
+
+    def record(self, loss: float) -> None:
+        self.recent.append(loss)
+        while len(self.recent) > self.window:
+            self.recent.popleft()
+
+    @property
+    def recent_loss(self) -> float:
+        """Mean training loss over the last ``window`` steps (NaN before any)."""
+        return sum(self.recent) / len(self.recent) if self.recent else float("nan")
+
+    def converged(self, threshold: float) -> bool:
+        """The early-stopping rule: a full window whose mean loss is <= ``threshold``."""
+        return threshold > 0 and len(self.recent) == self.window and self.recent_loss <= threshold
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "recent": list(self.recent),
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch, self.stopped = state["batch_in_epoch"], state["stopped"]
+        self.recent = deque(state["recent"])
+
+
+def _loop_settings_class() -> type:
+    """A dataclass of the FinetuneConfig fields whose role is ``LOOP``, same types."""
+    import typing
+
+    from probe.train.config import LOOP, FinetuneConfig, fields_with
+
+    hints = typing.get_type_hints(FinetuneConfig)
+    cls = dataclasses.make_dataclass(
+        "LoopSettings", [(name, hints[name]) for name in fields_with(LOOP)]
+    )
+    cls.__doc__ = "The parts of a FinetuneConfig the loop reads (the fields with role LOOP)."
+    cls.__module__ = __name__
+    cls.from_config = classmethod(
+        lambda c, config: c(**{f.name: getattr(config, f.name) for f in dataclasses.fields(c)})
+    )
+    return cls
+
+
+LoopSettings = _loop_settings_class()
+
+
+def _stop_reason(state: TrainState, s: LoopSettings) -> str:
+    if s.max_steps and state.step >= s.max_steps:
+        return "max_steps"
+    if s.epochs and state.epoch >= s.epochs:
+        return "epochs"
+    if state.converged(s.converge_loss):
+        return "converged"
+    return ""
+
+
+def train(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    state: TrainState,
+    settings: LoopSettings,
+    label_kind: str,
+    readout: Readout,
+    save: Callable[[], Path | None],
+    validate: Callable[[], dict[str, float]] | None = None,
+    last_checkpoint: Path | None = None,
+) -> None:
+    """Train until a stop rule holds, from wherever ``state`` says the run is.
+
+    ``save()`` writes a checkpoint and returns its folder (None when the run
+    keeps none); ``validate()`` returns validation metrics to log every
+    ``eval_every`` steps. The loss is averaged over processes each step, so every
+    process takes the same decision to stop. A non-finite loss raises
+    ``FloatingPointError`` before the optimizer step, naming the step and the
+    last good checkpoint (``last_checkpoint`` when this call saved none yet).
+    """
+    s = settings
+    total = s.max_steps or s.epochs * len(loader)
+    bar = tqdm(
+        total=total,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not (s.progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+    distributed = accelerator.num_processes > 1
+    state.stopped = _stop_reason(state, s)
+    while not state.stopped:
+        loader.set_epoch(state.epoch)
+        epoch_batches = (
+            skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        )
+        for batch in epoch_batches:
+            model.train()
+            logits = readout(model, batch["input_ids"], batch["attention_mask"])
+            loss = loss_fn(logits, batch["labels"], label_kind)
+            detached = loss.detach()
+            value = float(accelerator.reduce(detached, "mean") if distributed else detached)
+            if not math.isfinite(value):
+                bar.close()
+                where = last_checkpoint or "none (this run saved no checkpoint yet)"
+                # --resume keeps --lr and --max-grad-norm, so it would meet the same NaN
+                raise FloatingPointError(
+                    f"training loss is {value} at step {state.step + 1}; the run stops. "
+                    f"Last good checkpoint: {where}. Lower --lr or set --max-grad-norm "
+                    "and start the run again with --overwrite"
+                )
+            accelerator.backward(loss)
+            if s.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += 1
+            state.record(value)
+            bar.update(1)
+            if state.step % s.log_every == 0:
+                bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
+                accelerator.log(
+                    {"train_loss": state.recent_loss, "epoch": state.epoch}, step=state.step
+                )
+            if validate is not None and s.eval_every and state.step % s.eval_every == 0:
+                accelerator.log(validate(), step=state.step)
+            state.stopped = _stop_reason(state, s)
+            if state.stopped:
+                break
+            if s.checkpoint_every and state.step % s.checkpoint_every == 0:
+                last_checkpoint = save()
+        else:  # the epoch ran out
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            state.stopped = _stop_reason(state, s)
+    bar.close()
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    label_kind: str,
+    readout: Readout,
+    prefix: str,
+) -> dict[str, float | int]:
+    """``{prefix}_loss``, ``{prefix}_error``, ``{prefix}_samples`` over a prepared
+    loader; every sample counts once whatever the number of processes
+    (``gather_for_metrics`` drops the repeats that pad a distributed last batch)."""
+    model.eval()
+    sums = MetricSums()
+    for batch in loader:
+        logits = readout(model, batch["input_ids"], batch["attention_mask"])
+        loss = per_sample_loss(logits, batch["labels"], label_kind)
+        error = per_sample_error(logits, batch["labels"], label_kind)
+        loss, error = accelerator.gather_for_metrics((loss, error))
+        sums.add(loss, error)
+    return sums.result(prefix)

@@ -1,0 +1,315 @@
+"""Train or fine-tune one model on one template task with accelerate; also a script.
+
+Three doors share one :class:`~probe.train.config.FinetuneConfig`::
+
+    accelerate launch probe/finetune.py --model gpt2 --ab kq --n-train 256
+    probe finetune --model gpt2 --ab kq --n-train 256
+    probe.finetune(probe.FinetuneConfig(model="gpt2", ab="kq", n_train=256))
+
+A run renders (or loads) the task, builds the model (``probe.build_model``),
+injects the identity scalings (``--ab``), optionally wraps it in LoRA adapters
+(peft), trains with AdamW until a stop rule holds (``--max-steps``,
+``--epochs``, or the training loss converged), evaluates on the validation
+split and on the test split, whose symbols were never seen in training, and
+appends one JSON line to ``OUTPUT_DIR/results.jsonl``. Checkpoints go through
+``accelerator.save_state`` to ``OUTPUT_DIR/checkpoints/step-N``; ``--resume``
+continues from the last one to the same final metrics as an uninterrupted run.
+
+The same code runs on one CPU, one GPU, several GPUs or machines: ``accelerate
+launch --multi_gpu --num_processes 2 probe/finetune.py ...`` falls back to the
+gloo backend on a machine without GPUs. ``--batch-size`` is per process. With
+several processes, run one ``finetune`` per launch: the run ends by destroying
+the process group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probe.train.config import FinetuneConfig, parse_config
+from probe.train.run_dir import RunDir
+from probe.train.setup import (
+    ab_summary,
+    build_optimizer,
+    build_run_model,
+    check_environment,
+    load_run_data,
+)
+
+__all__ = ["FinetuneConfig", "finetune", "main"]
+
+
+def finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Run one training run; returns the row appended to ``OUTPUT_DIR/results.jsonl``.
+
+    The row holds ``test_loss``, ``test_error``, ``test_samples`` (unseen
+    symbols), ``val_loss``, ``val_error``, ``val_samples``, ``train_loss``
+    (mean over the last ``converge_window`` steps), ``steps``, ``epochs``,
+    ``stopped`` (max_steps, epochs or converged), ``wall_s``, ``train_s`` and
+    ``train_samples_per_s`` (the training loop alone), ``ab`` (the
+    learned a/b: means, largest magnitudes and per-head values; None without
+    ``--ab``), ``trainable_params``, ``processes``, ``version`` and
+    ``config`` (every field). Raises ``ValueError`` / ``FileExistsError`` /
+    ``FileNotFoundError`` on bad input before any model or data work, and
+    ``FloatingPointError`` when the training loss stops being finite.
+    """
+    if not isinstance(config, FinetuneConfig):
+        raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
+    run_dir = RunDir(config.output_dir)
+    task = check_environment(config, run_dir)
+    with _main_process_lock(run_dir):
+        run_dir.check(config)  # again, now that no other job can change the folder
+        if config.resume and (row := run_dir.finished_row(config)) is not None:
+            return _already_finished(row, run_dir, config)
+        return _launch(config, task, run_dir)
+
+
+def _launch(config: FinetuneConfig, task, run_dir: RunDir) -> dict[str, Any]:
+    """Create the accelerator, run, and always tear down trackers and process group."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    start = time.perf_counter()
+
+    accelerator = Accelerator(
+        # Without a GPU (or other accelerator), accelerate treats `launch --multi_gpu`
+        # processes as independent single-process runs unless told it is on CPU; then
+        # it joins them in a gloo group.
+        cpu=not _has_accelerator(),
+        mixed_precision=config.mixed_precision,
+        log_with=config.trackers or None,
+        # trackers write to OUTPUT_DIR/logs, one of the RUN_ARTIFACTS --overwrite removes
+        project_config=ProjectConfiguration(
+            project_dir=str(run_dir.path), logging_dir=str(run_dir.logs_dir)
+        ),
+    )
+    atexit.unregister(_destroy_process_group)  # once, however many runs
+    atexit.register(_destroy_process_group)
+    try:
+        return _run(accelerator, config, task, run_dir, start)
+    finally:  # also after a failed run: trackers closed, no process group left behind
+        accelerator.end_training()
+        _destroy_process_group()
+
+
+def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: float) -> dict:
+    """The steps of a run once the accelerator exists: folder, data, model, optimizer,
+    loop, evaluation, results row."""
+    from accelerate.utils import set_seed
+
+    from probe import __version__
+    from probe.models.build import readout
+    from probe.train.loop import (
+        LoopSettings,
+        TensorRows,
+        TrainState,
+        eval_loader,
+        evaluate,
+        train,
+        train_loader,
+    )
+
+    accelerator.wait_for_everyone()  # everyone has checked the folder before it changes
+    if accelerator.is_main_process:
+        run_dir.prepare(config.overwrite)
+    accelerator.wait_for_everyone()
+
+    set_seed(config.seed)
+    data = load_run_data(config, task)
+    model, trainable = build_run_model(config, data)
+    optimizer = build_optimizer(model, config)
+    label_kind = data.label_kind
+
+    rows = {s: TensorRows(cols) for s, cols in data.splits.items()}
+    loaders = {"train": train_loader(rows["train"], config.batch_size, config.seed)}
+    for split in ("validation", "test"):
+        if len(rows[split]):
+            loaders[split] = eval_loader(rows[split], config.eval_batch_size)
+    names = list(loaders)
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
+    loaders = dict(zip(names, prepared, strict=True))
+    if accelerator.is_main_process and not config.resume:
+        # written (and trackers started) once the set-up has succeeded: a run that
+        # failed before training (a dataset or tokenizer that cannot be loaded) leaves
+        # no files behind for the next try to refuse
+        run_dir.save_config(config)
+    if config.trackers:
+        accelerator.init_trackers("probe", config=_flat(config))
+
+    state = TrainState(window=config.converge_window)
+    accelerator.register_for_checkpointing(state)
+    if config.resume:
+        accelerator.load_state(str(run_dir.checkpoints()[-1]))
+
+    def save() -> Path | None:
+        """Checkpoint step-N: every process writes its part into a hidden folder, which
+        the main process renames into place once all are done."""
+        if not config.checkpoints:
+            return None
+        with _quiet("accelerate.utils.other"):  # tied embeddings: "Removed shared tensor"
+            accelerator.save_state(str(run_dir.checkpoint_tmp(state.step)))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            run_dir.publish_checkpoint(state.step, config)
+        accelerator.wait_for_everyone()
+        return run_dir.checkpoint_root / f"step-{state.step}"
+
+    def validate() -> dict[str, float]:
+        if "validation" not in loaders:
+            return {}
+        return evaluate(accelerator, model, loaders["validation"], label_kind, readout, "val")
+
+    settings = LoopSettings.from_config(config)
+    previous = run_dir.checkpoints()
+    first_step, train_start = state.step, time.perf_counter()
+    train(
+        accelerator,
+        model,
+        optimizer,
+        loaders["train"],
+        state,
+        settings,
+        label_kind,
+        readout,
+        save,
+        validate,
+        last_checkpoint=previous[-1] if previous else None,
+    )
+    train_s = time.perf_counter() - train_start
+    if config.checkpoints and not (previous and previous[-1].name == f"step-{state.step}"):
+        save()
+
+    metrics: dict[str, Any] = {"val_loss": None, "val_error": None, "val_samples": 0}
+    metrics.update(validate())
+    metrics.update(evaluate(accelerator, model, loaders["test"], label_kind, readout, "test"))
+    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
+    unwrapped = accelerator.unwrap_model(model)
+    steps_per_epoch = len(loaders["train"])
+    row = {
+        "task": data.task.name,
+        "label_kind": label_kind,
+        "model": config.model,
+        "n_train": len(rows["train"]),
+        "seed": config.seed,
+        **metrics,
+        "train_loss": _finite_or_none(state.recent_loss),
+        "steps": state.step,
+        "epochs": round(state.epoch + state.batch_in_epoch / steps_per_epoch, 4),
+        "stopped": state.stopped,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "train_s": round(train_s, 3),
+        # samples seen by all processes together per second of the training loop
+        "train_samples_per_s": round(
+            (state.step - first_step) * config.batch_size * accelerator.num_processes / train_s, 1
+        )
+        if train_s > 0
+        else None,
+        "ab": ab_summary(unwrapped) if config.ab != "none" else None,
+        "trainable_params": trainable,
+        "processes": accelerator.num_processes,
+        "version": __version__,
+        "config": config.to_dict(),
+    }
+    if accelerator.is_main_process:
+        run_dir.append_result(row)
+        if config.save_model:
+            unwrapped.save_pretrained(run_dir.model_dir)
+            data.tokenizer.save_pretrained(run_dir.model_dir)
+        if config.progress:
+            print(_summary(row), flush=True)
+    accelerator.wait_for_everyone()
+    return row
+
+
+# -- the output folder --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _main_process_lock(run_dir: RunDir) -> Iterator[None]:
+    """The folder lock, taken by the launch's main process only (the others of an
+    ``accelerate launch`` work in the same folder under its lock)."""
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    with run_dir.lock():
+        yield
+
+
+def _already_finished(row: dict, run_dir: RunDir, config: FinetuneConfig) -> dict[str, Any]:
+    """``--resume`` of a run that finished: its row, not a second one."""
+    if config.progress:
+        print(f"{run_dir.path}: the run already finished; nothing to resume", flush=True)
+        print(_summary(row), flush=True)
+    return row
+
+
+def _flat(config: FinetuneConfig) -> dict[str, Any]:
+    """The config as tracker hyperparameters: scalars only (None and dicts as text)."""
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in config.to_dict().items()
+    }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _summary(row: dict[str, Any]) -> str:
+    cfg = row["config"]
+    variant = cfg["ab"] if cfg["ab"] != "none" else "plain"
+    if cfg["lora_r"]:
+        variant += f", LoRA r={cfg['lora_r']}"
+    val = "" if row["val_loss"] is None else f"; val loss {row['val_loss']:.4g}"
+    return (
+        f"{row['task']} | {row['model']} ({variant}) | n={row['n_train']} seed={row['seed']}: "
+        f"test loss {row['test_loss']:.4g}, error {row['test_error']:.3f} on "
+        f"{row['test_samples']} unseen-symbol samples{val} | {row['steps']} steps "
+        f"({row['stopped']}), {row['wall_s']:.1f}s"
+    )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Hide a library logger's warnings for a moment (errors still show)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _has_accelerator() -> bool:
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def _destroy_process_group() -> None:
+    # Without it about one exit in three aborts with "terminate called without an
+    # active exception" when the gloo group is torn down at interpreter exit.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``probe finetune`` / ``accelerate launch probe/finetune.py``: parse, run, report."""
+    config = parse_config(sys.argv[1:] if argv is None else argv, prog="probe finetune")
+    try:
+        return finetune(config)
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as err:
+        print(f"probe finetune: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

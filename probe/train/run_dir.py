@@ -1,0 +1,254 @@
+"""A run's output folder: what it holds, and the rules for starting, replacing and resuming it.
+
+::
+
+    OUTPUT_DIR/
+      results.jsonl      one row per finished run (probe.jsonl)
+      run_config.json    the run's FinetuneConfig, written before training starts
+      checkpoints/step-N accelerate's save_state (the newest complete one is kept)
+      model/             the trained model and tokenizer (--save-model)
+      logs/              trackers (--log-with)
+
+A checkpoint is written to a hidden temporary folder and renamed into place
+once complete, so a kill while saving never leaves a ``step-N`` that
+``--resume`` would pick and fail on; it also carries a copy of the run's
+config, so a resume can check its settings even if ``run_config.json`` is gone.
+While a run works in the folder it holds an OS lock on it (released when the
+process dies): a second run on the same folder is refused, naming the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from probe.jsonl import append_row, read_rows
+from probe.train.config import RESUMABLE, FinetuneConfig, fields_with
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "run_config.json"
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+LOGS = "logs"
+LOCK_FILE = ".probe.lock"
+# Files a run writes in its folder; --overwrite removes these and nothing else.
+RUN_ARTIFACTS = (RESULTS_FILE, CHECKPOINTS, CONFIG_FILE, MODEL, LOGS)
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """One run's output folder (see the module docstring for its layout)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # -- what is there ------------------------------------------------------------
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / LOGS
+
+    def artifacts(self) -> list[str]:
+        """The run files present, in ``RUN_ARTIFACTS`` order."""
+        return [name for name in RUN_ARTIFACTS if (self.path / name).exists()]
+
+    def checkpoints(self) -> list[Path]:
+        """Complete ``checkpoints/step-N`` folders, oldest first (temporary folders of a
+        save cut short are not listed)."""
+        root = self.checkpoint_root
+        if not root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The config the run started with: ``run_config.json``, else the copy in its
+        newest checkpoint; None for a fresh folder."""
+        candidates = [self.config_file]
+        if self.checkpoints():
+            candidates.append(self.checkpoints()[-1] / CONFIG_FILE)
+        for path in candidates:
+            if path.is_file():
+                return json.loads(path.read_text())
+        return None
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_rows(self.results_file) if self.results_file.is_file() else []
+
+    # -- rules ----------------------------------------------------------------------
+
+    def check(self, config: FinetuneConfig) -> None:
+        """Refuse what cannot work, before any model or data work: a file where the
+        folder should be, a folder that cannot be written, ``--resume`` without a
+        checkpoint or with changed settings, an earlier run without ``--overwrite``."""
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--output-dir {str(out)!r} is a file; pass a folder")
+        _check_writable(out, "--output-dir")
+        if config.resume:
+            if not self.checkpoints():
+                raise FileNotFoundError(
+                    f"--resume: no checkpoint in {str(self.checkpoint_root)!r}; start the run "
+                    "without --resume"
+                )
+            saved = self.saved_config()
+            if saved is None:
+                raise FileNotFoundError(
+                    f"--resume: {str(out)!r} holds checkpoints but no saved config to check "
+                    "the settings against; pass --overwrite to start over"
+                )
+            resumable = fields_with(RESUMABLE)
+            mine = config.to_dict()
+            changed = sorted(
+                k for k in mine if k not in resumable and saved.get(k, mine[k]) != mine[k]
+            )
+            if changed:
+                diffs = ", ".join(f"{k}: {saved[k]!r} -> {mine[k]!r}" for k in changed)
+                raise ValueError(
+                    f"--resume continues the run in {str(out)!r}, but these settings differ "
+                    f"from it: {diffs}. Only {', '.join(resumable)} may change on resume"
+                )
+        elif self.artifacts() and not config.overwrite:
+            raise FileExistsError(
+                f"--output-dir {str(out)!r} already holds a run ({', '.join(self.artifacts())}); "
+                "pass --overwrite to replace it, --resume to continue it, or another --output-dir"
+            )
+
+    def prepare(self, overwrite: bool) -> None:
+        """Create the folder; with ``overwrite``, remove the run files (and nothing else)."""
+        if overwrite:
+            for name in RUN_ARTIFACTS:
+                path = self.path / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def finished_row(self, config: FinetuneConfig) -> dict[str, Any] | None:
+        """For ``--resume``: the row of a run that finished at its newest checkpoint and
+        that ``config``'s stop rules would not train further (None otherwise)."""
+        rows, checkpoints = self.rows(), self.checkpoints()
+        if not rows or not checkpoints:
+            return None
+        row = rows[-1]
+        if checkpoints[-1].name != f"step-{row.get('steps')}":
+            return None  # trained on after its row: resume from the checkpoint
+        done = (
+            row.get("stopped") == "converged"
+            or (config.max_steps and row["steps"] >= config.max_steps)
+            or (config.epochs and row.get("epochs", 0) >= config.epochs)
+        )
+        return row if done else None
+
+    # -- writing --------------------------------------------------------------------
+
+    def save_config(self, config: FinetuneConfig) -> None:
+        write_atomic(self.config_file, json.dumps(config.to_dict(), indent=2) + "\n")
+
+    def checkpoint_tmp(self, step: int) -> Path:
+        """The hidden folder checkpoint ``step-N`` is written to before it is published."""
+        return self.checkpoint_root / f".step-{step}.tmp"
+
+    def publish_checkpoint(self, step: int, config: FinetuneConfig) -> Path:
+        """Rename the complete ``checkpoint_tmp(step)`` into place (with a copy of the
+        config inside), then drop older checkpoints and stale temporary folders."""
+        tmp, final = self.checkpoint_tmp(step), self.checkpoint_root / f"step-{step}"
+        write_atomic(tmp / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+        if final.exists():  # the same step saved again (a resumed run's last step)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in self.checkpoints()[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.checkpoint_root.glob(".step-*.tmp"):  # a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def append_result(self, row: dict[str, Any]) -> None:
+        append_row(self.results_file, row)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive OS lock on the folder for the ``with`` block; a second
+        holder is refused at once with the first one's pid. The kernel releases the
+        lock when the process dies, so a kill never leaves the folder locked."""
+        with folder_lock(self.path, "--output-dir"):
+            yield
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """The nearest existing folder at or above ``folder`` must be writable."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{flag} {str(folder)!r}: {str(probe)!r} is not writable; pass a folder you can "
+            "write to"
+        )
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, flag: str) -> Iterator[None]:
+    """An exclusive, non-blocking OS lock on ``folder`` itself for the block.
+
+    The lock is a ``flock`` on the folder's own descriptor (no lock file to go
+    stale); the holder's pid is written to ``folder/.probe.lock`` for the
+    message a second process gets, and removed when the block ends.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    pid_file = folder / LOCK_FILE
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = pid_file.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise FileExistsError(
+                f"{flag} {str(folder)!r} is in use by another probe process (pid {holder}); "
+                "wait for it to finish, or pass another folder"
+            ) from None
+        pid_file.write_text(f"{os.getpid()}\n")
+        try:
+            yield
+        finally:
+            pid_file.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # releases the lock

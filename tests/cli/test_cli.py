@@ -1,0 +1,63 @@
+"""probe.cli: the commands that print (`probe data render`, `probe data export`)."""
+
+from __future__ import annotations
+
+import pytest
+
+import probe.cli as cli
+import probe.data.render as data
+from probe.cli import export_catalogue, render_to_disk
+from probe.data.hub import load_dataset
+from probe.data.render import task_info
+from probe.tasks.catalogue import get_task, list_tasks, register_task, task_entry
+from probe.tasks.templates import TemplateTask
+
+
+def test_render_to_disk_validates_before_rendering(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    folder = render_to_disk("majority_k:k=5", out, 16, 4, 4, seed=0, config=None)
+    assert folder == out / "majority_k-k5"  # the task's name
+    assert "wrote" in capsys.readouterr().out
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered before validating")
+
+    monkeypatch.setattr(data, "render", no_render)
+    with pytest.raises(FileExistsError, match="'majority_k-k5'"):
+        render_to_disk("majority_k:k=5", out, 16, 4, 4)
+    with pytest.raises(ValueError, match="unknown task"):
+        render_to_disk("nope", out, 16)
+    with pytest.raises(ValueError, match="--n-train must be >= 1"):
+        render_to_disk("copy", out, 0)
+    with pytest.raises(ValueError, match="config name 'a/b'"):
+        render_to_disk("copy", out, 5, config="a/b")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        render_to_disk("copy", tmp_path / "file", 5)
+
+
+@pytest.fixture
+def extra_task():
+    """A task registered for one test only, removed afterwards."""
+    from probe.tasks import catalogue as tasks
+
+    register_task("extra_for_export", lambda: TemplateTask.from_strings(["a b"], [1.0]))
+    yield "extra_for_export"
+    tasks._REGISTRY.pop("extra_for_export")
+
+
+def test_export_catalogue_writes_every_registered_task(tmp_path, monkeypatch, capsys, extra_task):
+    monkeypatch.setattr(cli, "EXPORT_SIZES", {"n_train": 12, "n_val": 3, "n_test": 3})
+    folders = export_catalogue(tmp_path / "cat")
+    assert [f.name for f in folders] == list_tasks() and extra_task in list_tasks()
+    for name in list_tasks():
+        dsd = load_dataset(tmp_path / "cat", name)
+        assert dsd["train"].num_rows == 12
+        # a task with parameters is exported with its defaults
+        assert TemplateTask.from_dict(task_info(dsd)["task"]) == get_task(name)
+        assert task_info(dsd)["seed"] == 0
+    assert task_entry("majority_k").defaults == {"k": 3}
+    assert capsys.readouterr().out.count("wrote") == len(list_tasks())
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_catalogue(tmp_path / "cat")
+    export_catalogue(tmp_path / "cat", overwrite=True)

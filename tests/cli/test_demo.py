@@ -1,0 +1,80 @@
+"""probe demo: the dataset summary, then recipes/quickstart.yaml through the sweep."""
+
+import json
+
+import pytest
+
+from probe.cli.demo import RECIPE, build_parser, main, quickstart_config
+from probe.experiments.sweep import THRESHOLD, SweepConfig
+
+
+def test_summary_only(capsys):
+    assert main(["--summary-only", "--show", "1"]) == []
+    out = capsys.readouterr().out
+    assert "aba_vs_abb" in out and "OK: the test uses only unseen symbols" in out
+    assert "recipe" not in out  # nothing trained
+
+
+def test_summary_shows_the_task_it_would_train(capsys):
+    main(["--summary-only", "--show", "1", "--task", "copy"])
+    assert "task copy (symbolic labels)" in capsys.readouterr().out
+
+
+def test_refuses_a_negative_show(capsys):
+    with pytest.raises(SystemExit):
+        main(["--summary-only", "--show", "-1"])
+    assert "--show: -1 is negative" in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in ["--task", "--seed", "--show", "--summary-only", "--n", "--max-steps", "--n-test"]:
+        assert flag in out
+    assert "--out" in out and "--recipe" in out
+
+
+def test_the_recipe_is_the_quickstart():
+    config = SweepConfig.from_yaml(RECIPE)
+    assert config.task == "aba_vs_abb" and config.seeds == [0]
+    assert config.n == [32, 64, 128, 256, 512]
+    assert config.variants == {"plain": {"ab": "none"}, "+KQ": {"ab": "kq"}}
+    assert config.threshold == THRESHOLD == 0.05
+    settings = config.cell_settings(config.cells()[0])
+    assert settings["n_val"] == 0 and settings["n_test"] == 500
+    assert settings["max_steps"] == 1000 and settings["checkpoints"] is False
+
+
+def test_options_change_the_recipe():
+    args = build_parser().parse_args(
+        ["--task", "majority_k:k=5", "--n", "64", "8", "--seed", "2", "--max-steps", "7"]
+    )
+    config = quickstart_config(args)
+    assert (config.task, config.task_params) == ("majority_k", {"k": 5})
+    assert config.n == [8, 64] and config.seeds == [2]
+    settings = config.cell_settings(config.cells()[0])
+    assert settings["max_steps"] == 7 and settings["task_params"] == {"k": 5}
+    assert settings["n_test"] == 500  # the recipe's, not overridden
+
+
+def test_a_tiny_run_trains_the_shown_task_through_the_sweep(capsys, tmp_path):
+    rows = main(
+        ["--task", "copy", "--n", "16", "8", "--max-steps", "2", "--n-test", "8", "--show", "0"]
+        + ["--out", str(tmp_path)]
+    )
+    assert {(r["variant"], r["n"], r["task"]) for r in rows} == {
+        ("plain", 8, "copy"),
+        ("plain", 16, "copy"),
+        ("+KQ", 8, "copy"),
+        ("+KQ", 16, "copy"),
+    }
+    out = capsys.readouterr().out
+    assert "task copy (symbolic labels)" in out
+    assert out.count("test loss") >= 5  # a progress line per run, then the table
+    assert "plain: n* (test_error <= 0.05) >16" in out
+    # the sweep's results file, readable by `probe report`
+    lines = (tmp_path / "results" / "results.jsonl").read_text().splitlines()
+    assert {json.loads(x)["recipe"] for x in lines} == {"quickstart"}
+    with pytest.raises(FileExistsError, match="already holds"):
+        main(["--n", "8", "--max-steps", "2", "--n-test", "8", "--out", str(tmp_path)])

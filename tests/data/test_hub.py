@@ -1,0 +1,153 @@
+"""probe.data.hub: Hub layout on disk (round trip, atomic writes, card), offline errors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import datasets
+import pytest
+
+import probe.data.hub as hub
+from probe.cli import EXPORT_SIZES
+from probe.data.hub import load_dataset, load_tokenizer, save_dataset
+from probe.data.render import render, task_info
+from probe.tasks.catalogue import get_task
+from probe.tasks.templates import TemplateTask
+
+# -- Hub layout --------------------------------------------------------------------
+
+
+def _same(a: datasets.DatasetDict, b: datasets.DatasetDict) -> None:
+    assert list(a) == list(b)
+    for split in a:
+        assert a[split].to_dict() == b[split].to_dict()
+        assert a[split].features == b[split].features
+
+
+def test_hub_layout_round_trip_two_configs(tmp_path):
+    folder = tmp_path / "tasks"
+    aba = render("aba_vs_abb", 40, 8, 8, seed=1)
+    vc = render("var_copy", 40, 8, 8, seed=2)
+    save_dataset(aba, folder, "aba")
+    save_dataset(vc, folder)  # config defaults to the task name
+    assert sorted(os.listdir(folder)) == ["README.md", "aba", "var_copy"]
+    assert sorted(os.listdir(folder / "aba")) == [
+        "test-00000-of-00001.parquet",
+        "tokenizer",
+        "train-00000-of-00001.parquet",
+        "validation-00000-of-00001.parquet",
+    ]
+    for config, original in [("aba", aba), ("var_copy", vc)]:
+        loaded = datasets.load_dataset(str(folder), config)
+        _same(loaded, original)
+        assert task_info(loaded) == task_info(original)
+        _same(load_dataset(folder, config), original)
+        tok = load_tokenizer(folder, config)
+        row = loaded["test"][0]
+        assert tok.decode(row["input_ids"][: sum(row["attention_mask"]) - 1]) == row["text"]
+    card = (folder / "README.md").read_text()
+    assert "config_name: aba" in card and "config_name: var_copy" in card
+    assert "probe data render --task var_copy --n-train 40" in card
+    assert "`a = c ; b = d ; print a`" in card
+
+
+def test_load_dataset_errors(tmp_path):
+    folder = tmp_path / "tasks"
+    save_dataset(render("copy", 10, 2, 2), folder, "one")
+    save_dataset(render("copy", 10, 2, 2, seed=1), folder, "two")
+    with pytest.raises(ValueError, match="no config 'three'; its configs: one, two"):
+        load_dataset(folder, "three")
+    with pytest.raises(ValueError, match="several configs"):
+        load_dataset(folder)
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        load_dataset(str(tmp_path / "missing" / "folder"), "one")
+
+
+def test_overwrite_refused_then_allowed(tmp_path):
+    folder = tmp_path / "tasks"
+    first = render("aba_vs_abb", 20, 4, 4, seed=0)
+    second = render("aba_vs_abb", 20, 4, 4, seed=1)
+    save_dataset(first, folder, "aba")
+    with pytest.raises(FileExistsError, match="config 'aba' already exists.*--overwrite"):
+        save_dataset(second, folder, "aba")
+    _same(load_dataset(folder, "aba"), first)
+    save_dataset(second, folder, "aba", overwrite=True)
+    _same(load_dataset(folder, "aba"), second)
+    assert sorted(os.listdir(folder)) == ["README.md", "aba"]  # nothing left behind
+
+
+def test_a_folder_with_someone_elses_readme_is_refused(tmp_path):
+    dsd = render("copy", 8, 4, 4, seed=0)
+    notes = "# my project notes\n"
+    (tmp_path / "README.md").write_text(notes)
+    with pytest.raises(FileExistsError, match="README.md exists and is not a dataset card"):
+        save_dataset(dsd, tmp_path, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["README.md"]
+    assert (tmp_path / "README.md").read_text() == notes
+    (tmp_path / "README.md").write_text("---\nfoo: [\n---\n")
+    with pytest.raises(ValueError, match="YAML front matter does not parse .* at line 3"):
+        save_dataset(dsd, tmp_path)
+    # a folder without a card takes the dataset beside what it holds
+    (tmp_path / "README.md").unlink()
+    (tmp_path / "notes.txt").write_text("x")
+    save_dataset(dsd, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "copy", "notes.txt"]
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    dsd = render("aba_vs_abb", 20, 4, 4)
+    calls = []
+
+    def failing(ds, file):
+        calls.append(file)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(ds, file)
+
+    real_write = hub._write_parquet
+    monkeypatch.setattr(hub, "_write_parquet", failing)
+    # a fresh folder: not created at all
+    with pytest.raises(OSError, match="disk full"):
+        save_dataset(dsd, tmp_path / "new", "aba")
+    assert os.listdir(tmp_path) == []
+    # an existing folder: the other config and the card stay as they were
+    monkeypatch.setattr(hub, "_write_parquet", real_write)
+    save_dataset(dsd, tmp_path / "old", "keep")
+    card = (tmp_path / "old" / "README.md").read_text()
+    calls.clear()
+    monkeypatch.setattr(hub, "_write_parquet", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_dataset(dsd, tmp_path / "old", "aba")
+    assert sorted(os.listdir(tmp_path / "old")) == ["README.md", "keep"]
+    assert (tmp_path / "old" / "README.md").read_text() == card
+    # and an overwrite that fails keeps the old config
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        save_dataset(dsd, tmp_path / "old", "keep", overwrite=True)
+    assert sorted(os.listdir(tmp_path / "old")) == ["README.md", "keep"]
+    assert len(os.listdir(tmp_path / "old" / "keep")) == 4
+
+
+def test_offline_hub_id_fails_at_once():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError) as err:
+        load_dataset("someone/template-tasks", "aba_vs_abb")
+    assert time.perf_counter() - t0 < 5
+    message = str(err.value)
+    assert "'someone/template-tasks'" in message
+    assert "offline" in message and "HF_HUB_OFFLINE" in message
+    assert "`hf download --repo-type dataset someone/template-tasks" in message
+    assert "pass the folder" in message
+
+
+def test_committed_catalogue_loads():
+    """data/template-tasks (written by `probe data export`) loads with its card."""
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "data", "template-tasks")
+    if not os.path.isdir(folder):
+        pytest.skip("data/template-tasks not exported yet")
+    dsd = load_dataset(folder, "aba_vs_abb")
+    info = task_info(dsd)
+    assert get_task("aba_vs_abb") == TemplateTask.from_dict(info["task"])
+    assert dsd["train"].num_rows == EXPORT_SIZES["n_train"]

