@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
+from probe._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -35,12 +35,21 @@ _EXPORTS = {
     "attn_diagonal": "analysis.diagonal",
     "plot_diagonal": "analysis.plots",
     "plot_head": "analysis.plots",
+    "load_injected": "models.identity",
+    "resolve_model": "models.resolve",
+    "task_info": "data.render",
+    "dataset_tokenizer": "data.render",
 }
+# the stages of the flow, as subpackages: `probe.data.task_info(...)` works after a bare
+# `import probe`
+_SUBPACKAGES = ("tasks", "data", "models", "train", "analysis", "experiments", "cli")
 
 __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"probe.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'probe' has no attribute {name!r}")
@@ -57,10 +66,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from probe.analysis.diagonal import attn_diagonal
     from probe.analysis.plots import plot_diagonal, plot_head
     from probe.data.hub import load_dataset, save_dataset
-    from probe.data.render import render
+    from probe.data.render import dataset_tokenizer, render, task_info
     from probe.data.tokenizer import SymbolTokenizer
     from probe.models.build import build_model, readout
-    from probe.models.identity import ab_values, inject_ab, remove_ab
+    from probe.models.identity import ab_values, inject_ab, load_injected, remove_ab
+    from probe.models.resolve import resolve_model
     from probe.tasks.catalogue import get_task, list_tasks, random_templates, register_task
     from probe.tasks.templates import Template, TemplateTask
     from probe.train.config import FinetuneConfig

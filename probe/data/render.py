@@ -358,7 +358,7 @@ def _info(
     seed: int,
     vocab: Vocab,
 ) -> dict[str, Any]:
-    from probe import __version__
+    from probe._version import __version__
 
     name = tokenizer_name(vocab.tokenizer)
     default_size = {s: max(sizes[s], _need(task)) for s in SPLITS}

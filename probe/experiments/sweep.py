@@ -300,7 +300,7 @@ def _code_version() -> str:
     """probe's version and, in a git checkout, the commit (``+dirty`` with local edits)."""
     import subprocess
 
-    from probe import __version__
+    from probe._version import __version__
 
     root = Path(__file__).resolve().parents[2]
     try:

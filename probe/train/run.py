@@ -108,7 +108,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
     loop, evaluation, results row."""
     from accelerate.utils import set_seed
 
-    from probe import __version__
+    from probe._version import __version__
     from probe.models.build import readout
     from probe.train.loop import (
         LoopSettings,
