@@ -54,28 +54,13 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.results_file = self.path / RESULTS_FILE
+        self.config_file = self.path / CONFIG_FILE
+        self.checkpoint_root = self.path / CHECKPOINTS
+        self.model_dir = self.path / MODEL
+        self.logs_dir = self.path / LOGS
 
     # -- what is there ------------------------------------------------------------
-
-    @property
-    def results_file(self) -> Path:
-        return self.path / RESULTS_FILE
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.path / CHECKPOINTS
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / MODEL
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.path / LOGS
 
     def artifacts(self) -> list[str]:
         """The run files present, in ``RUN_ARTIFACTS`` order."""
