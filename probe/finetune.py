@@ -121,6 +121,7 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
         TrainState,
         eval_loader,
         evaluate,
+        fast_activations,
         train,
         train_loader,
     )
@@ -133,6 +134,7 @@ def _run(accelerator, config: FinetuneConfig, task, out: Path, start: float) -> 
     set_seed(config.seed)
     data = load_run_data(config, task)
     model, trainable = build_run_model(config, data)
+    fast_activations(model)  # the same formula in one kernel
     optimizer = build_optimizer(model, config)
     label_kind = data.label_kind
 

@@ -25,6 +25,7 @@ from probe.config import FinetuneConfig
 RESUMABLE_FIELDS = (
     "max_steps",
     "epochs",
+    "compile",
     "converge_loss",
     "eval_every",
     "eval_batch_size",
