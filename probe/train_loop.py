@@ -388,7 +388,9 @@ def evaluate(
     model.eval()
     sums = MetricSums()
     # a model compiled for training runs eagerly here: no recompiling for eval mode
-    with torch.compiler.set_stance("force_eager"):
+    # (torch < 2.6 has no stances; there it recompiles once)
+    stance = getattr(torch.compiler, "set_stance", None)
+    with stance("force_eager") if stance else contextlib.nullcontext():
         for batch in loader:
             logits = readout(model, batch["input_ids"], batch["attention_mask"])
             loss = per_sample_loss(logits, batch["labels"], label_kind)
