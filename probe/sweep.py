@@ -57,8 +57,9 @@ GRID_FIELDS = {
 OFFLINE_MODELS = {"smollm2": "smollm2_gguf", "minilm": "minilm_dir"}
 
 # Fields left out of a cell's settings hash: they say where and how a run is
-# stored, not what it computes.
+# stored (or, compile, how its steps are computed), not what it computes.
 UNHASHED_FIELDS = (
+    "compile",
     "output_dir",
     "resume",
     "overwrite",

@@ -108,3 +108,13 @@ def test_the_early_stop_fires_at_the_first_step_whose_window_meets_the_threshold
     )
     assert first == stopped["steps"]
     assert full["test_loss"] == stopped["test_loss"]
+
+
+def test_compile_leaves_a_sweep_cells_hash_alone():
+    """compile says how the steps are computed, not what: committed results stay valid."""
+    import dataclasses
+
+    from probe.sweep import settings_hash
+
+    plain, compiled = FinetuneConfig(), FinetuneConfig(compile=True)
+    assert settings_hash(dataclasses.asdict(plain)) == settings_hash(dataclasses.asdict(compiled))
