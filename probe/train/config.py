@@ -320,6 +320,18 @@ class FinetuneConfig:
             group=OPTIMIZATION,
         ),
     )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "torch.compile the training step's forward and backward (same numbers up to "
+            "float rounding; falls back with a warning where it fails). Off by default: "
+            "its warm-up (tens of seconds on a CPU) outweighs what it saves on a cell of a "
+            "few hundred steps (bench/finetune.py --compile measures both)",
+            group=OPTIMIZATION,
+            # how the steps are computed, not what: free to change on resume, not hashed
+            roles=(RESUMABLE, UNHASHED, LOOP),
+        ),
+    )
     # -- evaluation and outputs
     eval_every: int = field(
         default=0,

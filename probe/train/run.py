@@ -116,6 +116,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         TrainState,
         eval_loader,
         evaluate,
+        fast_activations,
         train,
         train_loader,
     )
@@ -128,6 +129,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
     set_seed(config.seed)
     data = load_run_data(config, task)
     model, trainable = build_run_model(config, data)
+    fast_activations(model)  # the same formula in one kernel
     optimizer = build_optimizer(model, config)
     label_kind = data.label_kind
 
