@@ -111,6 +111,12 @@ def _cmd_diagonal(args: argparse.Namespace) -> None:
     diagonal_main(args.rest)
 
 
+def _cmd_attention(args: argparse.Namespace) -> None:
+    from probe.cli.attention import main as attention_main
+
+    attention_main(args.rest)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from probe.experiments.sweep import main as sweep_main
 
@@ -168,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", _cmd_demo, "a rendered dataset, then the quickstart recipe (plain vs +KQ)"),
         ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
         ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
+        ("attention", _cmd_attention, "what every head attends to on rendered samples"),
         ("sweep", _cmd_sweep, "run a recipe's grid of runs"),
         ("report", _cmd_report, "tables and curves from sweep results"),
     ]:

@@ -44,23 +44,28 @@ def model_type(config: FinetuneConfig) -> str:
         ) from err
 
 
-def check_environment(config: FinetuneConfig, run_dir: RunDir):
-    """Judge the task, model, options and output folder; returns the catalogue task
-    (None with ``--dataset``). Raises before any model or data work."""
+def check_task(config: FinetuneConfig):
+    """The catalogue task ``--task`` names, with its parameters (None with ``--dataset``)."""
     from probe.tasks.catalogue import get_task
 
-    task = None
-    if config.task is not None and ":" in config.task:  # the spec form, majority_k:k=5
+    if config.task is None:
+        return None
+    if ":" in config.task:  # the spec form, majority_k:k=5
         from probe.data.render import resolve_task
 
         if config.task_params:
             raise ValueError(
                 f"--task {config.task!r} carries its parameters already; drop --task-param"
             )
-        task, _ = resolve_task(config.task)
-    elif config.task is not None:
-        task = get_task(config.task, **config.task_params)
-    else:
+        return resolve_task(config.task)[0]
+    return get_task(config.task, **config.task_params)
+
+
+def check_environment(config: FinetuneConfig, run_dir: RunDir):
+    """Judge the task, model, options and output folder; returns the catalogue task
+    (None with ``--dataset``). Raises before any model or data work."""
+    task = check_task(config)
+    if task is None:
         path = Path(config.dataset).expanduser()
         if (looks_like_path(config.dataset) or path.exists()) and not path.is_dir():
             raise FileNotFoundError(f"--dataset {config.dataset!r}: no such folder")
@@ -172,10 +177,13 @@ def _dataset_tokenizer(config: FinetuneConfig, dsd):
     return probe_data.dataset_tokenizer(dsd)
 
 
-def load_run_data(config: FinetuneConfig, task) -> RunData:
-    """Render the task (or load the dataset) and hold each split as tensors."""
+def run_dataset(config: FinetuneConfig, task=None):
+    """The run's ``DatasetDict``: the task rendered with the run's sizes, tokenizer and
+    seed (the same rows every time), or the first rows of ``--dataset``."""
     from probe.data import render as probe_data
 
+    if task is None and config.task is not None:
+        task = check_task(config)
     if task is not None:
         dsd = probe_data.render(
             task,
@@ -192,6 +200,14 @@ def load_run_data(config: FinetuneConfig, task) -> RunData:
         dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
         dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
         dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
+    return dsd
+
+
+def load_run_data(config: FinetuneConfig, task) -> RunData:
+    """The run's data (:func:`run_dataset`) with each split held as tensors."""
+    from probe.data import render as probe_data
+
+    dsd = run_dataset(config, task)
     info = probe_data.task_info(dsd)
     if task is None:
         from probe.tasks.templates import TemplateTask
