@@ -36,6 +36,7 @@ _EXPORTS = {
     "plot_diagonal": "analysis.plots",
     "plot_head": "analysis.plots",
     "attention_scores": "analysis.attention",
+    "load_metric": "train.metrics",
     "plot_attention": "analysis.plots",
     "load_injected": "models.identity",
     "resolve_model": "models.resolve",
@@ -77,4 +78,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from probe.tasks.catalogue import get_task, list_tasks, random_templates, register_task
     from probe.tasks.templates import Template, TemplateTask
     from probe.train.config import FinetuneConfig
+    from probe.train.metrics import load_metric
     from probe.train.run import finetune

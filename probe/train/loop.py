@@ -36,7 +36,7 @@ from accelerate import Accelerator, skip_first_batches
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from probe.train.metrics import MetricSums, loss_fn, per_sample_error, per_sample_loss
+from probe.train.metrics import load_metric, loss_fn
 
 Batch = dict[str, torch.Tensor]
 Readout = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -387,15 +387,14 @@ def evaluate(
     loader; every sample counts once whatever the number of processes
     (``gather_for_metrics`` drops the repeats that pad a distributed last batch)."""
     model.eval()
-    sums = MetricSums()
+    metric = load_metric(label_kind)  # probe's evaluate module: the row's numbers
     # a model compiled for training runs eagerly here: no recompiling for eval mode
     # (torch < 2.6 has no stances; there it recompiles once)
     stance = getattr(torch.compiler, "set_stance", None)
     with stance("force_eager") if stance else contextlib.nullcontext():
         for batch in loader:
             logits = readout(model, batch["input_ids"], batch["attention_mask"])
-            loss = per_sample_loss(logits, batch["labels"], label_kind)
-            error = per_sample_error(logits, batch["labels"], label_kind)
-            loss, error = accelerator.gather_for_metrics((loss, error))
-            sums.add(loss, error)
-    return sums.result(prefix)
+            logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+            metric.add_batch(predictions=logits.cpu().numpy(), references=labels.cpu().numpy())
+    result = metric.compute()
+    return {f"{prefix}_{k}": v for k, v in result.items()}
