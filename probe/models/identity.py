@@ -337,6 +337,22 @@ def ab_values(model: nn.Module) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "head", "a", "b", "module"])
 
 
+def ab_scalars(model: nn.Module) -> dict[str, float]:
+    """Every head's a and b as flat tracker scalars (``a/L0/h1``, ``b/dec/L1/h0`` for a
+    T5 stack); empty for a model without scalings (an MLP baseline included)."""
+    if not any(isinstance(m, ABScalings) for m in model.modules()):
+        return {}
+    df = ab_values(model)
+    out = {}
+    for row in df.itertuples(index=False):
+        stack = "" if row.module == "self" else f"{row.module[:3]}/"
+        for name in ("a", "b"):
+            value = getattr(row, name)
+            if not math.isnan(value):
+                out[f"{name}/{stack}L{row.layer}/h{row.head}"] = value
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Loading a saved injected model
 

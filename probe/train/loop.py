@@ -36,6 +36,7 @@ from accelerate import Accelerator, skip_first_batches
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from probe.models.identity import ab_scalars
 from probe.train.metrics import load_metric, loss_fn
 
 Batch = dict[str, torch.Tensor]
@@ -339,10 +340,10 @@ def train(
                     bar.update(1)
                     if state.step % s.log_every == 0:
                         bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
-                        accelerator.log(
-                            {"train_loss": state.recent_loss, "epoch": state.epoch},
-                            step=state.step,
-                        )
+                        if accelerator.trackers:  # the loss, and a and b head by head
+                            scalars = {"train_loss": state.recent_loss, "epoch": state.epoch}
+                            scalars.update(ab_scalars(accelerator.unwrap_model(model)))
+                            accelerator.log(scalars, step=state.step)
                     if validate is not None and s.eval_every and state.step % s.eval_every == 0:
                         accelerator.log(validate(), step=state.step)
                         model.train()

@@ -456,3 +456,17 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp
             FileExistsError, match=f"in use by another probe process \\(pid {os.getpid()}\\)"
         ):
             finetune(tiny(tmp_path, max_steps=1))
+
+
+def test_tensorboard_receives_losses_metrics_and_a_b_per_head(tmp_path):
+    pytest.importorskip("tensorboard")  # in the dev extras: installed by make test
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    row = finetune(tiny(tmp_path, ab="kq,vo", max_steps=4, log_every=2, log_with="tensorboard"))
+    acc = EventAccumulator(str(tmp_path / "run" / "logs" / "probe"))  # the scalars' file
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train_loss", "test_loss", "test_error", "a/L0/h0", "b/L0/h1"} <= tags
+    assert [e.step for e in acc.Scalars("a/L0/h0")] == [2, 4]
+    assert acc.Scalars("test_loss")[-1].value == pytest.approx(row["test_loss"], rel=1e-5)
+    assert acc.Scalars("a/L0/h0")[-1].value == pytest.approx(row["ab"]["a"][0], abs=1e-4)
