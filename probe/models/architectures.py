@@ -65,6 +65,8 @@ class ArchSpec:
     # the transformers Auto class of the bare architecture with its usual head, for analysis
     # of any checkpoint (probe diagonal)
     analysis_class: str = "AutoModelForCausalLM"
+    # rotary position embeddings (RoPE) act on Q and K: inject_ab(kq="rotated") applies
+    rotary: bool = False
 
 
 def _linear(weight_module: nn.Module) -> torch.Tensor:
@@ -213,6 +215,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "num_key_value_heads": h,
             "intermediate_size": 4 * d,
         },
+        rotary=True,
     ),
     "bert": ArchSpec(
         model_type="bert",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-AB_CHOICES = ("none", "kq", "vo", "kq,vo")
+AB_CHOICES = ("none", "kq", "vo", "kq,vo", "kq_rot", "kq_rot,vo")
 # the a/b scalings' own AdamW learning rates (see FinetuneConfig.a_lr)
 A_LR = 1e-2
 B_LR = 3e-2
@@ -155,7 +155,8 @@ class FinetuneConfig:
         default="none",
         metadata=_help(
             "identity scalings injected into every head: none, kq (a_h X Xᵀ on the "
-            "logits), vo (b_h A_h X on the output) or kq,vo",
+            "logits), vo (b_h A_h X on the output), kq,vo; kq_rot (RoPE models: X rotated "
+            "by the layer's rotary embedding, inject_ab(kq='rotated')), kq_rot,vo",
             group=MODEL,
         ),
     )
@@ -428,8 +429,10 @@ class FinetuneConfig:
 
     # -- derived views
     @property
-    def kq(self) -> bool:
-        return "kq" in self.ab.split(",")
+    def kq(self) -> bool | str:
+        """inject_ab's kq: True, False or "rotated" (``--ab kq_rot``)."""
+        parts = self.ab.split(",")
+        return "rotated" if "kq_rot" in parts else "kq" in parts
 
     @property
     def vo(self) -> bool:
@@ -463,9 +466,10 @@ class FinetuneConfig:
     # -- validation
     def _check_values(self) -> None:
         parts = [p.strip() for p in self.ab.split(",")]
-        if self.ab not in AB_CHOICES and sorted(parts) != ["kq", "vo"]:
+        ordered = ",".join(p for p in ("kq", "kq_rot", "vo") if p in parts)  # vo,kq -> kq,vo
+        if self.ab not in AB_CHOICES and ordered not in AB_CHOICES[1:]:
             raise ValueError(f"--ab {self.ab!r} is not one of {', '.join(AB_CHOICES)}")
-        self.ab = "kq,vo" if sorted(parts) == ["kq", "vo"] else self.ab
+        self.ab = self.ab if self.ab in AB_CHOICES else ordered
         positive = ["batch_size", "eval_batch_size", "converge_window", "log_every"]
         non_negative = ["max_steps", "epochs", "eval_every", "checkpoint_every", "lora_r"]
         for name in positive:

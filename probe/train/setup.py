@@ -72,6 +72,12 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir):
     if config.tokenizer is not None:
         _check_local("--tokenizer", config.tokenizer)
     kind = model_type(config)
+    if config.kq == "rotated" and kind != MLP_MODEL_TYPE and not ARCHITECTURES[kind].rotary:
+        rope = ", ".join(k for k, v in ARCHITECTURES.items() if v.rotary)
+        raise ValueError(
+            f"--ab {config.ab}: kq_rot rotates X by the model's rotary embedding, but "
+            f"{config.model!r} ({kind}) has none; use --ab kq (RoPE models: {rope})"
+        )
     if kind == MLP_MODEL_TYPE:
         if config.ab != "none":
             raise ValueError(

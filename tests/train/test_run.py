@@ -283,6 +283,7 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"task": "majority_k", "task_params": {"q": 1}}, ValueError, "parameters"),
         ({"task": "majority_k:q=1"}, ValueError, "parameters"),
         ({"ab": "kq,xx"}, ValueError, "none, kq, vo, kq,vo"),
+        ({"ab": "kq_rot"}, ValueError, "kq_rot rotates X by the model's rotary embedding"),
         ({"model": "mlp", "lora_r": 2, "n_head": None}, ValueError, "LoRA"),
         ({"model": "mlp", "ab": "kq", "n_head": None}, ValueError, "MLP"),
         ({"model": "no-such-model-xyz"}, ValueError, "--model accepts"),
