@@ -456,3 +456,33 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp
             FileExistsError, match=f"in use by another probe process \\(pid {os.getpid()}\\)"
         ):
             finetune(tiny(tmp_path, max_steps=1))
+
+
+def test_a_saved_dataset_with_an_empty_validation_split_trains(tmp_path):
+    from probe import render, save_dataset
+
+    save_dataset(render("aba_vs_abb", n_train=16, n_val=0, n_test=13, seed=0), tmp_path / "d", "a")
+    row = finetune(
+        tiny(
+            tmp_path,
+            task=None,
+            dataset=str(tmp_path / "d"),
+            dataset_config="a",
+            n_train=None,
+            n_val=None,
+            n_test=None,
+            checkpoints=False,
+        )
+    )
+    assert row["val_loss"] is None and row["test_samples"] == 13
+
+
+def test_a_saved_dataset_without_labels_is_refused_before_training(tmp_path):
+    from probe import render, save_dataset
+
+    dsd = render("aba_vs_abb", n_train=16, n_val=4, n_test=13, seed=0)
+    save_dataset(dsd.remove_columns("labels"), tmp_path / "d", "a")
+    config = tiny(tmp_path, task=None, dataset=str(tmp_path / "d"), dataset_config="a")
+    with pytest.raises(ValueError, match="split 'train' has no column 'labels'"):
+        finetune(config)
+    assert not (tmp_path / "run" / "results.jsonl").exists()
