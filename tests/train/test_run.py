@@ -486,3 +486,13 @@ def test_a_saved_dataset_without_labels_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="split 'train' has no column 'labels'"):
         finetune(config)
     assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_the_row_records_the_precision_that_ran(tmp_path):
+    # accelerate accepts fp16 on a CPU and reports it, but computes in fp32
+    with pytest.warns(UserWarning, match="fp16 is not available on cpu"):
+        row = finetune(tiny(tmp_path, "fp16", mixed_precision="fp16", checkpoints=False))
+    assert row["mixed_precision"] == "no" and row["config"]["mixed_precision"] == "fp16"
+    plain = finetune(tiny(tmp_path, "plain", checkpoints=False))
+    assert plain["mixed_precision"] == "no"
+    assert row["test_loss"] == plain["test_loss"]  # the same fp32 computation
