@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The paper's small transformer, used from scratch unless the shape is given.
+from probe.models.architectures import SMALL_SHAPE
+
 AB_CHOICES = ("none", "kq", "vo", "kq,vo")
 # the a/b scalings' own AdamW learning rates (see FinetuneConfig.a_lr)
 A_LR = 1e-2
 B_LR = 3e-2
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
-# The paper's small transformer, used from scratch unless the shape is given.
-SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4}
 DEFAULT_TASK = "aba_vs_abb"
 DEFAULT_SIZES = {"n_train": 256, "n_val": 256, "n_test": 1000}
 
