@@ -45,6 +45,7 @@ from probe.train.setup import (
     build_optimizer,
     build_run_model,
     check_environment,
+    describe_model,
     load_run_data,
 )
 
@@ -131,6 +132,8 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
     set_seed(config.seed)
     data = load_run_data(config, task)
     model, trainable = build_run_model(config, data)
+    if config.progress and accelerator.is_main_process:
+        print(describe_model(config, model), flush=True)  # what was built, before training
     optimizer = build_optimizer(model, config)
     label_kind = data.label_kind
 

@@ -80,6 +80,12 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir):
             )
         if config.n_head is not None:
             raise ValueError("--n-head: the MLP baselines have no attention heads")
+    elif config.lora_r and not config.pretrained:
+        raise ValueError(
+            f"--lora-r {config.lora_r}: LoRA adapts pretrained weights, but --model "
+            f"{config.model} is built from scratch (fresh random weights, the default); pass "
+            f"--pretrained to adapt the checkpoint, or drop --lora-r to train it in full"
+        )
     _check_trackers(config.trackers)
     run_dir.check(config)
     return task
@@ -242,6 +248,32 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
         model = _with_lora(model, config, data.label_kind)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, trainable
+
+
+def describe_model(config: FinetuneConfig, model: nn.Module) -> str:
+    """What a run built, in one line: ``gpt2 from scratch (fresh weights), 2 layers,
+    width 128, 4 heads, + KQ`` or ``gpt2 pretrained from PATH_OR_ID, + KQ, LoRA r=8``."""
+    from probe.models.resolve import resolve_model
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if config.pretrained and model_type(config) != MLP_MODEL_TYPE:
+        ref = resolve_model(config.model, config.gguf_file, pretrained=True)
+        where = ref.source + (f"/{ref.gguf_file}" if ref.gguf_file else "")
+        text = f"{config.model} pretrained from {where}"
+    elif model_type(config) == MLP_MODEL_TYPE:
+        cfg = base.config
+        text = f"{config.model} from scratch (fresh weights), {cfg.n_layer} layers, width {cfg.d_embed}"
+    else:
+        spec, cfg = arch_spec(base), base.config
+        shape = (getattr(cfg, k) for k in (spec.n_layers_key, spec.d_model_key, spec.n_heads_key))
+        text = "{} from scratch (fresh weights), {} layers, width {}, {} heads".format(
+            config.model, *shape
+        )
+    if config.ab != "none":
+        text += ", + " + config.ab.upper()
+    if config.lora_r:
+        text += f", LoRA r={config.lora_r}"
+    return text
 
 
 def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.Module:

@@ -284,6 +284,7 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"task": "majority_k:q=1"}, ValueError, "parameters"),
         ({"ab": "kq,xx"}, ValueError, "none, kq, vo, kq,vo"),
         ({"model": "mlp", "lora_r": 2, "n_head": None}, ValueError, "LoRA"),
+        ({"lora_r": 8}, ValueError, "--lora-r 8: LoRA adapts pretrained.*pass --pretrained"),
         ({"model": "mlp", "ab": "kq", "n_head": None}, ValueError, "MLP"),
         ({"model": "no-such-model-xyz"}, ValueError, "--model accepts"),
         ({"model": "/no/such/folder"}, ValueError, "no such folder; --model accepts"),
@@ -496,3 +497,24 @@ def test_the_row_records_the_precision_that_ran(tmp_path):
     plain = finetune(tiny(tmp_path, "plain", checkpoints=False))
     assert plain["mixed_precision"] == "no"
     assert row["test_loss"] == plain["test_loss"]  # the same fp32 computation
+
+
+def test_the_first_line_of_a_run_says_what_was_built(tmp_path, capsys, checkpoint):
+    finetune(tiny(tmp_path, "scratch", ab="kq", progress=True, checkpoints=False))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "gpt2 from scratch (fresh weights), 1 layers, width 16, 2 heads, + KQ"
+    pretrained = tiny(
+        tmp_path,
+        "pretrained",
+        model=str(checkpoint),
+        pretrained=True,
+        lora_r=2,
+        n_layer=None,
+        n_embd=None,
+        n_head=None,
+        progress=True,
+        checkpoints=False,
+    )
+    finetune(pretrained)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"{checkpoint} pretrained from {checkpoint}, LoRA r=2"
