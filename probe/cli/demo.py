@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a catalogue task (see `probe tasks`), shown and trained (default: the recipe's)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the runs")
-    p.add_argument("--show", type=_count, default=3, help="samples shown per split")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the data and the runs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--show", type=_count, default=3, help="samples shown per split (default: %(default)s)"
+    )
     p.add_argument(
         "--summary-only", action="store_true", help="show the dataset, skip the training"
     )

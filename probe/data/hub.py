@@ -88,8 +88,8 @@ def _check_destination(path: Path, config: str, overwrite: bool) -> None:
         )
     if not overwrite and ((path / config).exists() or config in _existing_configs(path)):
         raise FileExistsError(
-            f"config {config!r} already exists in {path}; pass overwrite=True "
-            f"(--overwrite on the command line) to replace it, or pick another config name"
+            f"config {config!r} already exists in {path}; write to a new folder (--out NEW) "
+            f"or config name, or, to replace it, pass --overwrite (overwrite=True)"
         )
 
 

@@ -104,7 +104,9 @@ class FinetuneConfig:
     )
     gguf_file: str | None = field(
         default=None,
-        metadata=_help("GGUF file name inside the --model folder or Hub repo", group=MODEL),
+        metadata=_help(
+            "GGUF file name inside the --model folder or Hub repo (default: none)", group=MODEL
+        ),
     )
     pretrained: bool = field(
         default=False,
@@ -147,7 +149,8 @@ class FinetuneConfig:
     model_overrides: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
-            "a further config override passed to build_model, e.g. resid_pdrop=0.0 (repeatable)",
+            "a further config override passed to build_model, e.g. resid_pdrop=0.0 "
+            "(repeatable; default: none)",
             flag="--model-override",
             group=MODEL,
         ),
@@ -190,17 +193,24 @@ class FinetuneConfig:
     task_params: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
-            "a catalogue task's parameter, e.g. k=5 (repeatable)", flag="--task-param", group=DATA
+            "a catalogue task's parameter, e.g. k=5 (repeatable; default: the task's own)",
+            flag="--task-param",
+            group=DATA,
         ),
     )
     dataset: str | None = field(
         default=None,
         metadata=_help(
-            "a rendered dataset: a Hub-layout folder or a Hub id (instead of --task)", group=DATA
+            "a rendered dataset: a Hub-layout folder or a Hub id, instead of --task "
+            "(default: none: --task is rendered)",
+            group=DATA,
         ),
     )
     dataset_config: str | None = field(
-        default=None, metadata=_help("config name inside --dataset", flag="--config", group=DATA)
+        default=None,
+        metadata=_help(
+            "config name inside --dataset (default: its only one)", flag="--config", group=DATA
+        ),
     )
     tokenizer: str | None = field(
         default=None,
