@@ -135,9 +135,14 @@ def test_each_architecture_and_head_completes_a_short_run(tmp_path, model, task,
     assert row["ab"]["a_absmax"] > 0 and row["ab"]["b_absmax"] > 0  # a and b trained
 
 
-def test_mlp_baseline_runs(tmp_path):
+def test_mlp_baseline_runs_at_the_asked_shape(tmp_path):
     row = finetune(tiny(tmp_path, model="mlp_xxt", n_head=None, checkpoints=False))
     assert row["ab"] is None and row["test_samples"] == 13
+    # --n-layer 1 --n-embd 16 on `a b a` + readout (4 positions), d_hidden 256, one output:
+    # embeddings V x 16, features 4 * 16 + 4 * 4 (X Xᵀ) -> 256 -> 1
+    vocab = 3 + 16 + 5 + 13  # specials, then the train / validation / test symbols
+    expected = vocab * 16 + (80 * 256 + 256) + (256 + 1)
+    assert row["trainable_params"] == expected
 
 
 def test_result_row_is_one_json_line_with_the_run(tmp_path):
@@ -146,8 +151,12 @@ def test_result_row_is_one_json_line_with_the_run(tmp_path):
     assert json.loads(line) == row
     assert row["config"]["seed"] == 3 and row["n_train"] == 16
     assert row["stopped"] == "max_steps" and row["version"]
-    for key in ("test_loss", "test_error", "val_loss", "val_error", "wall_s", "train_s"):
-        assert isinstance(row[key], float)
+    for key in ("wall_s", "train_s"):
+        assert isinstance(row[key], float) and row[key] > 0
+    # errors are fractions of the 13 test and 5 validation samples; losses are positive
+    assert round(row["test_error"] * 13, 6) == int(round(row["test_error"] * 13))
+    assert round(row["val_error"] * 5, 6) == int(round(row["val_error"] * 5))
+    assert row["test_loss"] > 0 and row["val_loss"] > 0
 
 
 def test_a_saved_dataset_trains_like_the_rendered_task(tmp_path):
