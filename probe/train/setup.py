@@ -64,6 +64,8 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir):
         path = Path(config.dataset).expanduser()
         if (looks_like_path(config.dataset) or path.exists()) and not path.is_dir():
             raise FileNotFoundError(f"--dataset {config.dataset!r}: no such folder")
+        if path.is_dir():  # a local dataset is cheap to check now, before the folder changes
+            check_dataset(config)
     if config.tokenizer is not None:
         _check_local("--tokenizer", config.tokenizer)
     kind = model_type(config)
@@ -89,6 +91,24 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir):
     _check_trackers(config.trackers)
     run_dir.check(config)
     return task
+
+
+RUN_SPLITS = ("train", "validation", "test")
+
+
+def check_dataset(config: FinetuneConfig):
+    """The ``--dataset`` as a run reads it: its splits, each with the columns training
+    reads (``probe.data.hub.load_dataset`` refuses a split without them)."""
+    from probe.data import hub
+
+    dsd = hub.load_dataset(config.dataset, config.dataset_config)
+    missing = [s for s in RUN_SPLITS if s not in dsd]
+    if missing:
+        raise ValueError(
+            f"--dataset {config.dataset}: no {missing[0]!r} split (it has {', '.join(dsd)}); "
+            f"a run reads {', '.join(RUN_SPLITS)}: render it with probe data render"
+        )
+    return dsd
 
 
 def _check_local(flag: str, name: str) -> None:
@@ -192,9 +212,7 @@ def load_run_data(config: FinetuneConfig, task) -> RunData:
             seed=config.seed,
         )
     else:
-        from probe.data import hub
-
-        dsd = hub.load_dataset(config.dataset, config.dataset_config)
+        dsd = check_dataset(config)
         dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
         dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
         dsd["test"] = _first(dsd["test"], config.n_test, "n-test")

@@ -1,6 +1,7 @@
 """probe.train.run on tiny models: training, evaluation on unseen symbols, resume,
 LoRA, several processes, and the refusals a user relies on."""
 
+import dataclasses
 import json
 import os
 import re
@@ -492,10 +493,17 @@ def test_a_saved_dataset_without_labels_is_refused_before_training(tmp_path):
 
     dsd = render("aba_vs_abb", n_train=16, n_val=4, n_test=13, seed=0)
     save_dataset(dsd.remove_columns("labels"), tmp_path / "d", "a")
-    config = tiny(tmp_path, task=None, dataset=str(tmp_path / "d"), dataset_config="a")
-    with pytest.raises(ValueError, match="split 'train' has no column 'labels'"):
-        finetune(config)
-    assert not (tmp_path / "run" / "results.jsonl").exists()
+    del dsd["validation"]
+    save_dataset(dsd, tmp_path / "d", "no-val")
+    earlier = finetune(tiny(tmp_path, checkpoints=False))  # a run --overwrite would replace
+    for config, said in [
+        ("a", "split 'train' has no column 'labels'"),
+        ("no-val", "no 'validation' split \\(it has train, test\\)"),
+    ]:
+        bad = tiny(tmp_path, task=None, dataset=str(tmp_path / "d"), dataset_config=config)
+        with pytest.raises(ValueError, match=said):
+            finetune(dataclasses.replace(bad, overwrite=True))
+    assert read_rows(tmp_path / "run" / "results.jsonl") == [earlier]  # refused before any work
 
 
 def test_the_row_records_the_precision_that_ran(tmp_path):
