@@ -271,14 +271,16 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
 def describe_model(config: FinetuneConfig, model: nn.Module) -> str:
     """What a run built, in one line: ``gpt2 from scratch (fresh weights), 2 layers,
     width 128, 4 heads, + KQ`` or ``gpt2 pretrained from PATH_OR_ID, + KQ, LoRA r=8``."""
+    from probe.models.mlp import SymbolMLP
     from probe.models.resolve import resolve_model
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if config.pretrained and model_type(config) != MLP_MODEL_TYPE:
-        ref = resolve_model(config.model, config.gguf_file, pretrained=True)
+    mlp = isinstance(base, SymbolMLP)
+    if config.pretrained and not mlp:
+        ref = resolve_model(config.model, config.gguf_file, pretrained=True)  # asks no Hub
         where = ref.source + (f"/{ref.gguf_file}" if ref.gguf_file else "")
         text = f"{config.model} pretrained from {where}"
-    elif model_type(config) == MLP_MODEL_TYPE:
+    elif mlp:
         cfg = base.config
         text = f"{config.model} from scratch (fresh weights), {cfg.n_layer} layers, width {cfg.d_embed}"
     else:
