@@ -461,7 +461,8 @@ def _refuse_large(name: str, auto_class: Any, config: PreTrainedConfig) -> None:
         raise ValueError(
             f"{name} from scratch with this shape has {n / 1e9:.1f}B parameters (more than "
             f"{LARGE_PARAMS / 1e9:.0f}B, ~{4 * n / 2**30:.0f} GB in fp32); pass "
-            f"allow_large=True to build it anyway, or a smaller shape"
+            f"allow_large=True (probe finetune: --model-override allow_large=True) to "
+            f"build it anyway, or a smaller shape"
         )
 
 
