@@ -97,3 +97,41 @@ def test_readme_python_snippets_run_twice_offline(tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, f"{attempt} run:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert "README OK" in done.stdout
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The ``probe ...`` and ``accelerate launch probe/finetune.py ...`` lines of the
+    README's ```bash blocks, as argument lists (comments dropped), without those
+    holding placeholders (``PATH_OR_HUB_ID``, ``[--gguf FILE]``)."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if "probe/finetune.py" in words:
+                words = ["probe", "finetune", *words[words.index("probe/finetune.py") + 1 :]]
+            if words[:1] != ["probe"] or "[" in line or re.search(r"\b[A-Z_]{4,}\b", line):
+                continue
+            commands.append(words[1:])
+    return commands
+
+
+def test_readme_commands_parse_as_written():
+    # every option the README shows exists and takes the value shown (nothing runs)
+    from probe.cli import build_parser
+    from probe.experiments.report import build_parser as report_parser
+    from probe.experiments.sweep import build_parser as sweep_parser
+    from probe.train.config import parse_config
+
+    commands = shell_commands(README.read_text(encoding="utf-8"))
+    assert {c[0] for c in commands} >= {"tasks", "data", "finetune", "sweep", "report"}
+    for args in commands:
+        if args[0] == "finetune":
+            parse_config(args[1:])
+        elif args[0] == "sweep":
+            sweep_parser().parse_args(args[1:])
+        elif args[0] == "report":
+            report_parser().parse_args(args[1:])
+        else:
+            build_parser().parse_args(args)
