@@ -28,6 +28,10 @@ from torch import nn
 
 Matrices = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
+# The paper's small transformer at CPU scale, the from-scratch shape runs default to, in
+# GPT-2's names; ArchSpec.shape turns it into each architecture's config fields
+SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4}
+
 
 @dataclass(frozen=True)
 class ArchSpec:

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The paper's small transformer, used from scratch unless the shape is given.
+from probe.models.architectures import SMALL_SHAPE
+
 AB_CHOICES = ("none", "kq", "vo", "kq,vo", "kq_rot", "kq_rot,vo")
 # the a/b scalings' own AdamW learning rates (see FinetuneConfig.a_lr)
 A_LR = 1e-2
 B_LR = 3e-2
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
-# The paper's small transformer, used from scratch unless the shape is given.
-SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4}
 DEFAULT_TASK = "aba_vs_abb"
 DEFAULT_SIZES = {"n_train": 256, "n_val": 256, "n_test": 1000}
 
@@ -103,7 +104,9 @@ class FinetuneConfig:
     )
     gguf_file: str | None = field(
         default=None,
-        metadata=_help("GGUF file name inside the --model folder or Hub repo", group=MODEL),
+        metadata=_help(
+            "GGUF file name inside the --model folder or Hub repo (default: none)", group=MODEL
+        ),
     )
     pretrained: bool = field(
         default=False,
@@ -146,7 +149,8 @@ class FinetuneConfig:
     model_overrides: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
-            "a further config override passed to build_model, e.g. resid_pdrop=0.0 (repeatable)",
+            "a further config override passed to build_model, e.g. resid_pdrop=0.0 "
+            "(repeatable; default: none)",
             flag="--model-override",
             group=MODEL,
         ),
@@ -190,17 +194,24 @@ class FinetuneConfig:
     task_params: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
-            "a catalogue task's parameter, e.g. k=5 (repeatable)", flag="--task-param", group=DATA
+            "a catalogue task's parameter, e.g. k=5 (repeatable; default: the task's own)",
+            flag="--task-param",
+            group=DATA,
         ),
     )
     dataset: str | None = field(
         default=None,
         metadata=_help(
-            "a rendered dataset: a Hub-layout folder or a Hub id (instead of --task)", group=DATA
+            "a rendered dataset: a Hub-layout folder or a Hub id, instead of --task "
+            "(default: none: --task is rendered)",
+            group=DATA,
         ),
     )
     dataset_config: str | None = field(
-        default=None, metadata=_help("config name inside --dataset", flag="--config", group=DATA)
+        default=None,
+        metadata=_help(
+            "config name inside --dataset (default: its only one)", flag="--config", group=DATA
+        ),
     )
     tokenizer: str | None = field(
         default=None,

@@ -231,6 +231,56 @@ def test_output_equals_the_formula_on_one_layer(arch):
     assert torch.allclose(seen["out"], expected, atol=1e-5), (seen["out"] - expected).abs().max()
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_gradients_flow_through_x_in_both_terms(arch):
+    # a X Xᵀ and b A X depend on X, so the embeddings learn through them too (detaching X
+    # leaves the forward pass unchanged and changes the embeddings' gradient by ~20%).
+    # Reference: the same model with each attention's output replaced by the formula
+    # computed with autograd from the X the layer received.
+    model = inject_ab(build(arch, n_layers=2))
+    randomize_ab(model)
+    inputs = batch(arch)
+    embeddings = model.get_input_embeddings().weight
+
+    def embedding_grad() -> torch.Tensor:
+        model.zero_grad()
+        logits(model, inputs).square().mean().backward()
+        return embeddings.grad.clone()
+
+    patched = embedding_grad()
+    handles, seen = [], {}
+    for site in attention_sites(model):
+
+        def grab(module, args, kwargs, site=site):
+            seen[site.name] = (kwargs.get("hidden_states", args[0] if args else None),
+                          kwargs.get("position_embeddings"))  # fmt: skip
+
+        def replace(module, args, output, site=site):
+            x, rope = seen[site.name]
+            expected = reference_attention(
+                arch, site, x, inputs["attention_mask"], causal=arch != "bert", rope=rope
+            )
+            if arch == "bert":  # the output projection's result, before dropout and norm
+                return expected
+            return (expected, *output[1:])
+
+        handles.append(site.attention.register_forward_pre_hook(grab, with_kwargs=True))
+        target = site.output_projection if arch == "bert" else site.attention
+        handles.append(target.register_forward_hook(replace))
+    reference = embedding_grad()
+    for handle in handles:
+        handle.remove()
+    assert torch.allclose(patched, reference, atol=1e-6, rtol=1e-4), (
+        (patched - reference).abs().max()
+    )
+    # and the X terms matter here: without them the gradient is clearly different
+    with torch.no_grad():
+        for module in scalings(model):
+            module.a.zero_()
+            module.b.zero_()
+    assert (embedding_grad() - patched).abs().max() > 1e-2 * patched.abs().max()
+
+
 # ---------------------------------------------------------------------------
 # Training: gradients, LoRA
 
