@@ -478,7 +478,8 @@ class FinetuneConfig:
     def _check_values(self) -> None:
         parts = [p.strip() for p in self.ab.split(",")]
         ordered = ",".join(p for p in ("kq", "kq_rot", "vo") if p in parts)  # vo,kq -> kq,vo
-        if self.ab not in AB_CHOICES and ordered not in AB_CHOICES[1:]:
+        known = len(set(parts)) == len(parts) and set(parts) <= {"kq", "kq_rot", "vo"}
+        if self.ab not in AB_CHOICES and not (known and ordered in AB_CHOICES[1:]):
             raise ValueError(f"--ab {self.ab!r} is not one of {', '.join(AB_CHOICES)}")
         self.ab = self.ab if self.ab in AB_CHOICES else ordered
         positive = ["batch_size", "eval_batch_size", "converge_window", "log_every"]

@@ -46,13 +46,33 @@ def test_fast_activations_swaps_every_gelu_new():
     assert sum(isinstance(m, GeluTanh) for m in model.modules()) == 2
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny 'pretrained' GPT-2 with its tokenizer: LoRA adapts saved weights only."""
+    from probe import build_model, get_task
+    from probe.data.tokenizer import SymbolTokenizer
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    task = get_task("aba_vs_abb")
+    tok = SymbolTokenizer.build(task.regular_tokens, 64)
+    model = build_model(
+        "gpt2", task=task, tokenizer=tok, pretrained=False, n_layer=1, n_embd=32, n_head=2
+    )
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize(
     "variant",
     [{}, {"ab": "kq,vo"}, {"ab": "kq,vo", "lora_r": 4}],
     ids=["plain", "ab", "ab+lora"],
 )
-def test_a_compiled_run_reaches_the_plain_runs_test_loss(tmp_path, variant):
+def test_a_compiled_run_reaches_the_plain_runs_test_loss(tmp_path, variant, checkpoint):
     settings = dict(max_steps=12, converge_loss=0.0, eval_every=6, **variant)
+    if "lora_r" in variant:  # on the saved weights, in their own shape
+        settings.update(model=str(checkpoint), pretrained=True, n_layer=None, n_embd=None)
+        settings.update(n_head=None)
     plain = run(tmp_path, "plain", **settings)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "torch.compile failed")  # no quiet fallback here
