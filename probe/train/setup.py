@@ -44,9 +44,11 @@ def model_type(config: FinetuneConfig) -> str:
         ) from err
 
 
-def check_environment(config: FinetuneConfig, run_dir: RunDir):
+def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
     """Judge the task, model, options and output folder; returns the catalogue task
-    (None with ``--dataset``). Raises before any model or data work."""
+    (None with ``--dataset``). Raises before any model or data work. With
+    ``run_dir=None`` the folder is not judged (a sweep checks every cell's
+    settings before the first cell runs, while its folders do not exist yet)."""
     from probe.tasks.catalogue import get_task
 
     task = None
@@ -81,7 +83,8 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir):
         if config.n_head is not None:
             raise ValueError("--n-head: the MLP baselines have no attention heads")
     _check_trackers(config.trackers)
-    run_dir.check(config)
+    if run_dir is not None:
+        run_dir.check(config)
     return task
 
 
