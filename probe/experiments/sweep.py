@@ -27,6 +27,32 @@ from the recipe's is an error, so a changed recipe never mixes with old rows.
 ``--shard i/N`` (``0 <= i < N``) runs every N-th cell starting at i (round
 robin, so each shard gets small and large n alike) and writes
 ``results-shard-i-of-N.jsonl``; ``probe report`` merges the shards.
+
+Two ways to run cells at once:
+
+- ``--jobs N`` on one machine: N cells at a time, each in its own spawned
+  process with one torch thread (``--jobs 0``: one per core); the parent appends
+  each row as its cell finishes and shows one bar (cells done / total, failures,
+  elapsed, remaining). The rows are those of ``--jobs 1`` run with one thread
+  (``OMP_NUM_THREADS=1``), in the order the cells finish. Ctrl-C stops every
+  worker; the finished cells' rows are kept and ``--resume`` runs the rest.
+- ``--shard i/N`` over machines (a cluster's job array): each shard writes its
+  own file, so shards may run at once into one folder (and each may use
+  ``--jobs``).
+
+What cannot go wrong mid-sweep is refused before the first cell: the recipe
+(read by :class:`RecipeLoader`: a YAML error or a key given twice names its
+file and line; ``1e-3`` is a number), every cell's configuration as ``probe
+finetune`` would check it (:func:`cell_configs`; ``--dry-run`` checks the same),
+and the ``--out`` / ``--work-dir`` folders (a file, or not writable). One sweep
+holds a results file at a time (an OS lock on ``.results*.jsonl.lock`` next to
+it, released when the process dies): a second is refused, naming the holder's
+pid. A cell that raises (``FloatingPointError``: the loss diverged; any other
+error: a bad dataset, a model that cannot be built) does not stop the sweep: its
+row has ``status: diverged`` or ``failed`` and a one-line ``error`` (other rows
+have ``status: ok``; older rows without one count as ok), the closing line
+counts the failures, ``probe report`` lists them apart, and ``--resume`` counts
+them as done unless ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -38,6 +64,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -692,6 +719,13 @@ def main(argv: list[str] | None = None) -> None:
             130,
             "probe sweep: interrupted; the finished cells' rows are saved — run the same "
             "command with --resume to run the rest\n",
+        )
+    except BrokenProcessPool:
+        parser.exit(
+            1,
+            "probe sweep: error: a --jobs worker process died (killed, or out of memory?); "
+            "the finished cells' rows are saved — run the same command with --resume "
+            "(and fewer --jobs) to run the rest\n",
         )
 
 

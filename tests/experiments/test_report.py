@@ -290,3 +290,30 @@ def test_curves_are_on_a_log_scale_with_the_threshold_line(tmp_path, monkeypatch
     positive = c.assign(mean=c["mean"] + 0.001, min=c["min"] + 0.001)
     plot_curves(positive, tmp_path / "b.png", "test_loss", threshold=0.05)
     assert figures[-1].axes[0].get_yscale() == "log"
+
+
+def test_jobs_2_gives_the_rows_of_jobs_1(tmp_path):
+    """--jobs 2 (spawned workers, one torch thread each) = --jobs 1 with one thread."""
+    import torch
+
+    cfg = mini_config()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_sweep(cfg, tmp_path / "a", work_dir=tmp_path / "wa", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = run_sweep(cfg, tmp_path / "b", work_dir=tmp_path / "wb", jobs=2, progress=False)
+    assert read_rows(tmp_path / "b" / "results.jsonl") == json.loads(json.dumps(parallel))
+
+    def same(rows):
+        timing = {"wall_s", "train_s", "train_samples_per_s"}
+        out = []
+        for r in rows:
+            r = {k: v for k, v in r.items() if k not in timing}
+            r["config"] = {k: v for k, v in r["config"].items() if k != "output_dir"}
+            out.append(r)
+        return sorted(out, key=lambda r: (r["variant"], r["n"], r["seed"]))
+
+    assert len(parallel) == 4 and all(r["status"] == "ok" for r in parallel)
+    assert same(parallel) == same(serial)

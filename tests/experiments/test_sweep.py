@@ -444,3 +444,73 @@ def test_a_second_sweep_on_the_same_results_file_is_refused_naming_the_pid(tmp_p
     assert len(calls) == 4
     run_sweep(config(), tmp_path, resume=True, **kw)  # released
     assert len(calls) == 8  # the shard's 4 cells count as done
+
+
+# -- --jobs ----------------------------------------------------------------------------------
+
+INTERRUPTED = """
+import os, sys, time
+from probe.experiments.sweep import SweepConfig, run_sweep
+
+def runner(cfg):
+    if (cfg.ab, cfg.n_train) == ("kq", 16):
+        time.sleep(300)  # stuck until Ctrl-C
+    return {"test_loss": 1.0 / cfg.n_train, "test_error": 0.0, "steps": 1, "pid": os.getpid()}
+
+if __name__ == "__main__":
+    cfg = SweepConfig.from_dict({
+        "name": "mini", "task": "aba_vs_abb", "n": [8, 16], "seeds": [0, 1],
+        "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+        "finetune": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    })
+    try:
+        run_sweep(cfg, sys.argv[1], work_dir=sys.argv[2], jobs=2, runner=runner, progress=False)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+def test_ctrl_c_stops_every_worker_and_resume_completes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = write(tmp_path / "interrupted.py", INTERRUPTED)
+    out, work = tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(work)], env=env)
+    path = results_path(out, None)
+    deadline = time.monotonic() + 240
+    while not (path.exists() and len(read_rows(path)) == 6):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not get going"
+        time.sleep(0.2)
+    time.sleep(0.5)  # the two stuck cells are running
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    rows = read_rows(path)
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    workers = {r["pid"] for r in rows}
+    assert len(workers) <= 2 and os.getpid() not in workers
+    time.sleep(1)
+    assert not [p for p in workers if _alive(p)], "a worker outlived Ctrl-C"
+    calls: list = []
+    again = run_sweep(config(), out, resume=True, runner=fake_runner(calls), work_dir=work)
+    assert sorted(calls) == [("kq", 16, 0), ("kq", 16, 1)] and len(again) == 2
+
+
+def test_jobs_must_be_a_count():
+    from probe.experiments.sweep import parse_jobs
+
+    assert parse_jobs(3) == 3 and parse_jobs(0) >= 1
+    with pytest.raises(ValueError, match="--jobs -1 must be 0 .one per core. or a positive"):
+        parse_jobs(-1)
