@@ -521,14 +521,14 @@ def _results(
     todo: list[Cell],
     configs: Mapping[tuple, Any],
     jobs: int,
-    bar: Any,
+    starting: Callable[[Cell], None],
 ) -> Iterable[tuple[Cell, str, Any]]:
     """``(cell, status, row or error)`` as cells finish: in this process with one job,
     else from a pool of ``jobs`` worker processes. Stopping (Ctrl-C, an error)
     terminates the workers; the cells they were running have no row."""
     if jobs == 1 or len(todo) <= 1:
         for c in todo:
-            bar.set_postfix_str(f"{c.variant} n={c.n} seed={c.seed}", refresh=False)
+            starting(c)
             yield (c, *run_cell(runner, configs[c.key]))
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -639,9 +639,19 @@ def run_sweep(
 
         rows = []
         failed = 0
+        # one bar: cells done / total, elapsed, remaining, failures (and the running
+        # cell, with one job)
         bar = tqdm(total=len(todo), desc=f"sweep {config.name}", unit="cell", disable=not progress)
+
+        def show(running: Cell | None = None) -> None:
+            text = f"failed={failed}"
+            if running is not None:
+                text += f", running {running.variant} n={running.n} seed={running.seed}"
+            bar.set_postfix_str(text)
+
         with bar:
-            for c, status, result in _results(runner, todo, configs, jobs, bar):
+            show()
+            for c, status, result in _results(runner, todo, configs, jobs, show):
                 row = {
                     "recipe": config.name,
                     "variant": c.variant,
@@ -667,12 +677,12 @@ def run_sweep(
                 else:
                     row["error"] = result
                     failed += 1
-                    bar.set_postfix_str(f"failed={failed}", refresh=False)
                 # the model as the recipe names it (`offline:smollm2`); config holds the
                 # resolved path
                 row["model"] = settings[c.key].get("model") or row.get("model")
                 append_row(path, row)  # probe.jsonl: locked, on a fresh line
                 rows.append(row)
+                show()
                 bar.update()
     return rows
 

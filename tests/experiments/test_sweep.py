@@ -514,3 +514,58 @@ def test_jobs_must_be_a_count():
     assert parse_jobs(3) == 3 and parse_jobs(0) >= 1
     with pytest.raises(ValueError, match="--jobs -1 must be 0 .one per core. or a positive"):
         parse_jobs(-1)
+
+
+def test_one_bar_counts_cells_and_failures(tmp_path, capsys):
+    bad = {("kq", 16, 1): FloatingPointError("nan")}
+    run_sweep(config(), tmp_path, runner=raising_runner([], bad), work_dir=tmp_path / "w")
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("sweep mini: 100%") and "8/8" in last and "failed=1" in last
+
+
+HOLDER = """
+import sys, time
+from probe.experiments.sweep import SweepConfig, run_sweep
+
+def runner(cfg):
+    time.sleep(300)
+
+if __name__ == "__main__":
+    cfg = SweepConfig.from_dict({
+        "name": "mini", "task": "aba_vs_abb", "n": [8, 16], "seeds": [0, 1],
+        "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+        "finetune": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    })
+    run_sweep(cfg, sys.argv[1], work_dir=sys.argv[2], runner=runner, progress=False)
+"""
+
+
+def test_the_lock_names_another_process_and_dies_with_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = write(tmp_path / "holder.py", HOLDER)
+    out, work = tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(work)], env=env)
+    lock = out / ".results.jsonl.lock"
+    try:
+        deadline = time.monotonic() + 240
+        while not (lock.exists() and lock.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        calls: list = []
+        kw = dict(runner=fake_runner(calls), work_dir=work, progress=False)
+        with pytest.raises(FileExistsError, match=f"results file .*\\(pid {proc.pid}\\)"):
+            run_sweep(config(), out, resume=True, **kw)
+        run_sweep(config(), out, shard=(1, 2), **kw)  # a shard's own file is free
+        assert calls
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    rows = run_sweep(config(), out, resume=True, **kw)  # the kernel released the lock
+    assert len(rows) == 4
