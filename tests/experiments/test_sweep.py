@@ -127,13 +127,19 @@ def test_bad_values_are_refused(over, match):
         config(**over)
 
 
-def test_every_shipped_recipe_validates():
+def test_every_shipped_recipe_validates(tmp_path):
+    from probe.experiments.sweep import cell_configs
+
     recipes = sorted(p for p in RECIPES.glob("*.yaml") if p.name != "base.yaml")
     assert len(recipes) >= 8
     for p in recipes:
         cfg = SweepConfig.from_yaml(p)
         assert cfg.cells(), p
         assert "CPU" in p.read_text(), f"{p.name} should state its expected CPU time"
+        try:  # every cell as finetune would check it
+            cell_configs(cfg, cfg.cells(), tmp_path)
+        except ValueError as e:  # a pretrained Hub model, offline
+            assert "Hugging Face Hub" in str(e) and "offline" in str(e), (p, e)
 
 
 # -- grid and shards -------------------------------------------------------------------
