@@ -227,20 +227,34 @@ def folder_lock(folder: Path, flag: str) -> Iterator[None]:
 @contextlib.contextmanager
 def file_lock(lock_file: Path, what: str, advice: str) -> Iterator[None]:
     """An exclusive, non-blocking OS lock keyed by ``lock_file`` for the block (e.g. a
-    sweep's lock on one results file): a ``flock`` on the file, which holds the
-    holder's pid while locked and is emptied (not removed) when the block ends. A
-    second holder is refused at once, naming ``what``, the pid and ``advice``; the
-    kernel releases the lock when the process dies."""
+    sweep's lock on one results file): a ``flock`` on that file, which holds the
+    holder's pid and is removed when the block ends. A second holder is refused at
+    once, naming ``what``, the pid and ``advice``; the kernel releases the lock
+    when the process dies (a stale file is then simply locked again)."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = _flock_or_refuse(fd, lock_file, what, advice)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(lock_file).st_ino
+        except FileNotFoundError:
+            current = None
+        if not locked or current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed the file as we opened it: lock the new one
     try:
-        if _flock_or_refuse(fd, lock_file, what, advice):
+        if locked:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if locked:
+                lock_file.unlink(missing_ok=True)  # still locked: nobody holds it meanwhile
     finally:
         os.close(fd)  # releases the lock
 

@@ -449,6 +449,7 @@ def test_a_second_sweep_on_the_same_results_file_is_refused_naming_the_pid(tmp_p
         run_sweep(config(), tmp_path, shard=(0, 2), **kw)
     assert len(calls) == 4
     run_sweep(config(), tmp_path, resume=True, **kw)  # released
+    assert not lock.exists()  # no lock file left behind in a results folder
     assert len(calls) == 8  # the shard's 4 cells count as done
 
 
