@@ -206,7 +206,7 @@ def plot_curves(
         ax.set_yscale("log")
     else:
         positive = curve.loc[curve["mean"] > 0, "mean"]
-        floor = min([threshold or 1.0, *positive]) / 10
+        floor = min([threshold or 1.0, *positive]) / 2
         ax.set_yscale("symlog", linthresh=floor)
         ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
