@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/probe demo
+	OMP_NUM_THREADS=1 $(BIN)/probe demo   # one thread: the README's table exactly
 
 test: $(STAMP)
 	$(BIN)/ruff check probe tests bench

@@ -35,6 +35,9 @@ _EXPORTS = {
     "attn_diagonal": "analysis.diagonal",
     "plot_diagonal": "analysis.plots",
     "plot_head": "analysis.plots",
+    "attention_scores": "analysis.attention",
+    "load_metric": "train.metrics",
+    "plot_attention": "analysis.plots",
     "load_injected": "models.identity",
     "resolve_model": "models.resolve",
     "task_info": "data.render",
@@ -63,8 +66,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from probe.analysis.attention import attention_scores
     from probe.analysis.diagonal import attn_diagonal
-    from probe.analysis.plots import plot_diagonal, plot_head
+    from probe.analysis.plots import plot_attention, plot_diagonal, plot_head
     from probe.data.hub import load_dataset, save_dataset
     from probe.data.render import dataset_tokenizer, render, task_info
     from probe.data.tokenizer import SymbolTokenizer
@@ -74,4 +78,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from probe.tasks.catalogue import get_task, list_tasks, random_templates, register_task
     from probe.tasks.templates import Template, TemplateTask
     from probe.train.config import FinetuneConfig
+    from probe.train.metrics import load_metric
     from probe.train.run import finetune

@@ -170,6 +170,60 @@ def plot_distributions(
     return fig
 
 
+def plot_attention(
+    df: pd.DataFrame,
+    score: str = "equality_score",
+    layer: int | None = None,
+    head: int | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Pictures of ``attention_scores``' table: without ``layer``/``head``, a layer × head
+    heatmap of ``score``; with both, that head's mean attention map per template
+    (query rows, key columns, over the samples of the template)."""
+    if layer is None and head is None:
+        if score not in df.columns:
+            raise ValueError(f"unknown score {score!r}; the table has {list(df.columns)}")
+        values = df.pivot_table(index="layer", columns="head", values=score).to_numpy(float)
+        cmap, lo, hi = _colour_range(values, score, vmax)
+        fig = Figure(figsize=(1.6 + 0.32 * values.shape[1], 1.4 + 0.25 * values.shape[0]))
+        ax = fig.subplots()
+        image = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+        ax.set_title(title or f"{score} on data", fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(values.shape[1]), range(values.shape[1]), fontsize=7)
+        ax.set_yticks(range(values.shape[0]), range(values.shape[0]), fontsize=7)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        return fig
+    if layer is None or head is None:
+        raise ValueError("pass both layer= and head= for one head's maps, or neither")
+    maps, texts = df.attrs.get("maps"), df.attrs.get("templates")
+    if not maps:
+        raise ValueError("the table carries no attention maps; make it with probe.attention_scores")
+    n_layers, n_heads = next(iter(maps.values())).shape[:2]
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise ValueError(
+            f"layer {layer}, head {head} is outside the model's {n_layers} layers x {n_heads} heads"
+        )
+    fig = Figure(figsize=(2.4 * len(maps), 2.6))
+    axes = fig.subplots(1, len(maps), squeeze=False)[0]
+    for ax, (t, m) in zip(axes, maps.items(), strict=True):
+        tokens = texts[t].split()
+        size = len(tokens) + 1  # the template's tokens, then the readout token
+        ax.imshow(m[layer, head, :size, :size], cmap="viridis", vmin=0.0, vmax=1.0)
+        labels = [*tokens, "out"]
+        ax.set_xticks(range(size), labels, fontsize=7)
+        ax.set_yticks(range(size), labels, fontsize=7)
+        ax.set_title(texts[t], fontsize=8)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+    fig.suptitle(title or f"layer {layer}, head {head}: mean attention", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write ``fig`` as a PNG (Agg) and return the path."""
     path = Path(path)

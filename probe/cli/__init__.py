@@ -116,6 +116,12 @@ def _cmd_diagonal(args: argparse.Namespace) -> None:
     diagonal_main(args.rest)
 
 
+def _cmd_attention(args: argparse.Namespace) -> None:
+    from probe.cli.attention import main as attention_main
+
+    attention_main(args.rest)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from probe.experiments.sweep import main as sweep_main
 
@@ -129,9 +135,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from probe._version import __version__
+
     parser = argparse.ArgumentParser(
         prog="probe", description="When can transformers reason with abstract symbols?"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("tasks", help="print the task catalogue (templates and labels)")
@@ -148,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-train", type=int, required=True, help="training samples (= train alphabet size)"
     )
-    p.add_argument("--n-val", type=int, default=None, help="validation samples")
-    p.add_argument("--n-test", type=int, default=None, help="test samples (unseen symbols)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-val", type=int, default=None, help="validation samples (default: 1000)")
+    p.add_argument(
+        "--n-test", type=int, default=None, help="test samples, unseen symbols (default: 1000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: %(default)s)")
     p.add_argument(
         "--tokenizer",
         default=None,
@@ -163,8 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing config")
     p.set_defaults(func=_cmd_data_render)
     p = data_sub.add_parser("export", help="render every registered task to data/template-tasks")
-    p.add_argument("--out", default=str(DEFAULT_EXPORT_DIR))
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--out",
+        default=str(DEFAULT_EXPORT_DIR),
+        help="output folder (Hub layout; default: %(default)s, the committed copy, which "
+        "holds every task already: pass a new folder unless regenerating it)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the configs already in --out")
     p.set_defaults(func=_cmd_data_export)
 
     # Commands whose options come from one dataclass shared with the Python API
@@ -173,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", _cmd_demo, "a rendered dataset, then the quickstart recipe (plain vs +KQ)"),
         ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
         ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
+        ("attention", _cmd_attention, "what every head attends to on rendered samples"),
         ("sweep", _cmd_sweep, "run a recipe's grid of runs"),
         ("report", _cmd_report, "tables and curves from sweep results"),
     ]:

@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a catalogue task (see `probe tasks`), shown and trained (default: the recipe's)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the runs")
-    p.add_argument("--show", type=_count, default=3, help="samples shown per split")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the data and the runs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--show", type=_count, default=3, help="samples shown per split (default: %(default)s)"
+    )
     p.add_argument(
         "--summary-only", action="store_true", help="show the dataset, skip the training"
     )
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Print the dataset summary, then (unless ``--summary-only``) run the recipe and
     print its table; returns the sweep's rows."""
     args = build_parser().parse_args(argv)
+    one_thread()
     config = None
     if not args.summary_only:
         config = quickstart_config(args)  # refuse bad options before the summary
@@ -112,6 +117,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     print()
     return run_quickstart(config, args.out)
+
+
+def one_thread() -> None:
+    """One torch thread, as the README's table was measured (``OMP_NUM_THREADS=1``):
+    another thread count sums floats in another order, and the long plain runs drift."""
+    import os
+
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # and for any process the run starts
+    torch.set_num_threads(1)
 
 
 def _recipe_task(args: argparse.Namespace) -> str:
@@ -168,7 +184,8 @@ def run_quickstart(config: Any, out: str | None = None) -> list[dict[str, Any]]:
     )
     print(
         f"recipe {config.name}, task {_task_text(config)}: {shown}; n {' '.join(map(str, config.n))}; "
-        f"seed {' '.join(map(str, config.seeds))}\n  {_settings_line(settings)}",
+        f"seed {' '.join(map(str, config.seeds))}\n  {_settings_line(settings)}\n"
+        f"  one torch thread (OMP_NUM_THREADS=1), as the README's table",
         flush=True,
     )
     start = time.perf_counter()

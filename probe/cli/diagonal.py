@@ -73,20 +73,32 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="score the same architecture with fresh random weights (seeded by --seed)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of --from-scratch weights (default: %(default)s)"
+    )
     parser.add_argument("--out", required=True, help="output folder for the CSV and PNGs")
     parser.add_argument(
         "--score",
         default="cos_identity",
         choices=SCORES + tuple(f"eff_{s}" for s in EFFECTIVE_SCORES),
         help="score shown in the heatmap and used to pick the top heads "
-        "(eff_*: with the identity scalings of an injected checkpoint)",
+        "(eff_*: with the identity scalings of an injected checkpoint; default: %(default)s)",
     )
     parser.add_argument(
         "--fold-layernorm", action="store_true", help="fold the input norms' gains into W_Q/K/V"
     )
-    parser.add_argument("--top", type=int, default=4, help="plot the matrices of the top N heads")
-    parser.add_argument("--block", type=int, default=64, help="top-left block size of head plots")
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=4,
+        help="plot the matrices of the top N heads (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=64,
+        help="top-left block size of head plots (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.top < 0:
         parser.error(f"--top {args.top}: pass 0 or more heads to plot")

@@ -28,6 +28,8 @@ from probe.data.tokenizer import SymbolTokenizer, load_tokenizer_by_name
 from probe.locate import hub_offline, hub_unreachable, looks_like_path
 
 CARD = "README.md"
+EMPTY_SPLITS = "empty_splits"  # key of the card's task info: splits saved without a file
+REQUIRED_COLUMNS = ("input_ids", "attention_mask", "labels")
 TOKENIZER_DIR = "tokenizer"
 _CONFIG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -86,8 +88,8 @@ def _check_destination(path: Path, config: str, overwrite: bool) -> None:
         )
     if not overwrite and ((path / config).exists() or config in _existing_configs(path)):
         raise FileExistsError(
-            f"config {config!r} already exists in {path}; pass overwrite=True "
-            f"(--overwrite on the command line) to replace it, or pick another config name"
+            f"config {config!r} already exists in {path}; write to a new folder (--out NEW) "
+            f"or config name, or, to replace it, pass --overwrite (overwrite=True)"
         )
 
 
@@ -131,7 +133,8 @@ def save_dataset(
     card_tmp = root / f".{CARD}.tmp"
     try:
         for split, ds in dsd.items():
-            _write_parquet(ds, staging / f"{split}-00000-of-00001.parquet")
+            if ds.num_rows:  # datasets cannot read an empty split back: the card records it
+                _write_parquet(ds, staging / f"{split}-00000-of-00001.parquet")
         if info["tokenizer"] == "SymbolTokenizer":
             dataset_tokenizer(dsd).save_pretrained(staging / TOKENIZER_DIR)
         card_tmp.write_text(_card(path, config, dsd, info), encoding="utf-8")
@@ -173,6 +176,63 @@ def _write_parquet(ds: datasets.Dataset, file: Path) -> None:
     pq.write_table(ds.data.table, file)
 
 
+def _description(dsd: datasets.DatasetDict) -> str:
+    """The task info JSON for the card, naming the splits saved empty: datasets cannot
+    read an empty split back, so they get no file and :func:`load_dataset` restores them."""
+    info = dict(task_info(dsd))
+    empty = [s for s, ds in dsd.items() if not ds.num_rows]
+    if info.get(EMPTY_SPLITS, []) == empty:  # as rendered (or loaded): unchanged
+        return dsd[next(iter(dsd))].info.description
+    info.pop(EMPTY_SPLITS, None)
+    if empty:
+        info[EMPTY_SPLITS] = empty
+    return json.dumps(info, sort_keys=True)  # as render writes it
+
+
+def _restore(dsd: datasets.DatasetDict, where: str) -> datasets.DatasetDict:
+    """The splits saved empty put back (with the features and info of the others),
+    in the usual order; then every split checked for the columns training reads."""
+    try:
+        empty = task_info(dsd).get(EMPTY_SPLITS, [])
+    except ValueError:  # not rendered by probe: nothing recorded
+        empty = []
+    if empty:
+        first = dsd[next(iter(dsd))]
+        for split in empty:
+            if split not in dsd:
+                dsd[split] = first.select([])
+        order = [s for s in SPLITS if s in dsd] + [s for s in dsd if s not in SPLITS]
+        dsd = datasets.DatasetDict({s: dsd[s] for s in order})
+    check_columns(dsd, where)
+    return dsd
+
+
+def check_columns(dsd: datasets.DatasetDict, where: str) -> None:
+    """Refuse a split that lacks a column training reads (``REQUIRED_COLUMNS``), or
+    holds nulls in one: the loader fills a column the card lists but a data file
+    lacks with None, which would train on NaN."""
+    fix = (
+        f"probe needs {', '.join(REQUIRED_COLUMNS)} in every split and row: re-render it "
+        f"with probe.render / probe data render"
+    )
+    for split, ds in dsd.items():
+        missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+        if missing:
+            raise ValueError(
+                f"{where}: split {split!r} has no column {missing[0]!r} (it has "
+                f"{', '.join(ds.column_names) or 'none'}); {fix}"
+            )
+        table = ds.with_format(None).data.table
+        for column in REQUIRED_COLUMNS:
+            nulls = table.column(column).null_count
+            if nulls:
+                raise ValueError(
+                    f"{where}: split {split!r} has no value in column {column!r} in "
+                    f"{nulls} of {table.num_rows} rows (is it missing from the data "
+                    f"file?); {fix}"
+                )
+
+
 def _card(path: Path, config: str, dsd: datasets.DatasetDict, info: dict[str, Any]) -> str:
     """The folder's README.md with ``config`` added or replaced: YAML ``configs`` and
     ``dataset_info`` for every config, and a section per config."""
@@ -181,7 +241,11 @@ def _card(path: Path, config: str, dsd: datasets.DatasetDict, info: dict[str, An
     configs.append(
         {
             "config_name": config,
-            "data_files": [{"split": s, "path": f"{config}/{s}-*.parquet"} for s in dsd],
+            "data_files": [
+                {"split": s, "path": f"{config}/{s}-*.parquet"}
+                for s, ds in dsd.items()
+                if ds.num_rows
+            ],
         }
     )
     configs.sort(key=lambda c: c.get("config_name", ""))
@@ -192,11 +256,12 @@ def _card(path: Path, config: str, dsd: datasets.DatasetDict, info: dict[str, An
     infos.append(
         {
             "config_name": config,
-            "description": first.info.description,
+            "description": _description(dsd),
             "features": first.features._to_yaml_list(),
             "splits": [
                 {"name": s, "num_bytes": ds.data.nbytes, "num_examples": ds.num_rows}
                 for s, ds in dsd.items()
+                if ds.num_rows
             ],
         }
     )
@@ -300,7 +365,7 @@ def load_dataset(
             raise ValueError(f"{local} has no config {config!r}; its configs: {', '.join(configs)}")
         if config is None and len(configs) > 1:
             raise ValueError(f"{local} holds several configs; pick one of {', '.join(configs)}")
-        return datasets.load_dataset(str(local), config)
+        return _restore(datasets.load_dataset(str(local), config), str(local))
     name = str(path_or_hub_id)
     if looks_like_path(name):
         raise FileNotFoundError(f"no folder {name}; pass a folder written by probe.save_dataset")
@@ -320,13 +385,14 @@ def _load_from_hub(hub_id: str, config: str | None) -> datasets.DatasetDict:
     # one quick request first: the loader retries an unreachable Hub for ~20 s
     reason = hub_unreachable(hub_id, repo_type="dataset")
     if reason is None:
-        return datasets.load_dataset(hub_id, config)
+        return _restore(datasets.load_dataset(hub_id, config), hub_id)
     if not hub_offline():
         raise _unreachable(hub_id, f"the Hub cannot be reached ({reason})")
     try:  # offline mode: the local cache only
-        return datasets.load_dataset(hub_id, config)
+        dsd = datasets.load_dataset(hub_id, config)
     except (ConnectionError, FileNotFoundError) as e:
         raise _unreachable(hub_id, "the Hub is offline (HF_HUB_OFFLINE=1)") from e
+    return _restore(dsd, hub_id)
 
 
 def load_tokenizer(path: str | os.PathLike, config: str) -> PreTrainedTokenizerBase:

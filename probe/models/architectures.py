@@ -28,6 +28,10 @@ from torch import nn
 
 Matrices = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
+# The paper's small transformer at CPU scale, the from-scratch shape runs default to, in
+# GPT-2's names; ArchSpec.shape turns it into each architecture's config fields
+SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4}
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -65,6 +69,8 @@ class ArchSpec:
     # the transformers Auto class of the bare architecture with its usual head, for analysis
     # of any checkpoint (probe diagonal)
     analysis_class: str = "AutoModelForCausalLM"
+    # rotary position embeddings (RoPE) act on Q and K: inject_ab(kq="rotated") applies
+    rotary: bool = False
 
 
 def _linear(weight_module: nn.Module) -> torch.Tensor:
@@ -213,6 +219,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "num_key_value_heads": h,
             "intermediate_size": 4 * d,
         },
+        rotary=True,
     ),
     "bert": ArchSpec(
         model_type="bert",

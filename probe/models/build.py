@@ -20,7 +20,9 @@ Names ``build_model`` accepts:
   default config class (``GPT2Config()``, ``T5Config()``, ...) and the
   overrides, without asking the Hub, so small models build offline (and the
   same online). ``GPT2Config()`` is the ``gpt2`` checkpoint's configuration;
-  ``LlamaConfig()`` is 7B-sized, so pass the shape;
+  a default config above 1B parameters (``LlamaConfig()`` is 7B) gives way to the
+  small shape (``SMALL_SHAPE``: 2 layers, width 128, 4 heads), with a log line;
+  from scratch, more than 1B parameters needs ``allow_large=True``;
 - a from-scratch preset (``SCRATCH_PRESETS``; ``small-gpt2`` is the paper's
   small transformer) or an MLP baseline (``mlp``, ``mlp_xxt``; see ``probe.models.mlp``).
 """
@@ -39,7 +41,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 
 from probe.data.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
-from probe.models.architectures import ArchSpec, arch_spec
+from probe.models.architectures import SMALL_SHAPE, ArchSpec, arch_spec
 from probe.models.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig
 from probe.models.resolve import resolve_model
 from probe.tasks.templates import did_you_mean
@@ -69,6 +71,7 @@ def build_model(
     label_kind: str | None = None,
     attn_implementation: str | None = None,
     seed: int | None = None,
+    allow_large: bool = False,
     **config_overrides: Any,
 ) -> nn.Module:
     """A Hugging Face model (or MLP baseline) with the head ``task``'s labels need.
@@ -97,6 +100,8 @@ def build_model(
         attn_implementation: passed through to transformers (default: its own).
         seed: if given, the fresh weights are drawn under ``torch.manual_seed(seed)``
             without disturbing the global generator.
+        allow_large: from scratch, a model above ``LARGE_PARAMS`` (1B) parameters is
+            refused before any memory is allocated unless this is True.
         **config_overrides: config fields (``n_layer``, ``n_embd``, ``hidden_size``, ...).
 
     Returns:
@@ -124,11 +129,15 @@ def build_model(
             f"(it has: {sorted(spec.heads)})"
         )
     _check_overrides(config, config_overrides)
+    if not pretrained:
+        config_overrides = _default_shape(ref.name, config, spec, config_overrides)
     vocabulary = _vocabulary(config, tokenizer, config_overrides) if not pretrained else {}
     config = _with_overrides(config, {**vocabulary, **config_overrides})
     _set_head(config, spec, kind, tokenizer)
 
     auto_class = getattr(transformers, spec.heads[kind])
+    if not pretrained and not allow_large:
+        _refuse_large(ref.name, auto_class, config)
     load_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with _seeded(seed):
         if pretrained:
@@ -391,6 +400,70 @@ def _match_tokenizer(model: nn.Module, tokenizer: Any) -> None:
             min(rows, size),
         )
         model.resize_token_embeddings(size)
+
+
+# From scratch, models above this many parameters need allow_large=True (a 7B model
+# takes ~27 GB in fp32 before training starts)
+LARGE_PARAMS = 1_000_000_000
+
+
+def _rough_params(config: PreTrainedConfig, spec: ArchSpec) -> int:
+    """An upper-end guess of a config's parameter count, from its width, depth and
+    vocabulary (no model built): enough to tell a small model from a large one."""
+    d = getattr(config, spec.d_model_key, 0) or 0
+    layers = getattr(config, spec.n_layers_key, 0) or 0
+    layers += getattr(config, "num_decoder_layers", 0) or 0  # T5's decoder
+    ff = max(
+        (getattr(config, k, 0) or 0 for k in ("intermediate_size", "n_inner", "d_ff")),
+        default=0,
+    )
+    ff = ff or 4 * d
+    return layers * (4 * d * d + 3 * d * ff) + 2 * (getattr(config, "vocab_size", 0) or 0) * d
+
+
+def _default_shape(
+    name: str, config: PreTrainedConfig, spec: ArchSpec, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """From scratch with no shape given: the architecture's default config when it is
+    small (GPT2Config() is gpt2's 124M), else the small shape (``SMALL_SHAPE``; e.g.
+    LlamaConfig() is 7B), logged."""
+    overrides = dict(overrides)
+    if spec.shape is None:
+        return overrides
+    keys = set(spec.shape(1, 1, 1)) | {spec.d_model_key, spec.n_layers_key, spec.n_heads_key}
+    amap = config.attribute_map
+    given = {amap.get(k, k) for k in overrides}
+    if given & {amap.get(k, k) for k in keys} or _rough_params(config, spec) <= LARGE_PARAMS:
+        return overrides
+    shape = spec.shape(SMALL_SHAPE["n_layer"], SMALL_SHAPE["n_embd"], SMALL_SHAPE["n_head"])
+    logger.warning(
+        "%s from scratch: no shape given and %s() is %.1fB parameters, so the small shape: "
+        "%d layers, width %d, %d heads (pass %s for another)",
+        name,
+        type(config).__name__,
+        _rough_params(config, spec) / 1e9,
+        SMALL_SHAPE["n_layer"],
+        SMALL_SHAPE["n_embd"],
+        SMALL_SHAPE["n_head"],
+        "=, ".join(spec.shape(1, 1, 1)) + "=",
+    )
+    return {**shape, **overrides}
+
+
+def _refuse_large(name: str, auto_class: Any, config: PreTrainedConfig) -> None:
+    """Refuse a from-scratch model above ``LARGE_PARAMS`` before allocating it (counted
+    on the meta device, which holds no memory)."""
+    if _rough_params(config, arch_spec(config)) <= LARGE_PARAMS // 4:
+        return
+    with torch.device("meta"):
+        n = sum(p.numel() for p in auto_class.from_config(config).parameters())
+    if n > LARGE_PARAMS:
+        raise ValueError(
+            f"{name} from scratch with this shape has {n / 1e9:.1f}B parameters (more than "
+            f"{LARGE_PARAMS / 1e9:.0f}B, ~{4 * n / 2**30:.0f} GB in fp32); pass "
+            f"allow_large=True (probe finetune: --model-override allow_large=True) to "
+            f"build it anyway, or a smaller shape"
+        )
 
 
 def _record_label_kind(model: nn.Module, kind: str) -> nn.Module:

@@ -73,10 +73,12 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from probe.models.architectures import AttentionSite, attention_sites
+from probe.models.architectures import ARCHITECTURES, AttentionSite, attention_sites
 
 ATTN_IMPLEMENTATION = "probe_ab"  # the name registered in transformers' interfaces
-CONFIG_KEY = "probe_ab"  # config attribute recording {"kq": bool, "vo": bool}
+CONFIG_KEY = "probe_ab"  # config attribute recording {"kq": bool or "rotated", "vo": bool}
+ROTATED = "rotated"  # inject_ab(kq="rotated"): the KQ term in RoPE's rotated basis
+_ROPE = "_probe_ab_rope"  # (cos, sin) of a RoPE layer, set by the pre-hook
 MODULE_NAME = "ab_scalings"  # child of every injected attention module; peft's modules_to_save name
 
 # Per-forward values kept in the attention module's __dict__ (plain attributes, not buffers).
@@ -102,14 +104,15 @@ class ABScalings(nn.Module):
     def __init__(
         self,
         n_heads: int,
-        kq: bool = True,
+        kq: bool | str = True,
         vo: bool = True,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.n_heads = n_heads
-        for name, enabled in (("a", kq), ("b", vo)):
+        self.rotated = kq == ROTATED  # a_h (R_i x_i)ᵀ (R_j x_j) instead of a_h x_iᵀ x_j
+        for name, enabled in (("a", bool(kq)), ("b", vo)):
             value = (
                 nn.Parameter(torch.zeros(n_heads, device=device, dtype=dtype)) if enabled else None
             )
@@ -119,7 +122,8 @@ class ABScalings(nn.Module):
         return self.a, self.b
 
     def extra_repr(self) -> str:
-        return f"n_heads={self.n_heads}, kq={self.a is not None}, vo={self.b is not None}"
+        kq = ROTATED if self.rotated else self.a is not None
+        return f"n_heads={self.n_heads}, kq={kq}, vo={self.b is not None}"
 
 
 # ---------------------------------------------------------------------------
@@ -176,8 +180,12 @@ def ab_attention_forward(
             "injected model on whole sequences, e.g. generate(..., use_cache=False)"
         )
     a, b = scalings()
+    rope = module.__dict__.pop(_ROPE, None)
     if a is not None:
-        gram = torch.matmul(x, x.transpose(-1, -2))  # [batch, seq, seq]
+        if scalings.rotated:
+            gram = _rotated_gram(module, x, rope, query.shape[-1])  # [batch, seq, seq]
+        else:
+            gram = torch.matmul(x, x.transpose(-1, -2))  # [batch, seq, seq]
         kq_term = a.view(1, -1, 1, 1) * gram.unsqueeze(1)  # [batch, n_heads, seq, seq]
         # The eager function adds the mask to the already-scaled logits: the term
         # goes in with the mask, and a = 0 leaves the mask (and the logits) bit-identical.
@@ -192,6 +200,28 @@ def ab_attention_forward(
     return out, probs
 
 
+def _rotated_gram(
+    module: nn.Module, x: torch.Tensor, rope: tuple | None, d_head: int
+) -> torch.Tensor:
+    """(R_i x_i)ᵀ (R_j x_j), [batch, seq, seq]: X cut into d_head-wide chunks, each rotated
+    by the layer's own RoPE (its ``cos``, ``sin`` and ``rotate_half``), the chunks' dot
+    products summed. Equals x_iᵀ R_(j-i) x_j: it depends on the relative position, as
+    the model's own logits do."""
+    if rope is None:
+        raise RuntimeError(
+            f"{type(module).__name__} got no position_embeddings (cos, sin); kq='rotated' "
+            "needs a RoPE attention layer"
+        )
+    cos, sin = rope  # [batch, seq, d_head]
+    rotate_half = sys.modules[type(module).__module__].rotate_half
+    batch, seq, width = x.shape
+    if width % d_head:
+        raise ValueError(f"X's width {width} is not a multiple of the head width {d_head}")
+    chunks = x.view(batch, seq, width // d_head, d_head).transpose(1, 2)  # [b, chunks, seq, dh]
+    rotated = chunks * cos.unsqueeze(1) + rotate_half(chunks) * sin.unsqueeze(1)
+    return torch.matmul(rotated, rotated.transpose(-1, -2)).sum(1)
+
+
 def _record_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook on an attention module: keep X for the attention function."""
     implementation = module.config._attn_implementation
@@ -202,6 +232,8 @@ def _record_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
             "before changing the attention implementation"
         )
     module.__dict__[_INPUT] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    if kwargs.get("position_embeddings") is not None:  # RoPE: (cos, sin)
+        module.__dict__[_ROPE] = kwargs["position_embeddings"]
 
 
 def _add_vo_term(attention: nn.Module, projection: nn.Module, args: tuple, output: torch.Tensor):
@@ -235,18 +267,23 @@ def _injected(sites: list[AttentionSite]) -> list[AttentionSite]:
     return [s for s in sites if MODULE_NAME in s.attention._modules]
 
 
-def inject_ab(model: nn.Module, kq: bool = True, vo: bool = True) -> nn.Module:
+def inject_ab(model: nn.Module, kq: bool | str = True, vo: bool = True) -> nn.Module:
     """Add trainable identity scalings (zeros) to every self-attention head of ``model``.
 
-    kq: add ``a_h · X Xᵀ`` to head h's logits; vo: add ``Σ_h b_h · A_h X`` to
-    the attention output. Modifies ``model`` in place and returns it. Each
+    kq: add ``a_h · X Xᵀ`` to head h's logits; ``kq="rotated"`` (RoPE models:
+    Llama family) adds ``a_h (R_i x_i)ᵀ (R_j x_j)`` instead, X rotated by the
+    layer's own rotary embedding in d_head-wide chunks, so the term depends on
+    the relative position as the model's ``q_iᵀ k_j`` does (the literal reading
+    of ``W_Q W_Kᵀ + a I`` in a RoPE model, whose W_Q W_Kᵀ acts between rotated
+    vectors). vo: add ``Σ_h b_h · A_h X`` to the attention output. Modifies ``model`` in place and returns it. Each
     self-attention module gets a child ``ab_scalings`` (``ABScalings``) and
     ``model.config.probe_ab`` records the flags. Injecting twice is an error:
     call ``remove_ab`` first.
     """
-    for name, flag in (("kq", kq), ("vo", vo)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if not (isinstance(kq, bool) or kq == ROTATED):
+        raise TypeError(f"kq must be True, False or {ROTATED!r}, got {kq!r}")
+    if not isinstance(vo, bool):
+        raise TypeError(f"vo must be True or False, got {vo!r}")
     if not (kq or vo):
         raise ValueError("inject_ab(kq=False, vo=False) injects nothing; enable kq, vo or both")
     sites = [s for s in attention_sites(model) if s.kind != "cross"]
@@ -257,6 +294,12 @@ def inject_ab(model: nn.Module, kq: bool = True, vo: bool = True) -> nn.Module:
         )
     for site in sites:  # fail before changing anything
         _eager_forward(type(site.attention))
+        if kq == ROTATED and not site.spec.rotary:
+            raise ValueError(
+                f"kq={ROTATED!r} rotates X by the layer's rotary embedding, but "
+                f"{site.spec.model_type} has none; use kq=True (RoPE models: "
+                f"{', '.join(k for k, v in ARCHITECTURES.items() if v.rotary)})"
+            )
     pretrained = _pretrained(model)
     restore = {
         path: sub.config._attn_implementation
@@ -335,6 +378,22 @@ def ab_values(model: nn.Module) -> pd.DataFrame:
                 {"layer": site.layer, "head": head, "a": a[head], "b": b[head], "module": site.kind}
             )
     return pd.DataFrame(rows, columns=["layer", "head", "a", "b", "module"])
+
+
+def ab_scalars(model: nn.Module) -> dict[str, float]:
+    """Every head's a and b as flat tracker scalars (``a/L0/h1``, ``b/dec/L1/h0`` for a
+    T5 stack); empty for a model without scalings (an MLP baseline included)."""
+    if not any(isinstance(m, ABScalings) for m in model.modules()):
+        return {}
+    df = ab_values(model)
+    out = {}
+    for row in df.itertuples(index=False):
+        stack = "" if row.module == "self" else f"{row.module[:3]}/"
+        for name in ("a", "b"):
+            value = getattr(row, name)
+            if not math.isnan(value):
+                out[f"{name}/{stack}L{row.layer}/h{row.head}"] = value
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -439,7 +498,9 @@ def load_injected(path: str | Path, model_class: type | None = None, **kwargs) -
         logger.warning("loading %s: %s", path, {k: v for k, v in others.items() if v})
 
     delattr(model.config, CONFIG_KEY)  # inject_ab records it again
-    inject_ab(model, kq=bool(flags["kq"]), vo=bool(flags["vo"]))
+    inject_ab(
+        model, kq=flags["kq"] if flags["kq"] == ROTATED else bool(flags["kq"]), vo=bool(flags["vo"])
+    )
     saved = _saved_scalings(path, **hub_kwargs)
     wanted = [k for k in model.state_dict() if f".{MODULE_NAME}." in k]
     state = {k: saved[_match_key(k, saved)] for k in wanted}

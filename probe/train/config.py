@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-AB_CHOICES = ("none", "kq", "vo", "kq,vo")
+# The paper's small transformer, used from scratch unless the shape is given.
+from probe.models.architectures import SMALL_SHAPE
+
+AB_CHOICES = ("none", "kq", "vo", "kq,vo", "kq_rot", "kq_rot,vo")
 # the a/b scalings' own AdamW learning rates (see FinetuneConfig.a_lr)
 A_LR = 1e-2
 B_LR = 3e-2
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
-# The paper's small transformer, used from scratch unless the shape is given.
-SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4}
 DEFAULT_TASK = "aba_vs_abb"
 DEFAULT_SIZES = {"n_train": 256, "n_val": 256, "n_test": 1000}
 
@@ -103,7 +104,9 @@ class FinetuneConfig:
     )
     gguf_file: str | None = field(
         default=None,
-        metadata=_help("GGUF file name inside the --model folder or Hub repo", group=MODEL),
+        metadata=_help(
+            "GGUF file name inside the --model folder or Hub repo (default: none)", group=MODEL
+        ),
     )
     pretrained: bool = field(
         default=False,
@@ -146,7 +149,8 @@ class FinetuneConfig:
     model_overrides: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
-            "a further config override passed to build_model, e.g. resid_pdrop=0.0 (repeatable)",
+            "a further config override passed to build_model, e.g. resid_pdrop=0.0 "
+            "(repeatable; default: none)",
             flag="--model-override",
             group=MODEL,
         ),
@@ -155,7 +159,8 @@ class FinetuneConfig:
         default="none",
         metadata=_help(
             "identity scalings injected into every head: none, kq (a_h X Xᵀ on the "
-            "logits), vo (b_h A_h X on the output) or kq,vo",
+            "logits), vo (b_h A_h X on the output), kq,vo; kq_rot (RoPE models: X rotated "
+            "by the layer's rotary embedding, inject_ab(kq='rotated')), kq_rot,vo",
             group=MODEL,
         ),
     )
@@ -189,17 +194,24 @@ class FinetuneConfig:
     task_params: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help(
-            "a catalogue task's parameter, e.g. k=5 (repeatable)", flag="--task-param", group=DATA
+            "a catalogue task's parameter, e.g. k=5 (repeatable; default: the task's own)",
+            flag="--task-param",
+            group=DATA,
         ),
     )
     dataset: str | None = field(
         default=None,
         metadata=_help(
-            "a rendered dataset: a Hub-layout folder or a Hub id (instead of --task)", group=DATA
+            "a rendered dataset: a Hub-layout folder or a Hub id, instead of --task "
+            "(default: none: --task is rendered)",
+            group=DATA,
         ),
     )
     dataset_config: str | None = field(
-        default=None, metadata=_help("config name inside --dataset", flag="--config", group=DATA)
+        default=None,
+        metadata=_help(
+            "config name inside --dataset (default: its only one)", flag="--config", group=DATA
+        ),
     )
     tokenizer: str | None = field(
         default=None,
@@ -320,6 +332,18 @@ class FinetuneConfig:
             group=OPTIMIZATION,
         ),
     )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "torch.compile the training step's forward and backward (same numbers up to "
+            "float rounding; falls back with a warning where it fails). Off by default: "
+            "its warm-up (tens of seconds on a CPU) outweighs what it saves on a cell of a "
+            "few hundred steps (bench/finetune.py --compile measures both)",
+            group=OPTIMIZATION,
+            # how the steps are computed, not what: free to change on resume, not hashed
+            roles=(RESUMABLE, UNHASHED, LOOP),
+        ),
+    )
     # -- evaluation and outputs
     eval_every: int = field(
         default=0,
@@ -416,8 +440,10 @@ class FinetuneConfig:
 
     # -- derived views
     @property
-    def kq(self) -> bool:
-        return "kq" in self.ab.split(",")
+    def kq(self) -> bool | str:
+        """inject_ab's kq: True, False or "rotated" (``--ab kq_rot``)."""
+        parts = self.ab.split(",")
+        return "rotated" if "kq_rot" in parts else "kq" in parts
 
     @property
     def vo(self) -> bool:
@@ -451,9 +477,10 @@ class FinetuneConfig:
     # -- validation
     def _check_values(self) -> None:
         parts = [p.strip() for p in self.ab.split(",")]
-        if self.ab not in AB_CHOICES and sorted(parts) != ["kq", "vo"]:
+        ordered = ",".join(p for p in ("kq", "kq_rot", "vo") if p in parts)  # vo,kq -> kq,vo
+        if self.ab not in AB_CHOICES and ordered not in AB_CHOICES[1:]:
             raise ValueError(f"--ab {self.ab!r} is not one of {', '.join(AB_CHOICES)}")
-        self.ab = "kq,vo" if sorted(parts) == ["kq", "vo"] else self.ab
+        self.ab = self.ab if self.ab in AB_CHOICES else ordered
         positive = ["batch_size", "eval_batch_size", "converge_window", "log_every"]
         non_negative = ["max_steps", "epochs", "eval_every", "checkpoint_every", "lora_r"]
         for name in positive:

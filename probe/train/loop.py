@@ -4,12 +4,27 @@ Kept apart from the run's set-up so the loop reads in one sitting. The data
 order is a pure function of ``(seed, epoch)`` and the loop's position is a
 registered checkpoint object, so a run resumed from a checkpoint takes exactly
 the steps an uninterrupted run would have taken.
+
+Speed (``bench/finetune.py`` measures it): the paper's small model spends its
+step on small matmuls and on elementwise kernels around them. Two levers keep
+the numbers (up to float rounding): :func:`fast_activations` runs GPT-2's
+``gelu_new`` as one kernel, and ``--compile`` (:class:`LoopSettings`
+``compile``) hands the model's forward and backward to ``torch.compile``, with
+inductor's random ops falling back to eager ones so dropout draws the very
+masks of a plain run. Compiling costs tens of seconds of warm-up per process,
+more than it saves on a cell of a few hundred steps, so it is off by default.
+The training loss is read back every step, on purpose: the early stop and the
+NaN stop decide before the next step, so a run stops at exactly the step it
+would stop at with any other loop (a read-back costs nothing on a CPU, where
+kernels run synchronously).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +36,8 @@ from accelerate import Accelerator, skip_first_batches
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from probe.train.metrics import MetricSums, loss_fn, per_sample_error, per_sample_loss
+from probe.models.identity import ab_scalars
+from probe.train.metrics import load_metric, loss_fn
 
 Batch = dict[str, torch.Tensor]
 Readout = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -95,6 +111,62 @@ def train_loader(rows: TensorRows, batch_size: int, seed: int) -> DataLoader:
 
 def eval_loader(rows: TensorRows, batch_size: int) -> DataLoader:
     return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=_whole_batch)
+
+
+# -- the step's speed ---------------------------------------------------------------------
+
+
+class GeluTanh(torch.nn.Module):
+    """GPT-2's ``gelu_new`` in one kernel.
+
+    ``F.gelu(x, approximate="tanh")`` computes transformers' ``NewGELUActivation``
+    formula, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), equal up to float
+    rounding; the Python original runs seven elementwise kernels forward and
+    about twice as many backward (on the paper's small model, one thread, about
+    a tenth of the step).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def fast_activations(model: torch.nn.Module) -> int:
+    """Swap every ``NewGELUActivation`` in ``model`` for :class:`GeluTanh`, in place;
+    returns how many. The config still says ``gelu_new``, so a saved model loads
+    with transformers' own (same formula)."""
+    from transformers.activations import NewGELUActivation
+
+    found = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is NewGELUActivation
+    ]
+    for parent, name in found:
+        setattr(parent, name, GeluTanh())
+    return len(found)
+
+
+def _compile(model: torch.nn.Module) -> None:
+    """The model's forward (and, through AOTAutograd, its backward) compiled;
+    ``_uncompile`` restores the eager one."""
+    model.forward = torch.compile(model.forward)
+
+
+def _uncompile(model: torch.nn.Module) -> None:
+    model.__dict__.pop("forward", None)
+
+
+def _rng_states() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_states(states: tuple) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @dataclass
@@ -201,53 +273,106 @@ def train(
         dynamic_ncols=True,
     )
     distributed = accelerator.num_processes > 1
-    state.stopped = _stop_reason(state, s)
-    while not state.stopped:
-        loader.set_epoch(state.epoch)
-        epoch_batches = (
-            skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
-        )
-        for batch in epoch_batches:
-            model.train()
-            logits = readout(model, batch["input_ids"], batch["attention_mask"])
-            loss = loss_fn(logits, batch["labels"], label_kind)
-            detached = loss.detach()
-            value = float(accelerator.reduce(detached, "mean") if distributed else detached)
-            if not math.isfinite(value):
-                bar.close()
-                where = last_checkpoint or "none (this run saved no checkpoint yet)"
-                # --resume keeps --lr and --max-grad-norm, so it would meet the same NaN
-                raise FloatingPointError(
-                    f"training loss is {value} at step {state.step + 1}; the run stops. "
-                    f"Last good checkpoint: {where}. Lower --lr or set --max-grad-norm "
-                    "and start the run again with --overwrite"
-                )
-            accelerator.backward(loss)
-            if s.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-            optimizer.step()
+
+    def forward_backward(batch: Batch) -> float:
+        """One step's loss, read back, checked finite, and its gradients."""
+        logits = readout(model, batch["input_ids"], batch["attention_mask"])
+        loss = loss_fn(logits, batch["labels"], label_kind)
+        detached = loss.detach()
+        value = float(accelerator.reduce(detached, "mean") if distributed else detached)
+        if not math.isfinite(value):
+            bar.close()
+            where = last_checkpoint or "none (this run saved no checkpoint yet)"
+            # --resume keeps --lr and --max-grad-norm, so it would meet the same NaN
+            raise FloatingPointError(
+                f"training loss is {value} at step {state.step + 1}; the run stops. "
+                f"Last good checkpoint: {where}. Lower --lr or set --max-grad-norm "
+                "and start the run again with --overwrite"
+            )
+        accelerator.backward(loss)
+        return value
+
+    def first_compiled_step(batch: Batch) -> float:
+        """The first step compiles; where torch.compile fails, the step runs again
+        eagerly from the same random state (one warning line), and so do the rest."""
+        rng = _rng_states()
+        try:
+            return forward_backward(batch)
+        except FloatingPointError:
+            raise
+        except Exception as err:  # dynamo / inductor failures come in many classes
+            _uncompile(model)
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}: {reason}); training without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batch_in_epoch += 1
-            state.record(value)
-            bar.update(1)
-            if state.step % s.log_every == 0:
-                bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
-                accelerator.log(
-                    {"train_loss": state.recent_loss, "epoch": state.epoch}, step=state.step
+            _set_rng_states(rng)
+            return forward_backward(batch)
+
+    compiled = s.compile and not _stop_reason(state, s)
+    if compiled:
+        _compile(model)
+    step = first_compiled_step if compiled else forward_backward
+    try:
+        with _compiling() if compiled else contextlib.nullcontext():
+            state.stopped = _stop_reason(state, s)
+            model.train()
+            while not state.stopped:
+                loader.set_epoch(state.epoch)
+                epoch_batches = (
+                    skip_first_batches(loader, state.batch_in_epoch)
+                    if state.batch_in_epoch
+                    else loader
                 )
-            if validate is not None and s.eval_every and state.step % s.eval_every == 0:
-                accelerator.log(validate(), step=state.step)
-            state.stopped = _stop_reason(state, s)
-            if state.stopped:
-                break
-            if s.checkpoint_every and state.step % s.checkpoint_every == 0:
-                last_checkpoint = save()
-        else:  # the epoch ran out
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.stopped = _stop_reason(state, s)
+                for batch in epoch_batches:
+                    value = step(batch)
+                    step = forward_backward
+                    if s.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    state.batch_in_epoch += 1
+                    state.record(value)
+                    bar.update(1)
+                    if state.step % s.log_every == 0:
+                        bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
+                        if accelerator.trackers:  # the loss, and a and b head by head
+                            scalars = {"train_loss": state.recent_loss, "epoch": state.epoch}
+                            scalars.update(ab_scalars(accelerator.unwrap_model(model)))
+                            accelerator.log(scalars, step=state.step)
+                    if validate is not None and s.eval_every and state.step % s.eval_every == 0:
+                        accelerator.log(validate(), step=state.step)
+                        model.train()
+                    state.stopped = _stop_reason(state, s)
+                    if state.stopped:
+                        break
+                    if s.checkpoint_every and state.step % s.checkpoint_every == 0:
+                        last_checkpoint = save()
+                else:  # the epoch ran out
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    state.stopped = _stop_reason(state, s)
+    finally:
+        if compiled:
+            _uncompile(model)
     bar.close()
+
+
+@contextlib.contextmanager
+def _compiling() -> Iterator[None]:
+    """The settings a compiled training loop runs under: inductor's own random kernels
+    would draw other dropout masks than the eager ones of a plain run."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(fallback_random=True), warnings.catch_warnings():
+        # identity.py looks the model file's eager attention up through functools.cache,
+        # which dynamo traces through (the lookup is a pure function of the class)
+        warnings.filterwarnings("ignore", "Dynamo detected a call to a `functools.lru_cache`")
+        yield
 
 
 @torch.no_grad()
@@ -263,11 +388,14 @@ def evaluate(
     loader; every sample counts once whatever the number of processes
     (``gather_for_metrics`` drops the repeats that pad a distributed last batch)."""
     model.eval()
-    sums = MetricSums()
-    for batch in loader:
-        logits = readout(model, batch["input_ids"], batch["attention_mask"])
-        loss = per_sample_loss(logits, batch["labels"], label_kind)
-        error = per_sample_error(logits, batch["labels"], label_kind)
-        loss, error = accelerator.gather_for_metrics((loss, error))
-        sums.add(loss, error)
-    return sums.result(prefix)
+    metric = load_metric(label_kind)  # probe's evaluate module: the row's numbers
+    # a model compiled for training runs eagerly here: no recompiling for eval mode
+    # (torch < 2.6 has no stances; there it recompiles once)
+    stance = getattr(torch.compiler, "set_stance", None)
+    with stance("force_eager") if stance else contextlib.nullcontext():
+        for batch in loader:
+            logits = readout(model, batch["input_ids"], batch["attention_mask"])
+            logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+            metric.add_batch(predictions=logits.cpu().numpy(), references=labels.cpu().numpy())
+    result = metric.compute()
+    return {f"{prefix}_{k}": v for k, v in result.items()}

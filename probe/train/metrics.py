@@ -1,4 +1,5 @@
-"""Local metrics on unseen symbols: per-sample loss and error, and their running sums.
+"""Local metrics on unseen symbols: per-sample loss and error, and ``load_metric``, the
+``evaluate`` module that averages them (``probe/train/unseen_symbols``).
 
 Plain torch, nothing fetched at run time. Both label kinds read one answer per
 sample:
@@ -16,7 +17,7 @@ Losses are computed in float32 whatever the model's precision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -74,35 +75,12 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tens
     return per_sample_loss(logits, labels, kind).mean()
 
 
-@dataclass
-class MetricSums:
-    """Running sums of per-sample loss and error over an evaluation.
+def load_metric(label_kind: str):
+    """probe's unseen-symbol loss and error as an ``evaluate`` metric (config: the label
+    kind), loaded from the module shipped in the package; works offline. In memory, so
+    several processes never share its cache files."""
+    import evaluate
 
-    Add per-sample values once each (after ``gather_for_metrics``, which drops
-    the samples that pad a distributed last batch), then read the means.
-    """
-
-    loss_sum: float = 0.0
-    error_sum: float = 0.0
-    samples: int = 0
-
-    def add(self, loss: torch.Tensor, error: torch.Tensor) -> None:
-        """Add per-sample ``loss`` and ``error`` (both ``[batch]``)."""
-        if loss.shape != error.shape or loss.dim() != 1:
-            raise ValueError(
-                f"per-sample loss {tuple(loss.shape)} and error {tuple(error.shape)} must "
-                "both be [batch]"
-            )
-        # float64 sums: exact counts and no drift over large test sets
-        self.loss_sum += float(loss.double().sum())
-        self.error_sum += float(error.double().sum())
-        self.samples += int(loss.numel())
-
-    def result(self, prefix: str) -> dict[str, float | int]:
-        """``{prefix_loss, prefix_error, prefix_samples}``; NaN means when empty."""
-        n = self.samples
-        return {
-            f"{prefix}_loss": self.loss_sum / n if n else float("nan"),
-            f"{prefix}_error": self.error_sum / n if n else float("nan"),
-            f"{prefix}_samples": n,
-        }
+    _check_kind(label_kind)
+    path = Path(__file__).resolve().parent / "unseen_symbols" / "unseen_symbols.py"
+    return evaluate.load(str(path), config_name=label_kind, keep_in_memory=True)

@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from probe.train.setup import (
     build_optimizer,
     build_run_model,
     check_environment,
+    describe_model,
     load_run_data,
 )
 
@@ -59,7 +61,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     ``stopped`` (max_steps, epochs or converged), ``wall_s``, ``train_s`` and
     ``train_samples_per_s`` (the training loop alone), ``ab`` (the
     learned a/b: means, largest magnitudes and per-head values; None without
-    ``--ab``), ``trainable_params``, ``processes``, ``version`` and
+    ``--ab``), ``trainable_params``, ``mixed_precision`` (what ran: "no" for fp16 on
+    a CPU, which accelerate runs in fp32), ``processes``, ``version`` and
     ``config`` (every field). Raises ``ValueError`` / ``FileExistsError`` /
     ``FileNotFoundError`` on bad input before any model or data work, and
     ``FloatingPointError`` when the training loss stops being finite.
@@ -116,6 +119,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         TrainState,
         eval_loader,
         evaluate,
+        fast_activations,
         train,
         train_loader,
     )
@@ -125,9 +129,13 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         run_dir.prepare(config.overwrite)
     accelerator.wait_for_everyone()
 
+    _precision_ran(accelerator, warn=True)
     set_seed(config.seed)
     data = load_run_data(config, task)
     model, trainable = build_run_model(config, data)
+    fast_activations(model)  # the same formula in one kernel
+    if config.progress and accelerator.is_main_process:
+        print(describe_model(config, model), flush=True)  # what was built, before training
     optimizer = build_optimizer(model, config)
     label_kind = data.label_kind
 
@@ -217,6 +225,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         else None,
         "ab": ab_summary(unwrapped) if config.ab != "none" else None,
         "trainable_params": trainable,
+        "mixed_precision": _precision_ran(accelerator),
         "processes": accelerator.num_processes,
         "version": __version__,
         "config": config.to_dict(),
@@ -290,6 +299,22 @@ def _quiet(logger_name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def _precision_ran(accelerator, warn: bool = False) -> str:
+    """The mixed precision the run computes in: accelerate accepts fp16 on a CPU and
+    reports it, but runs fp32 there (no autocast without native AMP), so that is "no"."""
+    asked = accelerator.mixed_precision
+    if asked in ("fp16", "bf16") and not accelerator.native_amp:
+        if warn and accelerator.is_main_process:
+            warnings.warn(
+                f"mixed precision {asked} is not available on {accelerator.device.type}: "
+                f"this run computes in fp32 and its row records mixed_precision 'no'; "
+                f"use bf16 (CPUs) or a GPU for {asked}",
+                stacklevel=2,
+            )
+        return "no"
+    return asked
 
 
 def _has_accelerator() -> bool:

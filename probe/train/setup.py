@@ -44,31 +44,44 @@ def model_type(config: FinetuneConfig) -> str:
         ) from err
 
 
-def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
-    """Judge the task, model, options and output folder; returns the catalogue task
-    (None with ``--dataset``). Raises before any model or data work. With
-    ``run_dir=None`` the folder is not judged (a sweep checks every cell's
-    settings before the first cell runs, while its folders do not exist yet)."""
+def check_task(config: FinetuneConfig):
+    """The catalogue task ``--task`` names, with its parameters (None with ``--dataset``)."""
     from probe.tasks.catalogue import get_task
 
-    task = None
-    if config.task is not None and ":" in config.task:  # the spec form, majority_k:k=5
+    if config.task is None:
+        return None
+    if ":" in config.task:  # the spec form, majority_k:k=5
         from probe.data.render import resolve_task
 
         if config.task_params:
             raise ValueError(
                 f"--task {config.task!r} carries its parameters already; drop --task-param"
             )
-        task, _ = resolve_task(config.task)
-    elif config.task is not None:
-        task = get_task(config.task, **config.task_params)
-    else:
+        return resolve_task(config.task)[0]
+    return get_task(config.task, **config.task_params)
+
+
+def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
+    """Judge the task, model, options and output folder; returns the catalogue task
+    (None with ``--dataset``). Raises before any model or data work. With
+    ``run_dir=None`` the folder is not judged (a sweep checks every cell's
+    settings before the first cell runs, while its folders do not exist yet)."""
+    task = check_task(config)
+    if task is None:
         path = Path(config.dataset).expanduser()
         if (looks_like_path(config.dataset) or path.exists()) and not path.is_dir():
             raise FileNotFoundError(f"--dataset {config.dataset!r}: no such folder")
+        if path.is_dir():  # a local dataset is cheap to check now, before the folder changes
+            check_dataset(config)
     if config.tokenizer is not None:
         _check_local("--tokenizer", config.tokenizer)
     kind = model_type(config)
+    if config.kq == "rotated" and kind != MLP_MODEL_TYPE and not ARCHITECTURES[kind].rotary:
+        rope = ", ".join(k for k, v in ARCHITECTURES.items() if v.rotary)
+        raise ValueError(
+            f"--ab {config.ab}: kq_rot rotates X by the model's rotary embedding, but "
+            f"{config.model!r} ({kind}) has none; use --ab kq (RoPE models: {rope})"
+        )
     if kind == MLP_MODEL_TYPE:
         if config.ab != "none":
             raise ValueError(
@@ -82,10 +95,34 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
             )
         if config.n_head is not None:
             raise ValueError("--n-head: the MLP baselines have no attention heads")
+    elif config.lora_r and not config.pretrained:
+        raise ValueError(
+            f"--lora-r {config.lora_r}: LoRA adapts pretrained weights, but --model "
+            f"{config.model} is built from scratch (fresh random weights, the default); pass "
+            f"--pretrained to adapt the checkpoint, or drop --lora-r to train it in full"
+        )
     _check_trackers(config.trackers)
     if run_dir is not None:
         run_dir.check(config)
     return task
+
+
+RUN_SPLITS = ("train", "validation", "test")
+
+
+def check_dataset(config: FinetuneConfig):
+    """The ``--dataset`` as a run reads it: its splits, each with the columns training
+    reads (``probe.data.hub.load_dataset`` refuses a split without them)."""
+    from probe.data import hub
+
+    dsd = hub.load_dataset(config.dataset, config.dataset_config)
+    missing = [s for s in RUN_SPLITS if s not in dsd]
+    if missing:
+        raise ValueError(
+            f"--dataset {config.dataset}: no {missing[0]!r} split (it has {', '.join(dsd)}); "
+            f"a run reads {', '.join(RUN_SPLITS)}: render it with probe data render"
+        )
+    return dsd
 
 
 def _check_local(flag: str, name: str) -> None:
@@ -175,10 +212,13 @@ def _dataset_tokenizer(config: FinetuneConfig, dsd):
     return probe_data.dataset_tokenizer(dsd)
 
 
-def load_run_data(config: FinetuneConfig, task) -> RunData:
-    """Render the task (or load the dataset) and hold each split as tensors."""
+def run_dataset(config: FinetuneConfig, task=None):
+    """The run's ``DatasetDict``: the task rendered with the run's sizes, tokenizer and
+    seed (the same rows every time), or the first rows of ``--dataset``."""
     from probe.data import render as probe_data
 
+    if task is None and config.task is not None:
+        task = check_task(config)
     if task is not None:
         dsd = probe_data.render(
             task,
@@ -189,12 +229,18 @@ def load_run_data(config: FinetuneConfig, task) -> RunData:
             seed=config.seed,
         )
     else:
-        from probe.data import hub
-
-        dsd = hub.load_dataset(config.dataset, config.dataset_config)
+        dsd = check_dataset(config)
         dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
         dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
         dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
+    return dsd
+
+
+def load_run_data(config: FinetuneConfig, task) -> RunData:
+    """The run's data (:func:`run_dataset`) with each split held as tensors."""
+    from probe.data import render as probe_data
+
+    dsd = run_dataset(config, task)
     info = probe_data.task_info(dsd)
     if task is None:
         from probe.tasks.templates import TemplateTask
@@ -245,6 +291,34 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
         model = _with_lora(model, config, data.label_kind)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, trainable
+
+
+def describe_model(config: FinetuneConfig, model: nn.Module) -> str:
+    """What a run built, in one line: ``gpt2 from scratch (fresh weights), 2 layers,
+    width 128, 4 heads, + KQ`` or ``gpt2 pretrained from PATH_OR_ID, + KQ, LoRA r=8``."""
+    from probe.models.mlp import SymbolMLP
+    from probe.models.resolve import resolve_model
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mlp = isinstance(base, SymbolMLP)
+    if config.pretrained and not mlp:
+        ref = resolve_model(config.model, config.gguf_file, pretrained=True)  # asks no Hub
+        where = ref.source + (f"/{ref.gguf_file}" if ref.gguf_file else "")
+        text = f"{config.model} pretrained from {where}"
+    elif mlp:
+        cfg = base.config
+        text = f"{config.model} from scratch (fresh weights), {cfg.n_layer} layers, width {cfg.d_embed}"
+    else:
+        spec, cfg = arch_spec(base), base.config
+        shape = (getattr(cfg, k) for k in (spec.n_layers_key, spec.d_model_key, spec.n_heads_key))
+        text = "{} from scratch (fresh weights), {} layers, width {}, {} heads".format(
+            config.model, *shape
+        )
+    if config.ab != "none":
+        text += ", + " + config.ab.upper()
+    if config.lora_r:
+        text += f", LoRA r={config.lora_r}"
+    return text
 
 
 def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.Module:

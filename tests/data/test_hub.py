@@ -151,3 +151,47 @@ def test_committed_catalogue_loads():
     info = task_info(dsd)
     assert get_task("aba_vs_abb") == TemplateTask.from_dict(info["task"])
     assert dsd["train"].num_rows == EXPORT_SIZES["n_train"]
+
+
+# -- every saved dataset loads back; bad data is refused -------------------------------
+
+
+def test_an_empty_split_saves_and_loads_back(tmp_path):
+    # datasets cannot read an empty parquet split back (ArrowInvalid: BatchSize must be
+    # greater than 0): the split gets no file, the card names it, load_dataset restores it
+    dsd = render("aba_vs_abb", n_train=16, n_val=0, n_test=8, seed=0)
+    save_dataset(dsd, tmp_path / "d", "aba")
+    assert not (tmp_path / "d" / "aba" / "validation-00000-of-00001.parquet").exists()
+    back = load_dataset(tmp_path / "d", "aba")
+    assert list(back) == ["train", "validation", "test"]
+    assert back["validation"].num_rows == 0
+    assert back["validation"].features == dsd["validation"].features
+    assert back["train"].to_dict() == dsd["train"].to_dict()
+    assert task_info(back)["empty_splits"] == ["validation"]
+    # the Hub layout itself loads with datasets (the empty split is simply absent)
+    plain = datasets.load_dataset(str(tmp_path / "d"), "aba")
+    assert list(plain) == ["train", "test"] and plain["test"].num_rows == 8
+    # saved again, the card stays right
+    save_dataset(back, tmp_path / "d", "aba", overwrite=True)
+    assert load_dataset(tmp_path / "d", "aba")["validation"].num_rows == 0
+
+
+def test_a_split_without_labels_is_refused_naming_split_and_column(tmp_path):
+    dsd = render("aba_vs_abb", n_train=16, n_val=4, n_test=8, seed=0)
+    save_dataset(dsd.remove_columns("labels"), tmp_path / "d", "nolabels")
+    with pytest.raises(ValueError, match="split 'train' has no column 'labels'"):
+        load_dataset(tmp_path / "d", "nolabels")
+
+
+def test_a_column_the_card_lists_but_the_file_lacks_is_refused(tmp_path):
+    import pyarrow.parquet as pq
+
+    dsd = render("aba_vs_abb", n_train=16, n_val=4, n_test=8, seed=0)
+    for column in ("labels", "attention_mask"):
+        folder = save_dataset(dsd, tmp_path / column, "aba")
+        file = folder / "test-00000-of-00001.parquet"
+        pq.write_table(pq.read_table(file).drop([column]), file)
+        # datasets fills the column from the card's features with None (NaN in training)
+        assert datasets.load_dataset(str(tmp_path / column), "aba")["test"][column][0] is None
+        with pytest.raises(ValueError, match=f"split 'test' has no value in column '{column}'"):
+            load_dataset(tmp_path / column, "aba")

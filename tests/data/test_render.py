@@ -161,6 +161,36 @@ def test_explicit_alphabets():
     assert tok.decode(dsd["train"][0]["input_ids"]).split()[:3] == dsd["train"][0]["text"].split()
 
 
+@pytest.mark.parametrize("kind", ["SymbolTokenizer", "minilm"])
+def test_symbols_given_explicitly_never_appear_in_other_splits(kind):
+    # the symbols the draw would give train by default, given to test instead: they must
+    # leave the tokenizer's pool, or training would see the test symbols
+    from transformers import AutoTokenizer
+
+    from probe.data.tokenizer import SymbolTokenizer
+    from probe.models.offline import minilm_dir
+
+    task = "aba_vs_abb"
+    if kind == "SymbolTokenizer":
+        tok = SymbolTokenizer.build(
+            list(TemplateTask.from_strings(["a b a"], [1.0]).regular_tokens), 80
+        )
+    else:
+        tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    first = render(task, 20, 10, 10, tokenizer=tok, seed=3)["train"]
+    taken = sorted({s for text in first["text"] for s in text.split()})
+    assert len(taken) > 10
+    dsd = render(task, 20, 10, 10, test_symbols=taken, tokenizer=tok, seed=3)
+    alphabets = task_info(dsd)["alphabets"]
+    assert alphabets["test"]["symbols"] == taken
+    for split in ("train", "validation"):
+        assert not set(alphabets[split]["symbols"]) & set(taken)
+        used = {i for row in dsd[split]["input_ids"] for i in row}
+        assert not used & set(tok.convert_tokens_to_ids(taken)), split
+    used = {i for row in dsd["test"]["input_ids"] for i in row}
+    assert used & set(tok.convert_tokens_to_ids(taken))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -463,3 +463,51 @@ def test_offline_names_resolve_everywhere_a_model_name_is_taken():
     assert ref.source == str(minilm_dir()) and ref.model_type() == "bert"
     model = load_model("offline:minilm")
     assert type(model).__name__ == "BertModel"  # the architecture table's analysis class
+
+
+# -- from-scratch sizes ----------------------------------------------------------------
+
+
+def test_from_scratch_without_a_shape_is_small_when_the_default_config_is_huge(caplog):
+    # LlamaConfig() is 7B parameters (27 GB in fp32): the small shape instead, said in a log
+    with caplog.at_level("WARNING", logger="probe.models.build"):
+        model = build_model("llama", label_kind="symbolic", pretrained=False, vocab_size=VOCAB)
+    cfg = model.config
+    shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
+    assert shape == (2, 128, 4) and cfg.intermediate_size == 512
+    assert "no shape given" in caplog.text and "2 layers, width 128, 4 heads" in caplog.text
+    # a shape given in part keeps the rest of the architecture's defaults, silently
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="probe.models.build"), pytest.raises(ValueError):
+        build_model("llama", label_kind="symbolic", pretrained=False, hidden_size=4096)
+    assert "no shape given" not in caplog.text
+
+
+def test_gpt2_from_scratch_keeps_the_gpt2_configuration():
+    model = build_model("gpt2", label_kind="symbolic", pretrained=False)
+    assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == (12, 768, 12)
+
+
+def test_a_huge_model_from_scratch_is_refused_before_allocating(monkeypatch):
+    import probe.models.build as build
+
+    allocated = []
+    monkeypatch.setattr(build, "unit_scale_embeddings", lambda m, s: allocated.append(m))
+    with pytest.raises(ValueError, match=r"6\.7B parameters .*allow_large=True"):
+        build_model(
+            "llama",
+            label_kind="symbolic",
+            pretrained=False,
+            num_hidden_layers=32,
+            hidden_size=4096,
+            num_attention_heads=32,
+        )
+    assert not allocated
+    # the limit is a guard, not a ban
+    monkeypatch.setattr(build, "LARGE_PARAMS", 10_000)
+    with pytest.raises(ValueError, match="allow_large=True"):
+        build_model("gpt2", label_kind="symbolic", pretrained=False, **TINY["gpt2"])
+    model = build_model(
+        "gpt2", label_kind="symbolic", pretrained=False, allow_large=True, **TINY["gpt2"]
+    )
+    assert allocated == [model]

@@ -170,7 +170,7 @@ def _biases(arch: str, site) -> tuple:
     return bq.view(h, dh), bk.view(g, dh), bv.view(g, dh), bo
 
 
-def reference_attention(arch, site, x, key_mask, causal, rope=None):
+def reference_attention(arch, site, x, key_mask, causal, rope=None, rotated=False):
     """The paper's formula written out head by head from head_weights(site).
 
     x [batch, seq, d_model]; key_mask [batch, seq] (1 = real token).
@@ -192,7 +192,13 @@ def reference_attention(arch, site, x, key_mask, causal, rope=None):
         if rope is not None:
             cos, sin = rope
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        logits = site.scaling * q @ k.transpose(1, 2) + a[h] * x @ x.transpose(1, 2)
+        if rotated:  # X in d_head chunks, each rotated like q and k: (R_i x_i)ᵀ (R_j x_j)
+            cos, sin = rope
+            xr = [c * cos + _rotate_half(c) * sin for c in x.split(site.d_head, dim=-1)]
+            gram = sum(c @ c.transpose(1, 2) for c in xr)
+        else:
+            gram = x @ x.transpose(1, 2)
+        logits = site.scaling * q @ k.transpose(1, 2) + a[h] * gram
         probs = logits.masked_fill(~allowed, -math.inf).softmax(-1)
         out = out + probs @ (x @ w_v[g] + bv[g]) @ w_o[h] + b[h] * probs @ x
     return out
@@ -223,6 +229,56 @@ def test_output_equals_the_formula_on_one_layer(arch):
             arch, site, seen["x"], inputs["attention_mask"], causal=arch != "bert", rope=rope
         )
     assert torch.allclose(seen["out"], expected, atol=1e-5), (seen["out"] - expected).abs().max()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_gradients_flow_through_x_in_both_terms(arch):
+    # a X Xᵀ and b A X depend on X, so the embeddings learn through them too (detaching X
+    # leaves the forward pass unchanged and changes the embeddings' gradient by ~20%).
+    # Reference: the same model with each attention's output replaced by the formula
+    # computed with autograd from the X the layer received.
+    model = inject_ab(build(arch, n_layers=2))
+    randomize_ab(model)
+    inputs = batch(arch)
+    embeddings = model.get_input_embeddings().weight
+
+    def embedding_grad() -> torch.Tensor:
+        model.zero_grad()
+        logits(model, inputs).square().mean().backward()
+        return embeddings.grad.clone()
+
+    patched = embedding_grad()
+    handles, seen = [], {}
+    for site in attention_sites(model):
+
+        def grab(module, args, kwargs, site=site):
+            seen[site.name] = (kwargs.get("hidden_states", args[0] if args else None),
+                          kwargs.get("position_embeddings"))  # fmt: skip
+
+        def replace(module, args, output, site=site):
+            x, rope = seen[site.name]
+            expected = reference_attention(
+                arch, site, x, inputs["attention_mask"], causal=arch != "bert", rope=rope
+            )
+            if arch == "bert":  # the output projection's result, before dropout and norm
+                return expected
+            return (expected, *output[1:])
+
+        handles.append(site.attention.register_forward_pre_hook(grab, with_kwargs=True))
+        target = site.output_projection if arch == "bert" else site.attention
+        handles.append(target.register_forward_hook(replace))
+    reference = embedding_grad()
+    for handle in handles:
+        handle.remove()
+    assert torch.allclose(patched, reference, atol=1e-6, rtol=1e-4), (
+        (patched - reference).abs().max()
+    )
+    # and the X terms matter here: without them the gradient is clearly different
+    with torch.no_grad():
+        for module in scalings(model):
+            module.a.zero_()
+            module.b.zero_()
+    assert (embedding_grad() - patched).abs().max() > 1e-2 * patched.abs().max()
 
 
 # ---------------------------------------------------------------------------
@@ -426,3 +482,65 @@ def test_smollm2_keeps_its_predictions_at_zero(smollm2):
         after = model(ids, use_cache=False).logits
     assert torch.equal(before.argmax(-1), after.argmax(-1))
     assert torch.equal(before, after)
+
+
+# ---------------------------------------------------------------------------
+# kq="rotated": the KQ term in RoPE's basis
+
+
+def test_rotated_kq_equals_the_formula_and_is_exact_at_zero():
+    plain = build("llama", n_layers=1)
+    inputs = batch("llama")
+    with torch.no_grad():
+        before = plain(**inputs).logits
+    model = inject_ab(copy.deepcopy(plain), kq="rotated", vo=True)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, before)  # a = b = 0: bit-identical
+    randomize_ab(model)
+    (site,) = attention_sites(model)
+    seen = {}
+    site.attention.register_forward_pre_hook(
+        lambda m, a, k: seen.update(x=k.get("hidden_states"), rope=k["position_embeddings"]),
+        with_kwargs=True,
+    )
+    site.output_projection.register_forward_hook(lambda m, a, out: seen.update(out=out))
+    with torch.no_grad():
+        model(**inputs)
+        expected = reference_attention(
+            "llama", site, seen["x"], inputs["attention_mask"], causal=True,
+            rope=seen["rope"], rotated=True,
+        )  # fmt: skip
+        unrotated = reference_attention(
+            "llama", site, seen["x"], inputs["attention_mask"], causal=True, rope=seen["rope"]
+        )
+    assert torch.allclose(seen["out"], expected, atol=1e-5)
+    assert not torch.allclose(seen["out"], unrotated, atol=1e-3)  # the rotation matters
+
+
+def test_rotated_gram_depends_on_relative_position_only():
+    from probe.models.identity import _rotated_gram
+
+    model = build("llama", n_layers=1)
+    (site,) = attention_sites(model)
+    x = torch.randn(1, 1, 32).expand(1, 6, 32)  # one token at every position
+    ids = torch.arange(6)[None]
+    rope = model.model.rotary_emb(x, position_ids=ids)
+    gram = _rotated_gram(site.attention, x, rope, site.d_head)[0]
+    for shift in range(1, 3):  # constant along every diagonal: x_iᵀ R_(j-i) x_j
+        torch.testing.assert_close(gram[:-shift, :-shift], gram[shift:, shift:])
+    assert not torch.allclose(gram[0, 1], gram[0, 2])
+
+
+def test_rotated_kq_needs_rope_and_survives_save_and_load(tmp_path):
+    with pytest.raises(ValueError, match="gpt2 has none; use kq=True"):
+        inject_ab(build("gpt2"), kq="rotated")
+    with pytest.raises(TypeError, match="kq must be True, False or 'rotated'"):
+        inject_ab(build("llama"), kq="rot")
+    model = inject_ab(build("llama"), kq="rotated", vo=False)
+    randomize_ab(model)
+    model.save_pretrained(tmp_path)
+    loaded = load_injected(tmp_path).eval()
+    assert all(m.rotated for m in scalings(loaded))
+    inputs = batch("llama")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)

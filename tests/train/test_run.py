@@ -1,6 +1,7 @@
 """probe.train.run on tiny models: training, evaluation on unseen symbols, resume,
 LoRA, several processes, and the refusals a user relies on."""
 
+import dataclasses
 import json
 import os
 import re
@@ -135,9 +136,14 @@ def test_each_architecture_and_head_completes_a_short_run(tmp_path, model, task,
     assert row["ab"]["a_absmax"] > 0 and row["ab"]["b_absmax"] > 0  # a and b trained
 
 
-def test_mlp_baseline_runs(tmp_path):
+def test_mlp_baseline_runs_at_the_asked_shape(tmp_path):
     row = finetune(tiny(tmp_path, model="mlp_xxt", n_head=None, checkpoints=False))
     assert row["ab"] is None and row["test_samples"] == 13
+    # --n-layer 1 --n-embd 16 on `a b a` + readout (4 positions), d_hidden 256, one output:
+    # embeddings V x 16, features 4 * 16 + 4 * 4 (X Xᵀ) -> 256 -> 1
+    vocab = 3 + 16 + 5 + 13  # specials, then the train / validation / test symbols
+    expected = vocab * 16 + (80 * 256 + 256) + (256 + 1)
+    assert row["trainable_params"] == expected
 
 
 def test_result_row_is_one_json_line_with_the_run(tmp_path):
@@ -146,8 +152,12 @@ def test_result_row_is_one_json_line_with_the_run(tmp_path):
     assert json.loads(line) == row
     assert row["config"]["seed"] == 3 and row["n_train"] == 16
     assert row["stopped"] == "max_steps" and row["version"]
-    for key in ("test_loss", "test_error", "val_loss", "val_error", "wall_s", "train_s"):
-        assert isinstance(row[key], float)
+    for key in ("wall_s", "train_s"):
+        assert isinstance(row[key], float) and row[key] > 0
+    # errors are fractions of the 13 test and 5 validation samples; losses are positive
+    assert round(row["test_error"] * 13, 6) == int(round(row["test_error"] * 13))
+    assert round(row["val_error"] * 5, 6) == int(round(row["val_error"] * 5))
+    assert row["test_loss"] > 0 and row["val_loss"] > 0
 
 
 def test_a_saved_dataset_trains_like_the_rendered_task(tmp_path):
@@ -283,7 +293,9 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"task": "majority_k", "task_params": {"q": 1}}, ValueError, "parameters"),
         ({"task": "majority_k:q=1"}, ValueError, "parameters"),
         ({"ab": "kq,xx"}, ValueError, "none, kq, vo, kq,vo"),
+        ({"ab": "kq_rot"}, ValueError, "kq_rot rotates X by the model's rotary embedding"),
         ({"model": "mlp", "lora_r": 2, "n_head": None}, ValueError, "LoRA"),
+        ({"lora_r": 8}, ValueError, "--lora-r 8: LoRA adapts pretrained.*pass --pretrained"),
         ({"model": "mlp", "ab": "kq", "n_head": None}, ValueError, "MLP"),
         ({"model": "no-such-model-xyz"}, ValueError, "--model accepts"),
         ({"model": "/no/such/folder"}, ValueError, "no such folder; --model accepts"),
@@ -456,3 +468,91 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp
             FileExistsError, match=f"in use by another probe process \\(pid {os.getpid()}\\)"
         ):
             finetune(tiny(tmp_path, max_steps=1))
+
+
+def test_tensorboard_receives_losses_metrics_and_a_b_per_head(tmp_path):
+    pytest.importorskip("tensorboard")  # in the dev extras: installed by make test
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    row = finetune(tiny(tmp_path, ab="kq,vo", max_steps=4, log_every=2, log_with="tensorboard"))
+    acc = EventAccumulator(str(tmp_path / "run" / "logs" / "probe"))  # the scalars' file
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train_loss", "test_loss", "test_error", "a/L0/h0", "b/L0/h1"} <= tags
+    assert [e.step for e in acc.Scalars("a/L0/h0")] == [2, 4]
+    assert acc.Scalars("test_loss")[-1].value == pytest.approx(row["test_loss"], rel=1e-5)
+    assert acc.Scalars("a/L0/h0")[-1].value == pytest.approx(row["ab"]["a"][0], abs=1e-4)
+
+
+def test_a_saved_dataset_with_an_empty_validation_split_trains(tmp_path):
+    from probe import render, save_dataset
+
+    save_dataset(render("aba_vs_abb", n_train=16, n_val=0, n_test=13, seed=0), tmp_path / "d", "a")
+    row = finetune(
+        tiny(
+            tmp_path,
+            task=None,
+            dataset=str(tmp_path / "d"),
+            dataset_config="a",
+            n_train=None,
+            n_val=None,
+            n_test=None,
+            checkpoints=False,
+        )
+    )
+    assert row["val_loss"] is None and row["test_samples"] == 13
+
+
+def test_a_saved_dataset_without_labels_is_refused_before_training(tmp_path):
+    from probe import render, save_dataset
+
+    dsd = render("aba_vs_abb", n_train=16, n_val=4, n_test=13, seed=0)
+    save_dataset(dsd.remove_columns("labels"), tmp_path / "d", "a")
+    del dsd["validation"]
+    save_dataset(dsd, tmp_path / "d", "no-val")
+    earlier = finetune(tiny(tmp_path, checkpoints=False))  # a run --overwrite would replace
+    for config, said in [
+        ("a", "split 'train' has no column 'labels'"),
+        ("no-val", "no 'validation' split \\(it has train, test\\)"),
+    ]:
+        bad = tiny(tmp_path, task=None, dataset=str(tmp_path / "d"), dataset_config=config)
+        with pytest.raises(ValueError, match=said):
+            finetune(dataclasses.replace(bad, overwrite=True))
+    assert read_rows(tmp_path / "run" / "results.jsonl") == [earlier]  # refused before any work
+
+
+def test_the_row_records_the_precision_that_ran(tmp_path):
+    # accelerate accepts fp16 on a CPU and reports it, but computes in fp32. A fresh
+    # process: accelerate keeps one precision per process once a run has set it.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-c", "from probe.cli import main; main()", "finetune",
+               "--n-train", "16", "--n-val", "0", "--n-test", "8", "--max-steps", "2",
+               "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--no-checkpoints",
+               "--no-progress", "--mixed-precision", "fp16", "--output-dir", str(tmp_path / "r")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mixed precision fp16 is not available on cpu" in done.stderr
+    (row,) = read_rows(tmp_path / "r" / "results.jsonl")
+    assert row["mixed_precision"] == "no" and row["config"]["mixed_precision"] == "fp16"
+    assert finetune(tiny(tmp_path, "plain", checkpoints=False))["mixed_precision"] == "no"
+
+
+def test_the_first_line_of_a_run_says_what_was_built(tmp_path, capsys, checkpoint):
+    finetune(tiny(tmp_path, "scratch", ab="kq", progress=True, checkpoints=False))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "gpt2 from scratch (fresh weights), 1 layers, width 16, 2 heads, + KQ"
+    pretrained = tiny(
+        tmp_path,
+        "pretrained",
+        model=str(checkpoint),
+        pretrained=True,
+        lora_r=2,
+        n_layer=None,
+        n_embd=None,
+        n_head=None,
+        progress=True,
+        checkpoints=False,
+    )
+    finetune(pretrained)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"{checkpoint} pretrained from {checkpoint}, LoRA r=2"

@@ -1,0 +1,120 @@
+"""The fast training step keeps the numbers: compiled and plain runs of one tiny
+config and seed reach the same test loss (plain, injected a/b, LoRA), a failing
+compile falls back to the same run, and the early stop fires at the first step
+whose window of training losses meets the threshold."""
+
+import warnings
+
+import pytest
+import torch
+from transformers.activations import NewGELUActivation
+
+import probe.train.loop
+from probe.train.config import FinetuneConfig
+from probe.train.loop import GeluTanh, TrainState, fast_activations
+from probe.train.run import finetune
+
+TINY = dict(
+    n_train=32,
+    n_val=5,
+    n_test=13,
+    batch_size=8,
+    eval_batch_size=4,
+    n_layer=1,
+    n_embd=32,
+    n_head=2,
+    progress=False,
+    checkpoints=False,
+)
+
+
+def run(tmp_path, name, **overrides) -> dict:
+    return finetune(FinetuneConfig(**{**TINY, "output_dir": str(tmp_path / name), **overrides}))
+
+
+def test_gelu_tanh_is_gpt2s_gelu_new():
+    x = torch.randn(64, 4, 512) * 3
+    assert torch.allclose(GeluTanh()(x), NewGELUActivation()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_activations_swaps_every_gelu_new():
+    from probe import build_model
+
+    model = build_model("gpt2", pretrained=False, n_layer=2, n_embd=16, n_head=2, vocab_size=50)
+    assert fast_activations(model) == 2
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    assert sum(isinstance(m, GeluTanh) for m in model.modules()) == 2
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"ab": "kq,vo"}, {"ab": "kq,vo", "lora_r": 4}],
+    ids=["plain", "ab", "ab+lora"],
+)
+def test_a_compiled_run_reaches_the_plain_runs_test_loss(tmp_path, variant):
+    settings = dict(max_steps=12, converge_loss=0.0, eval_every=6, **variant)
+    plain = run(tmp_path, "plain", **settings)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "torch.compile failed")  # no quiet fallback here
+        compiled = run(tmp_path, "compiled", compile=True, **settings)
+    # dropout is on (GPT-2's 0.1): equal losses also mean the compiled step drew the same masks
+    assert compiled["test_loss"] == pytest.approx(plain["test_loss"], rel=1e-4)
+    assert compiled["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-4)
+    assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+    if "ab" in variant:
+        assert compiled["ab"]["a"] == pytest.approx(plain["ab"]["a"], rel=1e-3, abs=1e-5)
+
+
+def test_a_failing_compile_falls_back_to_the_plain_run(tmp_path, monkeypatch):
+    def broken(model):
+        def forward(*args, **kwargs):
+            torch.rand(3)  # draws from the generator, as a compiled dropout would
+            raise RuntimeError("backend failed\nmore lines")
+
+        model.forward = forward
+
+    settings = dict(max_steps=5, converge_loss=0.0)
+    plain = run(tmp_path, "plain", **settings)
+    monkeypatch.setattr(probe.train.loop, "_compile", broken)
+    with pytest.warns(
+        RuntimeWarning, match=r"torch.compile failed \(RuntimeError: backend failed\)"
+    ):
+        fallen = run(tmp_path, "fallen", compile=True, **settings)
+    assert fallen["test_loss"] == plain["test_loss"]
+
+
+def test_the_early_stop_fires_at_the_first_step_whose_window_meets_the_threshold(
+    tmp_path, monkeypatch
+):
+    """Every step's loss is read before the next step: the rule cannot fire late."""
+    threshold, window = 0.05, 10
+    stopped = run(
+        tmp_path, "stopped", max_steps=400, converge_loss=threshold, converge_window=window
+    )
+    assert stopped["stopped"] == "converged"
+    losses: list[float] = []
+    record = TrainState.record
+
+    def recording(self, loss):
+        losses.append(loss)
+        record(self, loss)
+
+    monkeypatch.setattr(TrainState, "record", recording)
+    full = run(tmp_path, "full", max_steps=stopped["steps"], converge_loss=0.0)
+    first = next(
+        i + 1
+        for i in range(window - 1, len(losses))
+        if sum(losses[i + 1 - window : i + 1]) / window <= threshold
+    )
+    assert first == stopped["steps"]
+    assert full["test_loss"] == stopped["test_loss"]
+
+
+def test_compile_leaves_a_sweep_cells_hash_alone():
+    """compile says how the steps are computed, not what: committed results stay valid."""
+    import dataclasses
+
+    from probe.experiments.sweep import settings_hash
+
+    plain, compiled = FinetuneConfig(), FinetuneConfig(compile=True)
+    assert settings_hash(dataclasses.asdict(plain)) == settings_hash(dataclasses.asdict(compiled))
