@@ -12,6 +12,7 @@ from pathlib import Path
 # Errors that mean "the input was wrong": shown as one line, not a traceback
 # (set PROBE_DEBUG=1 to see the traceback anyway).
 USER_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, ConnectionError)
+USER_ERRORS += (PermissionError,)  # a folder that cannot be written
 
 
 def _cmd_tasks(args: argparse.Namespace) -> None:
@@ -36,6 +37,7 @@ def render_to_disk(
     from probe.data.hub import check_target, default_config, save_dataset
     from probe.data.render import render, resolve_task
     from probe.tasks.templates import check_count
+    from probe.train.run_dir import check_writable
 
     resolved, spec = resolve_task(task)
     n_val = 1000 if n_val is None else n_val
@@ -45,6 +47,7 @@ def render_to_disk(
     check_count(n_test, "--n-test")
     check_count(seed, "--seed")
     config = check_target(out, config or default_config(resolved.name), overwrite)
+    check_writable(Path(out), "--out")
     dsd = render(spec or resolved, n_train, n_val, n_test, tokenizer=tokenizer, seed=seed)
     folder = save_dataset(dsd, out, config, overwrite=overwrite)
     print(f"wrote {folder} ({', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})")
@@ -64,9 +67,11 @@ def export_catalogue(
     from probe.data.hub import check_target, default_config, save_dataset
     from probe.data.render import render
     from probe.tasks.catalogue import list_tasks
+    from probe.train.run_dir import check_writable
 
     names = list_tasks()
     configs = [check_target(out, default_config(name), overwrite) for name in names]
+    check_writable(Path(out), "--out")
     folders = []
     for name, config in zip(names, configs, strict=True):
         dsd = render(name, seed=0, **EXPORT_SIZES)

@@ -6,19 +6,25 @@ seeds, each (variant, n) gets a mean, a standard deviation and the min-max range
 ``n*`` is the smallest n whose *mean* metric is at most the threshold
 (``probe.experiments.sweep.THRESHOLD``, 0.05 as in the paper); a variant that never gets
 there is reported as ``>N`` with N the largest n it was run at. Its ratio is
-n* / n* of the baseline variant (the plain transformer, ``none``).
+n* / n* of the baseline variant (the plain transformer, ``none``): a number in
+``n_star.csv`` only where both n* were reached (the summary gives the bound,
+``<0.25`` or ``>4``, otherwise); ``seeds_ok`` says how many seeds individually
+reach the threshold at n* (``3/3``). Cells whose row says they failed
+(``status`` ``diverged`` or ``failed``, see ``probe.experiments.sweep``) are
+listed in the summary and left out of the curves and n*.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from probe.experiments.sweep import THRESHOLD
+from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
 from probe.jsonl import read_rows
 from probe.train.config import SETTING, fields_with
 
@@ -60,6 +66,8 @@ def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
         )
     if "variant_index" not in df.columns:
         df["variant_index"] = 0
+    # rows written before sweeps recorded a status were all successful
+    df["status"] = df["status"].fillna(OK) if "status" in df.columns else OK
     df = df.drop_duplicates(CELL_KEYS, keep="last")
     return df.sort_values(["recipe", "variant_index", "variant", "n", "seed"]).reset_index(
         drop=True
@@ -90,30 +98,41 @@ def curves(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def n_star(
-    curve: pd.DataFrame, threshold: float = THRESHOLD, baseline: str | None = "none"
+    curve: pd.DataFrame,
+    threshold: float = THRESHOLD,
+    baseline: str | None = "none",
+    rows: pd.DataFrame | None = None,
+    metric: str | None = None,
 ) -> pd.DataFrame:
-    """Per (recipe, variant): n*, whether it was reached, and the ratio to ``baseline``.
+    """Per (recipe, variant): n*, whether it was reached, the ratio to ``baseline``
+    and, given the per-seed ``rows`` and their ``metric``, ``seeds_ok`` (``"2/3"``:
+    the seeds at n* that individually reach the threshold).
 
-    ``curve`` is the frame :func:`curves` returns; variants keep its order.
+    ``curve`` is the frame :func:`curves` returns; variants keep its order. The
+    numeric ``ratio`` is NaN unless both n* were reached; ``ratio_text`` bounds it
+    where one was not.
     """
-    rows = []
+    out = []
     for (recipe, variant), g in curve.groupby(["recipe", "variant"], sort=False):
         g = g.sort_values("n")
         hit = g[g["mean"] <= threshold]
         reached = not hit.empty
         n = int(hit["n"].iloc[0]) if reached else int(g["n"].max())
-        rows.append(
-            {
-                "recipe": recipe,
-                "variant": variant,
-                "n_star": n,
-                "reached": reached,
-                "n_star_text": str(n) if reached else f">{n}",
-                "best_mean": float(g["mean"].min()),
-                "seeds": int(g["count"].max()),
-            }
-        )
-    table = pd.DataFrame(rows)
+        r = {
+            "recipe": recipe,
+            "variant": variant,
+            "n_star": n,
+            "reached": reached,
+            "n_star_text": str(n) if reached else f">{n}",
+            "best_mean": float(g["mean"].min()),
+            "seeds": int(g["count"].max()),
+        }
+        if rows is not None and metric is not None:
+            at = rows[(rows["recipe"] == recipe) & (rows["variant"] == variant) & (rows["n"] == n)]
+            values = at[metric].dropna()
+            r["seeds_ok"] = f"{int((values <= threshold).sum())}/{len(values)}"
+        out.append(r)
+    table = pd.DataFrame(out)
     table["ratio"] = float("nan")
     table["ratio_text"] = ""
     if baseline is None:
@@ -125,17 +144,18 @@ def n_star(
         b_n, b_reached = int(base["n_star"].iloc[0]), bool(base["reached"].iloc[0])
         for i, r in g.iterrows():
             ratio = r["n_star"] / b_n
-            table.loc[i, "ratio"] = ratio
-            # An unreached n* is a lower bound: say which way the ratio is bounded.
+            # An unreached n* is a lower bound: no number, but say which way the
+            # ratio is bounded.
             if r["reached"] and b_reached:
-                text = f"{ratio:.3g}"
+                table.loc[i, "ratio"] = ratio
+                text = "1" if r["variant"] == baseline else f"{ratio:.3g}"
             elif r["reached"]:
                 text = f"<{ratio:.3g}"
             elif b_reached:
                 text = f">{ratio:.3g}"
             else:
                 text = "?"
-            table.loc[i, "ratio_text"] = "1" if r["variant"] == baseline else text
+            table.loc[i, "ratio_text"] = text
     return table
 
 
@@ -179,7 +199,16 @@ def plot_curves(
     ax.set_xlabel("n (training samples = train alphabet size)")
     label = {"test_loss": "test loss", "test_error": "test error"}.get(metric, metric)
     ax.set_ylabel(f"{label} on unseen symbols")
-    ax.set_ylim(bottom=0)
+    # A log y axis, so the runs that succeed are told apart below the threshold;
+    # values of exactly 0 (an error of 0) need a linear stretch at the bottom.
+    low = curve["min"] if band == "minmax" else curve["mean"] - curve["std"]
+    if (low > 0).all():
+        ax.set_yscale("log")
+    else:
+        positive = curve.loc[curve["mean"] > 0, "mean"]
+        floor = min([threshold or 1.0, *positive]) / 2
+        ax.set_yscale("symlog", linthresh=floor)
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(variants) > 6 else 1)
     if title:
@@ -250,7 +279,28 @@ def write_report(
     ``threshold`` and ``baseline`` default to what the recipe recorded in its rows
     (``THRESHOLD`` and ``none`` otherwise). Returns the written files by name.
     """
-    df = load_results(paths)
+    out = Path(out)
+    if threshold is not None and not (threshold > 0 and math.isfinite(threshold)):
+        raise ValueError(
+            f"--threshold {threshold:g} must be a positive number (n* is the smallest n whose "
+            f"mean metric is <= it), e.g. {THRESHOLD:g}"
+        )
+    check_folder(out, "--out")
+    everything = load_results(paths)
+    if baseline is not None and baseline not in set(everything["variant"]):
+        variants = list(dict.fromkeys(everything["variant"]))
+        raise ValueError(
+            f"--baseline {baseline!r} is not a variant of these results; pick one of {variants}"
+        )
+    failed_rows = everything[everything.apply(is_failed, axis=1)]
+    df = everything.drop(index=failed_rows.index)
+    if df.empty:
+        first = failed_rows.iloc[0]
+        raise ValueError(
+            f"all {len(failed_rows)} cells in {[str(p) for p in paths]} failed (e.g. "
+            f"{first['variant']} n={first['n']} seed={first['seed']}: {first.get('error')}); "
+            f"nothing to report"
+        )
     metric = metric_of(df, metric)
     if threshold is None:
         recorded = df["threshold"].dropna().unique() if "threshold" in df.columns else []
@@ -261,10 +311,9 @@ def write_report(
         baseline = str(recorded[0]) if len(recorded) == 1 else None
     elif baseline is None:
         baseline = "none"
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     curve = curves(df, metric)
-    table = n_star(curve, threshold, baseline)
+    table = n_star(curve, threshold, baseline, df, metric)
     written = {"curves.csv": out / "curves.csv", "n_star.csv": out / "n_star.csv"}
     curve.to_csv(written["curves.csv"], index=False)
     table.drop(columns=["n_star_text", "ratio_text"]).to_csv(written["n_star.csv"], index=False)
@@ -273,6 +322,7 @@ def write_report(
     md = [f"# {', '.join(recipes)}", ""]
     for recipe in recipes:
         sub = df[df["recipe"] == recipe]
+        bad = failed_rows[failed_rows["recipe"] == recipe]
         png = "curves.png" if len(recipes) == 1 else f"curves-{recipe}.png"
         task = sub["task"].iloc[0] if "task" in sub.columns else "?"
         plot_curves(
@@ -285,22 +335,27 @@ def write_report(
         )
         written[png] = out / png
         grid = sub["grid_cells"].max() if "grid_cells" in sub.columns else float("nan")
-        done = len(sub)
+        done = len(sub) + len(bad)
         status = (
             f"{done} of {int(grid)} cells run"
             + (" (partial: the grid is not finished)" if done < grid else "")
             if grid == grid
             else f"{done} cells"
-        )
+        ) + (f", {len(bad)} failed (left out of the curves and n*)" if len(bad) else "")
         t = table[table["recipe"] == recipe]
-        cols = ["variant", "n_star_text", "ratio_text", "best_mean", "seeds"]
+        cols = ["variant", "n_star_text", "ratio_text", "best_mean", "seeds_ok"]
         t = t[[c for c in cols if baseline is not None or c != "ratio_text"]].rename(
             columns={
                 "n_star_text": f"n* ({metric} <= {threshold:g})",
                 "ratio_text": f"n* / n*({baseline})",
                 "best_mean": f"best mean {metric}",
+                "seeds_ok": "seeds <= threshold at n*",
             }
         )
+        failures = [
+            f"- {r.variant} n={r.n} seed={r.seed}: {r.status} — {getattr(r, 'error', '') or '?'}"
+            for r in bad.itertuples()
+        ]
         description = (
             sub["description"].dropna().iloc[0]
             if "description" in sub.columns and sub["description"].notna().any()
@@ -326,6 +381,7 @@ def write_report(
             "",
             markdown_table(wide.reset_index()),
             "",
+            *(["Failed cells:", "", *failures, ""] if failures else []),
         ]
     written["summary.md"] = out / "summary.md"
     written["summary.md"].write_text("\n".join(md))
@@ -360,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
             metric=args.metric,
             band=args.band,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
         parser.exit(2, f"probe report: error: {e}\n")
     print((Path(args.out) / "summary.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))

@@ -27,6 +27,32 @@ from the recipe's is an error, so a changed recipe never mixes with old rows.
 ``--shard i/N`` (``0 <= i < N``) runs every N-th cell starting at i (round
 robin, so each shard gets small and large n alike) and writes
 ``results-shard-i-of-N.jsonl``; ``probe report`` merges the shards.
+
+Two ways to run cells at once:
+
+- ``--jobs N`` on one machine: N cells at a time, each in its own process
+  (forked from a fork server that imported torch once) with one torch thread (``--jobs 0``: one per core); the parent appends
+  each row as its cell finishes and shows one bar (cells done / total, failures,
+  elapsed, remaining). The rows are those of ``--jobs 1`` run with one thread
+  (``OMP_NUM_THREADS=1``), in the order the cells finish. Ctrl-C stops every
+  worker; the finished cells' rows are kept and ``--resume`` runs the rest.
+- ``--shard i/N`` over machines (a cluster's job array): each shard writes its
+  own file, so shards may run at once into one folder (and each may use
+  ``--jobs``).
+
+What cannot go wrong mid-sweep is refused before the first cell: the recipe
+(read by :class:`RecipeLoader`: a YAML error or a key given twice names its
+file and line; ``1e-3`` is a number), every cell's configuration as ``probe
+finetune`` would check it (:func:`cell_configs`; ``--dry-run`` checks the same),
+and the ``--out`` / ``--work-dir`` folders (a file, or not writable). One sweep
+holds a results file at a time (an OS lock on ``.results*.jsonl.lock`` next to
+it, released when the process dies): a second is refused, naming the holder's
+pid. A cell that raises (``FloatingPointError``: the loss diverged; any other
+error: a bad dataset, a model that cannot be built) does not stop the sweep: its
+row has ``status: diverged`` or ``failed`` and a one-line ``error`` (other rows
+have ``status: ok``; older rows without one count as ok), the closing line
+counts the failures, ``probe report`` lists them apart, and ``--resume`` counts
+them as done unless ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -36,7 +62,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +204,61 @@ def _merge(
     return out
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, stricter where a recipe could silently mean something else:
+    a key given twice in one mapping is an error naming the key and both lines
+    (otherwise the last one wins: two variants named ``kq``), and a number in
+    exponent form that YAML 1.1 reads as a string (``1e-3``, ``1.5e3``: no dot, or
+    no sign in the exponent) is a float."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key]}); each key may appear "
+                    f"once in a mapping — rename or remove one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    """One YAML file through :class:`RecipeLoader`; a syntax error or a duplicate key
+    becomes a one-line ``ValueError`` naming the file and line."""
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise ValueError(
+            f"recipe {where}: {problem}; fix the YAML at that line (indentation, a missing "
+            f"':' or an unclosed bracket or quote)"
+            if "duplicate key" not in problem
+            else f"recipe {where}: {problem}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"recipe {path}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
 def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe's mapping with its ``include:`` files merged underneath it."""
     path = Path(path).resolve()
@@ -184,8 +267,7 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         raise ValueError(f"recipe include cycle: {chain}; remove one of the includes")
     if not path.is_file():
         raise FileNotFoundError(f"recipe {str(path)!r} does not exist; recipes live in recipes/")
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
+    d = _read_yaml(path)
     if not isinstance(d, dict):
         raise ValueError(f"recipe {str(path)!r} is not a YAML mapping of keys to values")
     includes = d.pop("include", [])
@@ -326,20 +408,147 @@ def _label_kind(task: str, params: Mapping[str, Any]) -> str | None:
 def cell_configs(
     config: SweepConfig, cells: Iterable[Cell], work_dir: str | os.PathLike
 ) -> dict[tuple[str, int, int], Any]:
-    """Each cell's FinetuneConfig (validated on construction), keyed by ``cell.key``."""
+    """Each cell's FinetuneConfig, keyed by ``cell.key``, checked as ``probe finetune``
+    would check it before its first step (``FinetuneConfig`` itself, then
+    :func:`probe.train.setup.check_environment`: the task and its parameters, the
+    model name, ``ab`` on an MLP, trackers), except the cell's output folder. The
+    first bad cell is a ``ValueError`` naming it."""
     from probe.train.config import FinetuneConfig
+    from probe.train.setup import check_environment
 
     configs = {}
+    checked: set[str] = set()
     for c in cells:
         kwargs = dict(config.cell_settings(c), output_dir=str(Path(work_dir) / c.dirname()))
         # A cell without a row never finished: start it over. One bar over cells,
         # not one per run.
         kwargs.update(overwrite=True, progress=False)
         try:
-            configs[c.key] = FinetuneConfig(**kwargs)
-        except (TypeError, ValueError, FileNotFoundError) as e:
+            cfg = FinetuneConfig(**kwargs)
+            # n and seed change nothing check_environment judges: once per variant
+            rest = {k: v for k, v in kwargs.items() if k not in ("n_train", "seed", "output_dir")}
+            key = json.dumps(rest, sort_keys=True, default=repr)
+            if key not in checked:
+                check_environment(cfg, None)
+                checked.add(key)
+        except (TypeError, ValueError, OSError) as e:
             raise ValueError(f"cell {c.key} of recipe {config.name!r}: {e}") from e
+        configs[c.key] = cfg
     return configs
+
+
+def check_folder(folder: Path, flag: str) -> None:
+    """``folder`` (made if missing) must not be a file, and must be writable: a sweep
+    refuses before its first cell rather than lose that cell's row."""
+    from probe.train.run_dir import check_writable
+
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{flag} {str(folder)!r} is a file; pass a folder")
+    check_writable(folder, flag)
+
+
+# A row's ``status``: "ok" (also a row without one), or why the cell has no metrics.
+OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+
+
+def is_failed(row: Mapping[str, Any]) -> bool:
+    """Whether a results row records a cell that failed (``status`` other than ok)."""
+    return row.get("status", OK) != OK
+
+
+def _one_line(error: BaseException, limit: int = 500) -> str:
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_cell(runner: Callable[[Any], Mapping[str, Any]], config: Any) -> tuple[str, Any]:
+    """Run one cell: ``("ok", row)``, or ``("diverged" | "failed", one-line error)`` for
+    a run that raised (``FloatingPointError``: the loss diverged), so one bad cell
+    never stops a sweep. In a worker process this is what crosses back."""
+    try:
+        return OK, dict(runner(config))
+    except FloatingPointError as e:
+        return DIVERGED, _one_line(e)
+    except Exception as e:  # any per-cell error: data, a model that cannot be built, ...
+        return FAILED, _one_line(e)
+
+
+def _worker_init() -> None:
+    """A ``--jobs`` worker: one torch thread (N workers share the cores), and Ctrl-C
+    left to the parent, which stops the workers itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# What a worker imports before its first cell: loaded once in the fork server.
+WORKER_PRELOAD = ["probe.experiments.sweep", "probe.train.run", "probe.data.render"]
+
+
+def _worker_context() -> Any:
+    """Workers are forked from a fork server that has imported torch and probe once
+    (``WORKER_PRELOAD``; it has never run torch's thread pools, so forking it is
+    safe), so N workers start in a moment instead of importing N times; spawned
+    where there is no fork server (Windows)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
+
+
+def parse_jobs(jobs: int) -> int:
+    """``--jobs N``: N worker processes; 0 means one per core."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
+        raise ValueError(f"--jobs {jobs!r} must be 0 (one per core) or a positive integer")
+    if jobs == 0:
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+    return jobs
+
+
+def _results(
+    runner: Callable[[Any], Mapping[str, Any]],
+    todo: list[Cell],
+    configs: Mapping[tuple, Any],
+    jobs: int,
+    starting: Callable[[Cell], None],
+) -> Iterable[tuple[Cell, str, Any]]:
+    """``(cell, status, row or error)`` as cells finish: in this process with one job,
+    else from a pool of ``jobs`` worker processes. Stopping (Ctrl-C, an error)
+    terminates the workers; the cells they were running have no row."""
+    if jobs == 1 or len(todo) <= 1:
+        for c in todo:
+            starting(c)
+            yield (c, *run_cell(runner, configs[c.key]))
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(todo)), mp_context=_worker_context(), initializer=_worker_init
+    )
+    try:
+        futures = {pool.submit(run_cell, runner, configs[c.key]): c for c in todo}
+        for future in as_completed(futures):
+            yield (futures[future], *future.result())
+    except BaseException:
+        workers = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.join(timeout=10)
+        raise
+    pool.shutdown()
 
 
 def run_sweep(
@@ -349,23 +558,33 @@ def run_sweep(
     shard: tuple[int, int] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    retry_failed: bool = False,
     work_dir: str | os.PathLike | None = None,
     runner: Callable[[Any], Mapping[str, Any]] | None = None,
+    jobs: int = 1,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the (shard of the) grid; returns the rows appended by this call.
+    """Run the (shard of the) grid; returns the rows appended by this call (failed
+    cells' rows included: ``status`` says which).
 
     ``out`` (default ``results/<name>``) receives the results file; each cell's
     finetune output (checkpoints, its own results.jsonl) goes to
     ``work_dir/<variant>/n<n>-seed<seed>`` (default ``runs/sweep/<name>``, which
-    git ignores). ``runner`` defaults to :func:`probe.train.run.finetune`.
-    Everything is validated, and every cell's FinetuneConfig built, before the
-    first run.
+    git ignores). ``runner`` defaults to :func:`probe.train.run.finetune`; with
+    ``jobs`` > 1 it runs in that many worker processes and must be picklable (a
+    module-level function). Everything is validated, every cell's configuration
+    checked and both folders checked before the first run; the results file is
+    locked for the whole sweep. A failed cell's row counts as done on
+    ``resume`` unless ``retry_failed`` (which implies ``resume``).
     """
+    from probe.train.run_dir import file_lock
+
     out = Path(out if out is not None else Path("results") / config.name)
     work_dir = Path(work_dir if work_dir is not None else Path("runs") / "sweep" / config.name)
+    resume = resume or retry_failed
     if resume and overwrite:
-        raise ValueError("pass --resume or --overwrite, not both")
+        raise ValueError("pass --resume (or --retry-failed) or --overwrite, not both")
+    jobs = parse_jobs(jobs)
     path = results_path(out, shard)
 
     cells = config.cells()
@@ -380,62 +599,91 @@ def run_sweep(
     }
     code = _code_version()
     kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
+    check_folder(out, "--out")
+    check_folder(work_dir, "--work-dir")
 
-    if overwrite:
-        for p in out.glob("results*.jsonl"):
-            if p == path or shard is None:
-                p.unlink()
-    existing = sorted(out.glob("results*.jsonl")) if out.is_dir() else []
-    done: dict[tuple, dict] = {}
-    for row in read_rows(existing):
-        if row.get("recipe") == config.name:
-            done[(row["variant"], row["n"], row["seed"])] = row
-    mine_done = [c for c in mine if c.key in done]
-    if mine_done and not resume:
-        raise FileExistsError(
-            f"{out} already holds {len(mine_done)} of this run's {len(mine)} cells; pass "
-            f"--resume to run only the missing ones, or --overwrite to start over"
-        )
-    for c in mine_done:
-        recorded = done[c.key].get("cell_hash")
-        if recorded is not None and recorded != hashes[c.key]:
-            raise ValueError(
-                f"cell {c.key} in {out} was run with other settings than recipe "
-                f"{config.name!r} now gives (hash {recorded} != {hashes[c.key]}); pass "
-                f"--overwrite to start over, or --out to write elsewhere"
+    lock = file_lock(
+        out / f".{path.name}.lock",
+        f"results file {str(path)!r}",
+        "pass another --out (to split one grid over processes, use --jobs or --shard)",
+    )
+    with lock:
+        if overwrite:
+            for p in out.glob("results*.jsonl"):
+                if p == path or shard is None:
+                    p.unlink()
+        existing = sorted(out.glob("results*.jsonl")) if out.is_dir() else []
+        done: dict[tuple, dict] = {}
+        for row in read_rows(existing):
+            if row.get("recipe") == config.name:
+                done[(row["variant"], row["n"], row["seed"])] = row
+        mine_done = [c for c in mine if c.key in done]
+        if mine_done and not resume:
+            raise FileExistsError(
+                f"{out} already holds {len(mine_done)} of this run's {len(mine)} cells; pass "
+                f"--resume to run only the missing ones, or --overwrite to start over"
             )
-    todo = [c for c in mine if c.key not in done]
+        for c in mine_done:
+            recorded = done[c.key].get("cell_hash")
+            if recorded is not None and recorded != hashes[c.key]:
+                raise ValueError(
+                    f"cell {c.key} in {out} was run with other settings than recipe "
+                    f"{config.name!r} now gives (hash {recorded} != {hashes[c.key]}); pass "
+                    f"--overwrite to start over, or --out to write elsewhere"
+                )
+        todo = [c for c in mine if c.key not in done or (retry_failed and is_failed(done[c.key]))]
 
-    if runner is None:
-        from probe.train.run import finetune as runner
-    from tqdm.auto import tqdm
+        if runner is None:
+            from probe.train.run import finetune as runner
+        from tqdm.auto import tqdm
 
-    rows = []
-    bar = tqdm(todo, desc=f"sweep {config.name}", unit="cell", disable=not progress)
-    for c in bar:
-        bar.set_postfix_str(f"{c.variant} n={c.n} seed={c.seed}")
-        result = dict(runner(configs[c.key]))
-        row = {
-            "recipe": config.name,
-            "variant": c.variant,
-            "n": c.n,
-            "seed": c.seed,
-            "variant_index": c.variant_index,
-            "task": settings[c.key]["task"],
-            "label_kind": kinds[c.key] or result.get("label_kind"),
-            "description": config.description,
-            "baseline": config.baseline,
-            "threshold": config.threshold,
-            "grid_cells": len(cells),
-            "cell_hash": hashes[c.key],
-            "code": code,
-            **{k: v for k, v in result.items() if k not in ("variant", "n", "recipe")},
-        }
-        row["seed"] = c.seed
-        # the model as the recipe names it (`offline:smollm2`); config holds the resolved path
-        row["model"] = settings[c.key].get("model") or row.get("model")
-        append_row(path, row)  # probe.jsonl: locked, on a fresh line
-        rows.append(row)
+        rows = []
+        failed = 0
+        # one bar: cells done / total, elapsed, remaining, failures (and the running
+        # cell, with one job)
+        bar = tqdm(total=len(todo), desc=f"sweep {config.name}", unit="cell", disable=not progress)
+
+        def show(running: Cell | None = None) -> None:
+            text = f"failed={failed}"
+            if running is not None:
+                text += f", running {running.variant} n={running.n} seed={running.seed}"
+            bar.set_postfix_str(text)
+
+        with bar:
+            show()
+            for c, status, result in _results(runner, todo, configs, jobs, show):
+                row = {
+                    "recipe": config.name,
+                    "variant": c.variant,
+                    "n": c.n,
+                    "seed": c.seed,
+                    "variant_index": c.variant_index,
+                    "task": settings[c.key]["task"],
+                    "label_kind": kinds[c.key],
+                    "description": config.description,
+                    "baseline": config.baseline,
+                    "threshold": config.threshold,
+                    "grid_cells": len(cells),
+                    "cell_hash": hashes[c.key],
+                    "code": code,
+                    "status": status,
+                }
+                if status == OK:
+                    row.update(
+                        {k: v for k, v in result.items() if k not in ("variant", "n", "recipe")}
+                    )
+                    row["seed"] = c.seed
+                    row["status"] = OK
+                else:
+                    row["error"] = result
+                    failed += 1
+                # the model as the recipe names it (`offline:smollm2`); config holds the
+                # resolved path
+                row["model"] = settings[c.key].get("model") or row.get("model")
+                append_row(path, row)  # probe.jsonl: locked, on a fresh line
+                rows.append(row)
+                show()
+                bar.update()
     return rows
 
 
@@ -457,9 +705,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="i/N",
         help="run every N-th cell from i (0 <= i < N) into results-shard-i-of-N.jsonl",
     )
-    p.add_argument("--resume", action="store_true", help="skip cells that already have a row")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="run only the cells without a row (a failed cell's row counts as done)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume (implied): also run again the cells whose row says they failed",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete earlier rows and start over")
-    p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cells run at once, each in its own process with one torch thread (0: one per "
+        "core; default: 1, in this process)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every cell's configuration, print the cells and exit",
+    )
     return p
 
 
@@ -468,31 +737,56 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         _main(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
         parser.exit(2, f"probe sweep: error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(
+            130,
+            "probe sweep: interrupted; the finished cells' rows are saved — run the same "
+            "command with --resume to run the rest\n",
+        )
+    except BrokenProcessPool:
+        parser.exit(
+            1,
+            "probe sweep: error: a --jobs worker process died (killed, or out of memory?); "
+            "the finished cells' rows are saved — run the same command with --resume "
+            "(and fewer --jobs) to run the rest\n",
+        )
 
 
 def _main(args: argparse.Namespace) -> None:
     config = SweepConfig.from_yaml(args.recipe)
     shard = parse_shard(args.shard)
+    out = Path(args.out if args.out is not None else Path("results") / config.name)
     if args.dry_run:
         cells = config.cells()
         mine = cells if shard is None else cells[shard[0] :: shard[1]]
-        cell_configs(config, mine, "runs")  # validates every cell
+        parse_jobs(args.jobs)
+        cell_configs(config, mine, "runs")  # checks every cell as the sweep would
+        check_folder(out, "--out")
+        if args.work_dir is not None:
+            check_folder(Path(args.work_dir), "--work-dir")
         print(f"recipe {config.name}: {len(mine)} of {len(cells)} cells")
         for c in mine:
             print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}")
         return
     rows = run_sweep(
         config,
-        args.out,
+        out,
         shard=shard,
         resume=args.resume,
         overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
         work_dir=args.work_dir,
+        jobs=args.jobs,
     )
-    out = Path(args.out if args.out is not None else Path("results") / config.name)
-    print(f"sweep {config.name}: {len(rows)} cell(s) run -> {results_path(out, shard)}")
+    failed = sum(is_failed(r) for r in rows)
+    note = (
+        f", {failed} failed (their rows give status and error; --retry-failed runs them again)"
+        if failed
+        else ""
+    )
+    print(f"sweep {config.name}: {len(rows)} cell(s) run{note} -> {results_path(out, shard)}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class RunDir:
         out = self.path
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"--output-dir {str(out)!r} is a file; pass a folder")
-        _check_writable(out, "--output-dir")
+        check_writable(out, "--output-dir")
         if config.resume:
             if not self.checkpoints():
                 raise FileNotFoundError(
@@ -190,7 +190,7 @@ class RunDir:
             yield
 
 
-def _check_writable(folder: Path, flag: str) -> None:
+def check_writable(folder: Path, flag: str) -> None:
     """The nearest existing folder at or above ``folder`` must be writable."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
@@ -211,29 +211,71 @@ def folder_lock(folder: Path, flag: str) -> Iterator[None]:
     message a second process gets, and removed when the block ends.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        yield
-        return
     pid_file = folder / LOCK_FILE
     fd = os.open(folder, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = pid_file.read_text().strip() or "unknown"
-            except OSError:
-                holder = "unknown"
-            raise FileExistsError(
-                f"{flag} {str(folder)!r} is in use by another probe process (pid {holder}); "
-                "wait for it to finish, or pass another folder"
-            ) from None
-        pid_file.write_text(f"{os.getpid()}\n")
+        if _flock_or_refuse(fd, pid_file, f"{flag} {str(folder)!r}", "pass another folder"):
+            pid_file.write_text(f"{os.getpid()}\n")
         try:
             yield
         finally:
             pid_file.unlink(missing_ok=True)
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def file_lock(lock_file: Path, what: str, advice: str) -> Iterator[None]:
+    """An exclusive, non-blocking OS lock keyed by ``lock_file`` for the block (e.g. a
+    sweep's lock on one results file): a ``flock`` on that file, which holds the
+    holder's pid and is removed when the block ends. A second holder is refused at
+    once, naming ``what``, the pid and ``advice``; the kernel releases the lock
+    when the process dies (a stale file is then simply locked again)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = _flock_or_refuse(fd, lock_file, what, advice)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(lock_file).st_ino
+        except FileNotFoundError:
+            current = None
+        if not locked or current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed the file as we opened it: lock the new one
+    try:
+        if locked:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if locked:
+                lock_file.unlink(missing_ok=True)  # still locked: nobody holds it meanwhile
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _flock_or_refuse(fd: int, pid_file: Path, what: str, advice: str) -> bool:
+    """Take an exclusive non-blocking ``flock`` on ``fd``; if another process holds
+    it, raise ``FileExistsError`` naming the pid found in ``pid_file``. False where
+    the platform has no ``flock`` (no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = pid_file.read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise FileExistsError(
+            f"{what} is in use by another probe process (pid {holder}); wait for it to "
+            f"finish, or {advice}"
+        ) from None
+    return True

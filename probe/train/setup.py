@@ -61,9 +61,11 @@ def check_task(config: FinetuneConfig):
     return get_task(config.task, **config.task_params)
 
 
-def check_environment(config: FinetuneConfig, run_dir: RunDir):
+def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
     """Judge the task, model, options and output folder; returns the catalogue task
-    (None with ``--dataset``). Raises before any model or data work."""
+    (None with ``--dataset``). Raises before any model or data work. With
+    ``run_dir=None`` the folder is not judged (a sweep checks every cell's
+    settings before the first cell runs, while its folders do not exist yet)."""
     task = check_task(config)
     if task is None:
         path = Path(config.dataset).expanduser()
@@ -100,7 +102,8 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir):
             f"--pretrained to adapt the checkpoint, or drop --lora-r to train it in full"
         )
     _check_trackers(config.trackers)
-    run_dir.check(config)
+    if run_dir is not None:
+        run_dir.check(config)
     return task
 
 

@@ -61,3 +61,39 @@ def test_export_catalogue_writes_every_registered_task(tmp_path, monkeypatch, ca
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_catalogue(tmp_path / "cat")
     export_catalogue(tmp_path / "cat", overwrite=True)
+
+
+def read_only(monkeypatch, folder):
+    """``folder`` made read-only, also for root (who may write anywhere): os.access says so."""
+    import os
+
+    folder.mkdir()
+    folder.chmod(0o500)
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: False if str(p) == str(folder) else real(p, mode, **k)
+    )
+    return folder
+
+
+@pytest.mark.parametrize("command", ["render", "export"])
+def test_data_out_read_only_or_a_file_is_one_line_before_rendering(
+    tmp_path, monkeypatch, capsys, command
+):
+    def no_render(*a, **k):
+        raise AssertionError("rendered before checking the destination")
+
+    monkeypatch.setattr(data, "render", no_render)
+    args = ["data", command] + (["--task", "copy", "--n-train", "8"] if command == "render" else [])
+    ro = read_only(monkeypatch, tmp_path / "ro")
+    try:
+        for out, message in [(ro / "sub", "not writable"), (tmp_path / "f", "not a folder")]:
+            (tmp_path / "f").write_text("x")
+            with pytest.raises(SystemExit) as e:
+                cli.main([*args, "--out", str(out)])
+            assert e.value.code == 2
+            err = capsys.readouterr().err
+            assert err.startswith("probe data: error: ") and message in err
+            assert err.count("\n") == 1
+    finally:
+        ro.chmod(0o700)

@@ -174,3 +174,146 @@ def test_miniature_sweep_report_resume_and_shards(tmp_path):
     assert list(ta["variant"]) == ["none", "kq"]
     pd.testing.assert_frame_equal(ta, tb)
     pd.testing.assert_frame_equal(pd.read_csv(a["curves.csv"]), pd.read_csv(b["curves.csv"]))
+
+
+# -- failed cells, honest ratios, refusals ----------------------------------------------
+
+
+def test_ratio_is_a_number_only_where_both_n_star_were_reached(tmp_path):
+    df = load_results([rows_file(tmp_path / "results.jsonl", SYNTH)])
+    # at 0.005 the baseline `none` never gets there: no ratio, not even vs itself
+    t = n_star(curves(df, "test_loss"), 0.005, "none").set_index("variant")
+    assert not t.loc["none", "reached"]
+    assert t["ratio"].isna().all()
+    assert (t.loc["none", "ratio_text"], t.loc["kq", "ratio_text"]) == ("?", "<0.25")
+    write_report([tmp_path / "results.jsonl"], tmp_path / "rep", threshold=0.005)
+    csv = pd.read_csv(tmp_path / "rep" / "n_star.csv").set_index("variant")
+    assert csv["ratio"].isna().all()
+    # at 0.05 both reached: numbers, and 1 for the baseline itself
+    t = n_star(curves(df, "test_loss"), 0.05, "none").set_index("variant")
+    assert (t.loc["none", "ratio"], t.loc["kq", "ratio"]) == (1.0, 0.25)
+    assert pd.isna(t.loc["mlp", "ratio"]) and t.loc["mlp", "ratio_text"] == ">4"
+
+
+def test_seeds_ok_counts_the_seeds_that_reach_the_threshold_at_n_star(tmp_path):
+    df = load_results([rows_file(tmp_path / "results.jsonl", SYNTH)])
+    t = n_star(curves(df, "test_loss"), 0.05, "none", df, "test_loss").set_index("variant")
+    # none: n*=64 on the mean (0.06 and 0.02): one seed of two is below 0.05
+    assert t.loc["none", "seeds_ok"] == "1/2"
+    assert t.loc["kq", "seeds_ok"] == "2/2" and t.loc["mlp", "seeds_ok"] == "0/2"
+    write_report([tmp_path / "results.jsonl"], tmp_path / "rep")
+    assert list(pd.read_csv(tmp_path / "rep" / "n_star.csv")["seeds_ok"]) == ["1/2", "2/2", "0/2"]
+    assert "| none | 64 | 1 | 0.01 | 1/2 |" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+def test_failed_cells_are_listed_and_left_out_of_curves_and_n_star(tmp_path):
+    failed = {
+        **row("kq", 16, 0, 0.0, vi=1),
+        "status": "diverged",
+        "error": "FloatingPointError: loss is nan",
+    }
+    del failed["test_loss"], failed["test_error"]
+    rows = [
+        {**r, "status": "ok"} for r in SYNTH if (r["variant"], r["n"], r["seed"]) != ("kq", 16, 0)
+    ]
+    rows_file(tmp_path / "results.jsonl", [*rows, failed])
+    written = write_report([tmp_path / "results.jsonl"], tmp_path / "rep")
+    c = pd.read_csv(written["curves.csv"])
+    kq16 = c[(c.variant == "kq") & (c.n == 16)]
+    assert kq16["count"].item() == 1 and kq16["mean"].item() == 0.0  # seed 1 only
+    md = written["summary.md"].read_text()
+    assert "18 cells, 1 failed (left out of the curves and n*)" in md
+    assert "- kq n=16 seed=0: diverged — FloatingPointError: loss is nan" in md
+    t = pd.read_csv(written["n_star.csv"]).set_index("variant")
+    assert t.loc["kq", "seeds_ok"] == "1/1"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--baseline", "plain"],
+            "--baseline 'plain' is not a variant of these results; pick one of ['none', 'kq', 'mlp']",
+        ),
+        (["--threshold", "-0.1"], "--threshold -0.1 must be a positive number"),
+        (["--threshold", "0"], "--threshold 0 must be a positive number"),
+    ],
+)
+def test_report_refuses_a_bad_baseline_or_threshold_in_one_line(tmp_path, capsys, args, message):
+    rows_file(tmp_path / "results.jsonl", SYNTH)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rep"), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"probe report: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
+
+
+def test_report_refuses_an_out_that_is_a_file_or_read_only(tmp_path, capsys, monkeypatch):
+    import os
+
+    rows_file(tmp_path / "results.jsonl", SYNTH)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "file")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("probe report: error: --out ")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, m, **k: False if str(p) == str(ro) else real(p, m, **k)
+    )
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "results.jsonl"), "--out", str(ro / "rep")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and err.count("\n") == 1
+
+
+def test_curves_are_on_a_log_scale_with_the_threshold_line(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from probe.experiments.report import plot_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    df = load_results([rows_file(tmp_path / "results.jsonl", SYNTH)])
+    c = curves(df, "test_loss")
+    plot_curves(c, tmp_path / "a.png", "test_loss", threshold=0.05)
+    ax = figures[-1].axes[0]
+    # zeros in the data: log above a linear stretch near 0
+    assert ax.get_yscale() == "symlog" and ax.get_xscale() == "log"
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["none", "kq", "mlp", "0.05"]
+    assert list(ax.get_lines()[-1].get_ydata()) == [0.05, 0.05]
+    positive = c.assign(mean=c["mean"] + 0.001, min=c["min"] + 0.001)
+    plot_curves(positive, tmp_path / "b.png", "test_loss", threshold=0.05)
+    assert figures[-1].axes[0].get_yscale() == "log"
+
+
+def test_jobs_2_gives_the_rows_of_jobs_1(tmp_path):
+    """--jobs 2 (spawned workers, one torch thread each) = --jobs 1 with one thread."""
+    import torch
+
+    cfg = mini_config()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_sweep(cfg, tmp_path / "a", work_dir=tmp_path / "wa", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = run_sweep(cfg, tmp_path / "b", work_dir=tmp_path / "wb", jobs=2, progress=False)
+    assert read_rows(tmp_path / "b" / "results.jsonl") == json.loads(json.dumps(parallel))
+
+    def same(rows):
+        timing = {"wall_s", "train_s", "train_samples_per_s"}
+        out = []
+        for r in rows:
+            r = {k: v for k, v in r.items() if k not in timing}
+            r["config"] = {k: v for k, v in r["config"].items() if k != "output_dir"}
+            out.append(r)
+        return sorted(out, key=lambda r: (r["variant"], r["n"], r["seed"]))
+
+    assert len(parallel) == 4 and all(r["status"] == "ok" for r in parallel)
+    assert same(parallel) == same(serial)

@@ -127,13 +127,19 @@ def test_bad_values_are_refused(over, match):
         config(**over)
 
 
-def test_every_shipped_recipe_validates():
+def test_every_shipped_recipe_validates(tmp_path):
+    from probe.experiments.sweep import cell_configs
+
     recipes = sorted(p for p in RECIPES.glob("*.yaml") if p.name != "base.yaml")
     assert len(recipes) >= 8
     for p in recipes:
         cfg = SweepConfig.from_yaml(p)
         assert cfg.cells(), p
         assert "CPU" in p.read_text(), f"{p.name} should state its expected CPU time"
+        try:  # every cell as finetune would check it
+            cell_configs(cfg, cfg.cells(), tmp_path)
+        except ValueError as e:  # a pretrained Hub model, offline
+            assert "Hugging Face Hub" in str(e) and "offline" in str(e), (p, e)
 
 
 # -- grid and shards -------------------------------------------------------------------
@@ -243,3 +249,330 @@ def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
     assert (
         "probe sweep: error: variant 'none' has unknown key(s) ['abb']" in capsys.readouterr().err
     )
+
+
+# -- one bad cell never stops a sweep ------------------------------------------------------
+
+
+def raising_runner(calls: list, bad: dict):
+    """fake_runner, except the cells in ``bad`` ((ab, n, seed) -> exception) raise."""
+    ok = fake_runner(calls)
+
+    def run(cfg) -> dict:
+        key = (cfg.ab, cfg.n_train, cfg.seed)
+        if key in bad:
+            calls.append(key)
+            raise bad[key]
+        return ok(cfg)
+
+    return run
+
+
+def test_a_failed_cell_writes_its_row_and_the_sweep_goes_on(tmp_path):
+    calls: list = []
+    bad = {
+        ("kq", 8, 0): FloatingPointError("training loss is nan at step 3; lower --lr"),
+        ("none", 16, 1): ValueError("bad data\nsecond line"),
+    }
+    kw = dict(work_dir=tmp_path / "w", progress=False)
+    rows = run_sweep(config(), tmp_path, runner=raising_runner(calls, bad), **kw)
+    assert len(rows) == len(calls) == 8  # every cell ran
+    by_key = {(r["variant"], r["n"], r["seed"]): r for r in read_rows(results_path(tmp_path, None))}
+    assert by_key[("kq", 8, 0)]["status"] == "diverged"
+    assert by_key[("kq", 8, 0)]["error"].startswith("FloatingPointError: training loss is nan")
+    assert by_key[("none", 16, 1)]["status"] == "failed"
+    assert by_key[("none", 16, 1)]["error"] == "ValueError: bad data second line"  # one line
+    assert "test_loss" not in by_key[("kq", 8, 0)] and by_key[("kq", 8, 0)]["cell_hash"]
+    assert sum(r["status"] == "ok" for r in by_key.values()) == 6
+
+    # --resume does not retry them; --retry-failed does (and only them)
+    calls.clear()
+    assert run_sweep(config(), tmp_path, resume=True, runner=fake_runner(calls), **kw) == []
+    assert calls == []
+    again = run_sweep(config(), tmp_path, retry_failed=True, runner=fake_runner(calls), **kw)
+    assert sorted(calls) == [("kq", 8, 0), ("none", 16, 1)]
+    assert all(r["status"] == "ok" for r in again)
+    calls.clear()
+    assert run_sweep(config(), tmp_path, retry_failed=True, runner=fake_runner(calls), **kw) == []
+
+
+def test_cli_summary_counts_failed_cells(tmp_path, monkeypatch, capsys):
+    import probe.experiments.sweep as sweep
+
+    recipe = write(
+        tmp_path / "r.yaml",
+        "task: aba_vs_abb\nn: [8, 16]\nvariants: {none: {ab: none}, kq: {ab: kq}}\n"
+        "finetune: {n_layer: 1, n_embd: 16, n_head: 2}\n",
+    )
+    real = sweep.run_sweep
+    bad = {("kq", 16, 0): FloatingPointError("nan")}
+    monkeypatch.setattr(
+        sweep,
+        "run_sweep",
+        lambda *a, **k: real(*a, **{**k, "runner": raising_runner([], bad), "progress": False}),
+    )
+    sweep.main([str(recipe), "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
+    assert "4 cell(s) run, 1 failed" in capsys.readouterr().out
+
+
+# -- recipes are checked whole before the first cell ----------------------------------------
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "task: copy\nn: [4, 8\nvariants: {none: {}}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml:3: .*fix the YAML") as e:
+        load_recipe(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_duplicate_key_anywhere_is_refused_naming_key_and_line(tmp_path):
+    dup = write(
+        tmp_path / "dup.yaml",
+        "task: copy\nn: [4]\nvariants:\n  kq: {ab: kq}\n  kq: {ab: vo}\n",
+    )
+    with pytest.raises(ValueError, match=r"dup\.yaml:5: .*duplicate key 'kq' \(first on line 4\)"):
+        load_recipe(dup)
+    nested = write(tmp_path / "nested.yaml", "task: copy\nfinetune: {lr: 0.1, lr: 0.2}\n")
+    with pytest.raises(ValueError, match=r"nested\.yaml:2: .*duplicate key 'lr'"):
+        load_recipe(nested)
+
+
+def test_exponent_numbers_are_floats(tmp_path):
+    r = write(tmp_path / "r.yaml", "a: 1e-3\nb: 1.5e3\nc: -2E+4\nd: 1e3x\ne: 0.5\n")
+    assert load_recipe(r) == {"a": 0.001, "b": 1500.0, "c": -20000.0, "d": "1e3x", "e": 0.5}
+    lr = write(
+        tmp_path / "lr.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\nfinetune: {lr: 3e-4}\n"
+    )
+    assert SweepConfig.from_yaml(lr).finetune["lr"] == 3e-4
+
+
+@pytest.mark.parametrize(
+    "variants, task_params, match",
+    [
+        ({"mlp": {"model": "mlp", "ab": "kq"}}, {}, r"cell \('mlp'.*--ab kq.*MLP"),
+        ({"none": {"model": "no_such_model"}}, {}, r"cell \('none'.*--model 'no_such_model'"),
+        ({"none": {}}, {"k": 0}, r"cell \('none'.*k"),
+    ],
+)
+def test_every_cell_is_checked_like_finetune_before_the_first_run(
+    tmp_path, variants, task_params, match
+):
+    from probe.experiments.sweep import main
+
+    calls: list = []
+    over = {"variants": variants, "baseline": None, "task": "majority_k"}
+    if task_params:
+        over["task_params"] = task_params
+    cfg = config(**over, finetune={})
+    with pytest.raises(ValueError, match=match):
+        run_sweep(cfg, tmp_path, runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
+    assert calls == [] and not results_path(tmp_path, None).exists()
+    # --dry-run says the same
+    import yaml
+
+    recipe = write(
+        tmp_path / "r.yaml",
+        yaml.safe_dump(
+            {
+                "task": "majority_k",
+                "n": [8],
+                "variants": variants,
+                "baseline": None,
+                "task_params": task_params,
+            }
+        ),
+    )
+    with pytest.raises(SystemExit) as e:
+        main([str(recipe), "--dry-run"])
+    assert e.value.code == 2
+
+
+# -- paths and locks -------------------------------------------------------------------------
+
+
+def read_only(monkeypatch, folder):
+    """``folder`` made read-only, also for root (who may write anywhere): os.access says so."""
+    import os
+
+    folder.mkdir()
+    folder.chmod(0o500)
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: False if Path(p) == folder else real(p, mode, **k)
+    )
+    return folder
+
+
+@pytest.mark.parametrize("which", ["out", "work_dir"])
+def test_an_out_that_is_a_file_or_read_only_is_refused_before_any_cell(
+    tmp_path, monkeypatch, which
+):
+    calls: list = []
+    kw = {"out": tmp_path / "out", "work_dir": tmp_path / "w"}
+    kw[which] = write(tmp_path / "file", "x")
+    flag = "--out" if which == "out" else "--work-dir"
+    with pytest.raises(FileExistsError, match=f"{flag} .*is a file"):
+        run_sweep(config(), runner=fake_runner(calls), progress=False, **kw)
+    kw[which] = read_only(monkeypatch, tmp_path / "ro") / "sub"
+    with pytest.raises(PermissionError, match=f"{flag} .*not writable"):
+        run_sweep(config(), runner=fake_runner(calls), progress=False, **kw)
+    assert calls == []
+
+
+def test_cli_refuses_a_read_only_out_in_one_line(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    recipe = write(tmp_path / "r.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\n")
+    target = write(tmp_path / "file", "x")
+    with pytest.raises(SystemExit) as e:
+        main([str(recipe), "--out", str(target)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probe sweep: error: --out ") and err.count("\n") == 1
+
+
+def test_a_second_sweep_on_the_same_results_file_is_refused_naming_the_pid(tmp_path):
+    import os
+
+    from probe.train.run_dir import file_lock
+
+    calls: list = []
+    kw = dict(runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
+    lock = tmp_path / ".results.jsonl.lock"
+    with file_lock(lock, "results file", "pass another --out"):
+        with pytest.raises(
+            FileExistsError, match=f"in use by another probe process \\(pid {os.getpid()}\\)"
+        ):
+            run_sweep(config(), tmp_path, **kw)
+        assert calls == []
+        # a shard writes its own file: it is not held up
+        run_sweep(config(), tmp_path, shard=(0, 2), **kw)
+    assert len(calls) == 4
+    run_sweep(config(), tmp_path, resume=True, **kw)  # released
+    assert not lock.exists()  # no lock file left behind in a results folder
+    assert len(calls) == 8  # the shard's 4 cells count as done
+
+
+# -- --jobs ----------------------------------------------------------------------------------
+
+INTERRUPTED = """
+import os, sys, time
+from probe.experiments.sweep import SweepConfig, run_sweep
+
+def runner(cfg):
+    if (cfg.ab, cfg.n_train) == ("kq", 16):
+        time.sleep(300)  # stuck until Ctrl-C
+    return {"test_loss": 1.0 / cfg.n_train, "test_error": 0.0, "steps": 1, "pid": os.getpid()}
+
+if __name__ == "__main__":
+    cfg = SweepConfig.from_dict({
+        "name": "mini", "task": "aba_vs_abb", "n": [8, 16], "seeds": [0, 1],
+        "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+        "finetune": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    })
+    try:
+        run_sweep(cfg, sys.argv[1], work_dir=sys.argv[2], jobs=2, runner=runner, progress=False)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+def test_ctrl_c_stops_every_worker_and_resume_completes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = write(tmp_path / "interrupted.py", INTERRUPTED)
+    out, work = tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(work)], env=env)
+    path = results_path(out, None)
+    deadline = time.monotonic() + 240
+    while not (path.exists() and len(read_rows(path)) == 6):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not get going"
+        time.sleep(0.2)
+    time.sleep(0.5)  # the two stuck cells are running
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    rows = read_rows(path)
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    workers = {r["pid"] for r in rows}
+    assert len(workers) <= 2 and os.getpid() not in workers
+    time.sleep(1)
+    assert not [p for p in workers if _alive(p)], "a worker outlived Ctrl-C"
+    calls: list = []
+    again = run_sweep(config(), out, resume=True, runner=fake_runner(calls), work_dir=work)
+    assert sorted(calls) == [("kq", 16, 0), ("kq", 16, 1)] and len(again) == 2
+
+
+def test_jobs_must_be_a_count():
+    from probe.experiments.sweep import parse_jobs
+
+    assert parse_jobs(3) == 3 and parse_jobs(0) >= 1
+    with pytest.raises(ValueError, match="--jobs -1 must be 0 .one per core. or a positive"):
+        parse_jobs(-1)
+
+
+def test_one_bar_counts_cells_and_failures(tmp_path, capsys):
+    bad = {("kq", 16, 1): FloatingPointError("nan")}
+    run_sweep(config(), tmp_path, runner=raising_runner([], bad), work_dir=tmp_path / "w")
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("sweep mini: 100%") and "8/8" in last and "failed=1" in last
+
+
+HOLDER = """
+import sys, time
+from probe.experiments.sweep import SweepConfig, run_sweep
+
+def runner(cfg):
+    time.sleep(300)
+
+if __name__ == "__main__":
+    cfg = SweepConfig.from_dict({
+        "name": "mini", "task": "aba_vs_abb", "n": [8, 16], "seeds": [0, 1],
+        "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+        "finetune": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    })
+    run_sweep(cfg, sys.argv[1], work_dir=sys.argv[2], runner=runner, progress=False)
+"""
+
+
+def test_the_lock_names_another_process_and_dies_with_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = write(tmp_path / "holder.py", HOLDER)
+    out, work = tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(work)], env=env)
+    lock = out / ".results.jsonl.lock"
+    try:
+        deadline = time.monotonic() + 240
+        while not (lock.exists() and lock.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        calls: list = []
+        kw = dict(runner=fake_runner(calls), work_dir=work, progress=False)
+        with pytest.raises(FileExistsError, match=f"results file .*\\(pid {proc.pid}\\)"):
+            run_sweep(config(), out, resume=True, **kw)
+        run_sweep(config(), out, shard=(1, 2), **kw)  # a shard's own file is free
+        assert calls
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    rows = run_sweep(config(), out, resume=True, **kw)  # the kernel released the lock
+    assert len(rows) == 4
