@@ -397,6 +397,26 @@ def _code_version() -> str:
     return f"{__version__}+{rev}" if rev else __version__
 
 
+def uncommitted_code() -> list[str]:
+    """Files under ``probe/`` with uncommitted changes in this checkout (empty outside a
+    git checkout): rows made with them could not be reproduced from any commit."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "probe"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+
+
 def _label_kind(task: str, params: Mapping[str, Any]) -> str | None:
     try:
         from probe.tasks.catalogue import get_task
@@ -562,6 +582,7 @@ def run_sweep(
     work_dir: str | os.PathLike | None = None,
     runner: Callable[[Any], Mapping[str, Any]] | None = None,
     jobs: int = 1,
+    allow_dirty: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the (shard of the) grid; returns the rows appended by this call (failed
@@ -571,6 +592,8 @@ def run_sweep(
     finetune output (checkpoints, its own results.jsonl) goes to
     ``work_dir/<variant>/n<n>-seed<seed>`` (default ``runs/sweep/<name>``, which
     git ignores). ``runner`` defaults to :func:`probe.train.run.finetune`; with
+    ``allow_dirty=False`` (the ``probe sweep`` default) refuses to run cells while
+    ``probe/`` has uncommitted changes. With
     ``jobs`` > 1 it runs in that many worker processes and must be picklable (a
     module-level function). Everything is validated, every cell's configuration
     checked and both folders checked before the first run; the results file is
@@ -633,6 +656,14 @@ def run_sweep(
                 )
         todo = [c for c in mine if c.key not in done or (retry_failed and is_failed(done[c.key]))]
 
+        dirty = uncommitted_code() if todo and not allow_dirty else []
+        if dirty:
+            shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
+            raise ValueError(
+                f"probe/ has uncommitted changes ({shown}): rows record the commit they were "
+                "made with, and these would match none. Commit first, or pass --allow-dirty "
+                "(rows then say +dirty)"
+            )
         if runner is None:
             from probe.train.run import finetune as runner
         from tqdm.auto import tqdm
@@ -717,6 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="delete earlier rows and start over")
     p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run although probe/ has uncommitted changes (rows then record +dirty)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -779,6 +815,7 @@ def _main(args: argparse.Namespace) -> None:
         retry_failed=args.retry_failed,
         work_dir=args.work_dir,
         jobs=args.jobs,
+        allow_dirty=args.allow_dirty,
     )
     failed = sum(is_failed(r) for r in rows)
     note = (

@@ -576,3 +576,15 @@ def test_the_lock_names_another_process_and_dies_with_it(tmp_path):
         proc.wait()
     rows = run_sweep(config(), out, resume=True, **kw)  # the kernel released the lock
     assert len(rows) == 4
+
+
+def test_uncommitted_code_is_refused_before_any_cell_unless_allowed(tmp_path, monkeypatch):
+    import probe.experiments.sweep as sweep
+
+    calls: list = []
+    monkeypatch.setattr(sweep, "uncommitted_code", lambda: ["probe/train/loop.py"])
+    kw = dict(runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
+    with pytest.raises(ValueError, match=r"uncommitted changes \(probe/train/loop.py\)"):
+        run_sweep(config(), tmp_path, allow_dirty=False, **kw)
+    assert calls == [] and not results_path(tmp_path, None).exists()
+    assert len(run_sweep(config(), tmp_path, allow_dirty=True, **kw)) == len(calls) > 0
