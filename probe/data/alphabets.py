@@ -171,18 +171,26 @@ def symbol_vocab(
             f"train_symbols=/val_symbols=/test_symbols= (alphabet sizes: samples may "
             f"outnumber symbols)"
         )
-    alphabets, at = {}, 0
+    # The first split (train) takes the pool's front, the others its back, last split
+    # last: the test alphabet (and the validation one) is then the same whatever n_train
+    # is, so a curve over n compares one test set.
+    sized = [split for split in specs if split in wanted]
+    starts, back = dict.fromkeys(sized[:1], 0), len(pool)
+    for split in reversed(sized[1:]):
+        back -= wanted[split]
+        starts[split] = back
+    alphabets = {}
     for split in specs:
         if split in explicit_ids:
             ids = explicit_ids[split]
             strings = pa.array(explicit[split], pa.string())
         else:
+            at = starts[split]
             ids = pool[at : at + wanted[split]]
             if pool_words is not None:
                 strings = pa.array(pool_words[at : at + wanted[split]].tolist(), pa.string())
             else:
                 strings = _symbol_names(tokenizer, ids, span)
-            at += wanted[split]
         alphabets[split] = Alphabet(ids, strings)
     readout = readout_token_id(tokenizer)
     return Vocab(tokenizer, alphabets, regular_ids, readout, pad_token_id(tokenizer), prefix)

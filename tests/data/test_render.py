@@ -243,3 +243,19 @@ def test_custom_task_probabilities():
     assert 0.87 < share < 0.93
     assert task_info(dsd)["regenerate"]["cli"] is None  # not a catalogue task
     assert dsd["validation"].num_rows == 0
+
+
+def test_a_real_tokenizers_test_alphabet_does_not_change_with_n_train():
+    from transformers import AutoTokenizer
+
+    from probe.data.render import render, task_info
+    from probe.models.offline import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    alphabets = [
+        task_info(render("aba_vs_abb", n, 8, 32, tokenizer=tok, seed=0))["alphabets"]
+        for n in (16, 64)
+    ]
+    assert alphabets[0]["test"] == alphabets[1]["test"]  # one test set along a curve
+    assert alphabets[0]["validation"] == alphabets[1]["validation"]
+    assert alphabets[0]["train"]["size"] == 16 and alphabets[1]["train"]["size"] == 64
