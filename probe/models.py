@@ -22,7 +22,9 @@ Names ``build_model`` accepts:
   same online). ``GPT2Config()`` is the ``gpt2`` checkpoint's configuration;
   ``LlamaConfig()`` is 7B-sized, so pass the shape;
 - a from-scratch preset (``SCRATCH_PRESETS``; ``small-gpt2`` is the paper's
-  small transformer) or an MLP baseline (``mlp``, ``mlp_xxt``; see ``probe.mlp``).
+  small transformer) or an MLP baseline (``mlp``, ``mlp_xxt``; see ``probe.mlp``);
+- ``paper``: the official code's template-task transformer (bidirectional,
+  dropout 0, no attention biases, d_head 64), built from GPT-2 (``probe.paper``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from probe import paper
 from probe.architectures import ALIASES, ARCHITECTURES, ArchSpec, arch_spec
 from probe.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig
 from probe.templates import did_you_mean
@@ -118,6 +121,15 @@ def build_model(
     kind = _requested_label_kind(task, label_kind)
     if name in MLP_VARIANTS:
         return _build_mlp(name, kind or "symbolic", task, tokenizer, seed, config_overrides)
+    if name == paper.PAPER:  # the official model, from GPT-2 (probe.paper)
+        return paper.build_paper_model(
+            task,
+            tokenizer,
+            label_kind=kind,
+            attn_implementation=attn_implementation,
+            seed=seed,
+            **config_overrides,
+        )
 
     if name in SCRATCH_PRESETS:
         name, preset = SCRATCH_PRESETS[name]
@@ -153,6 +165,8 @@ def build_model(
             unit_scale_embeddings(model, spec)
     if pretrained and tokenizer is not None:
         _match_tokenizer(model, tokenizer)
+    if pretrained and paper.is_paper_model(model):  # a saved paper model: non-causal, frozen
+        paper.apply_constraints(model)
     return _record_label_kind(model, kind)
 
 
@@ -352,7 +366,7 @@ def _check_hub(name: str, gguf: str | None, architecture: str | None) -> None:
     except ValueError:  # not a repo id at all
         raise ValueError(
             f"{name!r} is not a local folder or file, a Hub id, an architecture "
-            f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}) "
+            f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join([*SCRATCH_PRESETS, paper.PAPER])}) "
             f"or an MLP baseline ({', '.join(MLP_VARIANTS)})"
         ) from None
     if isinstance(cached, str):
@@ -378,7 +392,9 @@ def _hub_message(name: str, architecture: str | None, reason: str) -> str:
         f"machine with internet (`hf download {name} --local-dir DIR`), copy DIR here and "
         "pass build_model(DIR), or pass a GGUF file (a .gguf path, or gguf_file=)."
         + scratch
-        + did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, *MLP_VARIANTS])
+        + did_you_mean(
+            name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, paper.PAPER, *MLP_VARIANTS]
+        )
     )
 
 

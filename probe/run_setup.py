@@ -89,6 +89,7 @@ def model_type(config: FinetuneConfig) -> str:
     from probe.architectures import ALIASES, ARCHITECTURES, arch_spec
     from probe.mlp import MLP_VARIANTS
     from probe.models import SCRATCH_PRESETS
+    from probe.paper import PAPER
 
     name = config.model
     path = Path(name).expanduser()
@@ -96,10 +97,10 @@ def model_type(config: FinetuneConfig) -> str:
     accepted = (
         "a Hub id (gpt2, t5-small, HuggingFaceTB/SmolLM2-135M, ...), a folder saved with "
         "save_pretrained, a .gguf file, an architecture name from scratch "
-        f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}) or an "
+        f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join([*SCRATCH_PRESETS, PAPER])}) or an "
         f"MLP baseline ({', '.join(MLP_VARIANTS)})"
     )
-    built_in = name in MLP_VARIANTS or name in SCRATCH_PRESETS
+    built_in = name in MLP_VARIANTS or name in SCRATCH_PRESETS or name == PAPER
     architecture = config.from_scratch and (name in ARCHITECTURES or name in ALIASES)
     if gguf is not None and not path.is_dir():
         what = "a GGUF file already" if name.endswith(".gguf") else "built in, not a checkpoint"
@@ -113,6 +114,8 @@ def model_type(config: FinetuneConfig) -> str:
         return "mlp"
     if name in SCRATCH_PRESETS:
         return SCRATCH_PRESETS[name][0]
+    if name == PAPER:  # probe.paper: a GPT-2 made the official model
+        return "gpt2"
     if architecture:
         return ALIASES.get(name, name)
     from transformers import AutoConfig
@@ -351,6 +354,8 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
         else:
             s = config.shape_overrides
             shape = SHAPE_KEYS[kind](s["n_layer"], s["n_embd"], s["n_head"])
+            if config.model == "paper" and config.n_head is None:
+                shape.pop("n_head")  # the paper model's own default: n_embd // 64 (d_head 64)
             overrides = {**shape, **overrides}
     try:
         model = build_model(
