@@ -80,6 +80,7 @@ PAPER = "paper"  # the build_model name
 PRESET_KEY = "probe_preset"  # config attribute recording the preset of a saved model
 D_HEAD = 64  # the official default dim_head
 DEFAULT_SHAPE = {"n_layer": 2, "n_embd": 128}
+INITS = ("torch", "gpt2")  # the ``init`` override: nn.Linear's default, or GPT-2's own
 
 # GPT-2 config values of the official model (dropout 0, exact GELU).
 PAPER_CONFIG: dict[str, Any] = {
@@ -115,10 +116,21 @@ def build_paper_model(
     """The official template-task transformer as a transformers GPT-2 (see the module docstring).
 
     ``overrides`` are GPT-2 config fields (``n_layer``, ``n_embd``, ``n_head``, ...);
-    defaults: 2 layers, width 128, ``n_embd // 64`` heads.
+    defaults: 2 layers, width 128, ``n_embd // 64`` heads. Two more keys exist for
+    ablations (``--model-override KEY=VALUE``, or ``model_overrides:`` in a recipe):
+    ``is_causal=true`` puts GPT-2's causal mask back (everything else unchanged), and
+    ``init="gpt2"`` keeps GPT-2's N(0, 0.02) initialization of the projections.
     """
     from probe.models import _seeded, build_model
 
+    overrides = dict(overrides)
+    causal = _flag("is_causal", overrides.pop("is_causal", False))
+    init = overrides.pop("init", "torch")
+    if init not in INITS:
+        raise ValueError(
+            f"init={init!r}; the paper model's init is one of {INITS}: 'torch' (nn.Linear's "
+            "default, the official code's) or 'gpt2' (GPT-2's N(0, 0.02), for ablations)"
+        )
     values = {**DEFAULT_SHAPE, **PAPER_CONFIG}
     templates = getattr(task, "templates", None)
     if templates:  # the longest rendered row: a template, then the readout token
@@ -142,11 +154,21 @@ def build_paper_model(
             attn_implementation=attn_implementation,
             **values,
         )
-        _torch_default_init(model)
-    model.config.is_causal = False
+        if init == "torch":
+            _torch_default_init(model)
+    model.config.is_causal = causal
+    model.config.probe_init = init
     setattr(model.config, PRESET_KEY, PAPER)
     apply_constraints(model)
     return model
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"{name}={value!r}; pass true or false")
 
 
 def is_paper_model(model: nn.Module) -> bool:
@@ -161,9 +183,10 @@ def apply_constraints(model: nn.Module) -> nn.Module:
     """
     from probe.architectures import attention_sites
 
-    model.config.is_causal = False
+    causal = bool(getattr(model.config, "is_causal", False))  # False unless an ablation
+    model.config.is_causal = causal
     for site in attention_sites(model, include_cross=False):
-        site.attention.is_causal = False  # the sdpa path reads the module's flag
+        site.attention.is_causal = causal  # the sdpa path reads the module's flag
         for projection in (site.attention.c_attn, site.output_projection):
             _freeze(getattr(projection, "base_layer", projection).bias, 0.0)
     ln_f = _transformer(model).ln_f

@@ -185,3 +185,14 @@ def test_finetune_runs_the_paper_model_with_its_default_heads(tmp_path):
     assert model.config.n_head == 1 and model.config.is_causal is False
     row = finetune(config)
     assert row["steps"] == 4 and row["test_loss"] >= 0.0
+
+
+def test_ablation_switches_put_back_causal_attention_and_gpt2_init():
+    causal = paper(is_causal="true", init="gpt2")
+    h = hidden(causal, torch.tensor([[5, 6, 2], [5, 7, 2]]))
+    assert torch.equal(h[0, 0], h[1, 0])
+    assert causal.transformer.h[0].mlp.c_fc.weight.std().item() < 0.03  # N(0, 0.02)
+    with pytest.raises(ValueError, match="init='xavier'"):
+        paper(init="xavier")
+    with pytest.raises(ValueError, match="is_causal='maybe'"):
+        paper(is_causal="maybe")
