@@ -22,7 +22,8 @@ Names ``build_model`` accepts:
   same online). ``GPT2Config()`` is the ``gpt2`` checkpoint's configuration;
   ``LlamaConfig()`` is 7B-sized, so pass the shape;
 - a from-scratch preset (``SCRATCH_PRESETS``; ``small-gpt2`` is the paper's
-  small transformer) or an MLP baseline (``mlp``, ``mlp_xxt``; see ``probe.mlp``);
+  small transformer) or an MLP baseline (``mlp``, ``mlp_xxt``, and the official
+  code's ``mlp_onehot``, ``mlp_onehot_xxt``; see ``probe.mlp``);
 - ``paper``: the official code's template-task transformer (bidirectional,
   dropout 0, no attention biases, d_head 64), built from GPT-2 (``probe.paper``).
 """
@@ -45,7 +46,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from probe import paper
 from probe.architectures import ALIASES, ARCHITECTURES, ArchSpec, arch_spec
-from probe.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig
+from probe.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig, variant_config
 from probe.templates import did_you_mean
 from probe.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
 
@@ -537,7 +538,7 @@ def _build_mlp(
     seed: int | None,
     overrides: Mapping[str, Any],
 ) -> SymbolMLP:
-    values: dict[str, Any] = {**MLP_DEFAULTS, "xxt": MLP_VARIANTS[name], "label_kind": kind}
+    values: dict[str, Any] = {**MLP_DEFAULTS, **variant_config(name), "label_kind": kind}
     templates = getattr(task, "templates", None)
     if templates:  # the longest rendered row: a template, then the readout token
         values["max_length"] = max(len(t.tokens) for t in templates) + 1

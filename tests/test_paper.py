@@ -196,3 +196,48 @@ def test_ablation_switches_put_back_causal_attention_and_gpt2_init():
         paper(init="xavier")
     with pytest.raises(ValueError, match="is_causal='maybe'"):
         paper(is_causal="maybe")
+
+
+# -- the official MLP baselines ----------------------------------------------------------
+
+
+def test_official_mlps_read_one_hot_symbols_and_exact_equalities():
+    tok = tokenizer(9)  # 12 ids
+    ids = torch.tensor([[5, 6, 5, 2, 0], [7, 8, 9, 2, 0]])
+    mask = (ids != 0).long()
+    small = dict(d_hidden=16, n_layer=1, max_length=6)
+    plain = build_model("mlp_onehot", label_kind="regression", tokenizer=tok, seed=0, **small)
+    assert plain.config.onehot and not plain.config.xxt
+    feats = plain.features(ids, mask)
+    assert feats.shape == (2, 6 * len(tok))
+    onehot = feats.view(2, 6, len(tok))
+    assert onehot[0, 0, 5] == 1 and onehot[0, 0].sum() == 1 and onehot[0, 4].sum() == 0
+    xxt = build_model("mlp_onehot_xxt", label_kind="regression", tokenizer=tok, seed=0, **small)
+    assert xxt.config.xxt and xxt.config.xxt_exact
+    eq = xxt.features(ids, mask)[:, 6 * len(tok) :].view(2, 6, 6)
+    assert eq[0, 0, 2] == 1 and eq[0, 0, 1] == 0 and eq[0, 0, 0] == 1
+    assert eq[1, :3, :3].equal(torch.eye(3)) and eq[0, 4].sum() == 0  # padding: no features
+    out = readout(xxt, ids, mask)
+    assert out.shape == (2, 1)
+    # a symbol never seen in training reaches first-layer weights no gradient moved
+    xxt(input_ids=ids, attention_mask=mask, labels=torch.tensor([1.0, -1.0])).loss.backward()
+    first = xxt.hidden[0].weight.grad.view(16, -1)[:, : 6 * len(tok)].view(16, 6, len(tok))
+    assert first[:, :, 10].abs().sum() == 0 and first[:, 0, 5].abs().sum() > 0
+
+
+def test_official_mlps_train_through_finetune(tmp_path):
+    config = FinetuneConfig(
+        model="mlp_onehot_xxt",
+        task="aba_vs_abb",
+        n_train=16,
+        n_val=4,
+        n_test=8,
+        batch_size=8,
+        epochs=1,
+        max_steps=0,
+        converge_loss=0.0,
+        progress=False,
+        output_dir=str(tmp_path / "run"),
+    )
+    row = finetune(config)
+    assert row["steps"] == 2 and row["test_loss"] >= 0.0
