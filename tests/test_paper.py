@@ -241,3 +241,27 @@ def test_official_mlps_train_through_finetune(tmp_path):
     )
     row = finetune(config)
     assert row["steps"] == 2 and row["test_loss"] >= 0.0
+
+
+# -- the summary against the paper's n* ----------------------------------------------
+
+
+def test_paper_summary_reports_n_star_with_its_seeds_and_no_ratio_when_unreached(tmp_path):
+    import json
+
+    from probe.paper_summary import summary
+
+    losses = {("kq", 32): [0.3, 0.02, 0.9], ("kq", 64): [0.01, 0.04, 0.06], ("none", 64): [1, 1, 1]}
+    lines = []
+    for (variant, n), values in losses.items():
+        for seed, loss in enumerate(values):
+            row = dict(
+                recipe="same_different", variant=variant, n=n, seed=seed, task="same_different"
+            )
+            row.update(variant_index=0 if variant == "none" else 1, label_kind="regression")
+            lines.append(json.dumps({**row, "test_loss": loss, "wall_s": 2.0}))
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    table = summary(tmp_path).set_index("variant")
+    assert table.loc["kq", "n*"] == "64 (2/3 seeds <= 0.05)"
+    assert table.loc["kq", "ours / paper"] == "1" and table.loc["kq", "spread at n*"] == "0.01-0.06"
+    assert table.loc["none", "n*"] == ">64" and table.loc["none", "ours / paper"] == ">0.0312"
