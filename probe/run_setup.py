@@ -160,6 +160,11 @@ def check_environment(config: FinetuneConfig, run_state: dict[str, Any]):
     if config.tokenizer is not None:
         _check_local("--tokenizer", config.tokenizer)
     kind = model_type(config)
+    if config.model == "paper" and not config.from_scratch:
+        raise ValueError(
+            "--model paper is built from its configuration (probe.paper) and has no "
+            "checkpoint to load; drop --pretrained"
+        )
     if kind == "mlp":
         if config.ab != "none":
             raise ValueError(

@@ -265,3 +265,11 @@ def test_paper_summary_reports_n_star_with_its_seeds_and_no_ratio_when_unreached
     assert table.loc["kq", "n*"] == "64 (2/3 seeds <= 0.05)"
     assert table.loc["kq", "ours / paper"] == "1" and table.loc["kq", "spread at n*"] == "0.01-0.06"
     assert table.loc["none", "n*"] == ">64" and table.loc["none", "ours / paper"] == ">0.0312"
+
+
+def test_the_paper_model_has_no_checkpoint_to_load(tmp_path):
+    config = FinetuneConfig(
+        model=PAPER, from_scratch=False, task="same_different", output_dir=str(tmp_path / "r")
+    )
+    with pytest.raises(ValueError, match="drop --pretrained"):
+        finetune(config)
