@@ -24,7 +24,10 @@ Names ``build_model`` accepts:
   small shape (``SMALL_SHAPE``: 2 layers, width 128, 4 heads), with a log line;
   from scratch, more than 1B parameters needs ``allow_large=True``;
 - a from-scratch preset (``SCRATCH_PRESETS``; ``small-gpt2`` is the paper's
-  small transformer) or an MLP baseline (``mlp``, ``mlp_xxt``; see ``probe.models.mlp``).
+  small transformer), an MLP baseline (``mlp``, ``mlp_xxt``, and the official
+  code's ``mlp_onehot``, ``mlp_onehot_xxt``; see ``probe.models.mlp``), or ``paper``:
+  the official code's template-task transformer (bidirectional, dropout 0, no
+  attention biases, d_head 64), built from GPT-2 (``probe.models.paper``).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from torch import nn
 from transformers import PreTrainedConfig
 
 from probe.data.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
+from probe.models import paper
 from probe.models.architectures import SMALL_SHAPE, ArchSpec, arch_spec
-from probe.models.mlp import LABEL_KINDS, MLP_VARIANTS, SymbolMLP, SymbolMLPConfig
+from probe.models.mlp import LABEL_KINDS, SymbolMLP, SymbolMLPConfig, variant_config
 from probe.models.resolve import resolve_model
 from probe.tasks.templates import did_you_mean
 
@@ -114,6 +118,15 @@ def build_model(
     ref = resolve_model(name_or_path, gguf_file, pretrained)
     if ref.kind == "mlp":
         return _build_mlp(ref.source, kind or "symbolic", task, tokenizer, seed, config_overrides)
+    if ref.kind == paper.PAPER:  # the official model, from GPT-2 (probe.models.paper)
+        return paper.build_paper_model(
+            task,
+            tokenizer,
+            label_kind=kind,
+            attn_implementation=attn_implementation,
+            seed=seed,
+            **config_overrides,
+        )
     config_overrides = {**ref.overrides, **config_overrides}
     pretrained = ref.pretrained
     config = ref.load_config()
@@ -149,6 +162,8 @@ def build_model(
             unit_scale_embeddings(model, spec)
     if pretrained and tokenizer is not None:
         _match_tokenizer(model, tokenizer)
+    if pretrained and paper.is_paper_model(model):  # a saved paper model: non-causal, frozen
+        paper.apply_constraints(model)
     return _record_label_kind(model, kind)
 
 
@@ -493,7 +508,7 @@ def _build_mlp(
     seed: int | None,
     overrides: Mapping[str, Any],
 ) -> SymbolMLP:
-    values: dict[str, Any] = {**MLP_DEFAULTS, "xxt": MLP_VARIANTS[name], "label_kind": kind}
+    values: dict[str, Any] = {**MLP_DEFAULTS, **variant_config(name), "label_kind": kind}
     templates = getattr(task, "templates", None)
     if templates:  # the longest rendered row: a template, then the readout token
         values["max_length"] = max(len(t.tokens) for t in templates) + 1

@@ -17,6 +17,14 @@ they share the forward contract of probe's transformer heads::
 vocabulary size for symbolic labels (loss: cross-entropy against the answer's
 token id). Build them with ``probe.build_model("mlp", ...)`` or
 ``probe.build_model("mlp_xxt", ...)``.
+
+The official code's baselines are ``mlp_onehot`` (one-hot symbols, concatenated:
+a symbol never seen in training reaches first-layer weights that no gradient
+moved, which is the paper's theorem's setting) and ``mlp_onehot_xxt`` (plus the
+exact token-equality indicators 1[x_i = x_j]). Differences from the official
+ones: probe's rows end in the readout token (a constant input, so a constant
+feature), and ``n_layer`` counts hidden layers (the official ``num_layers``
+counts linear layers, the output layer included: its 2 is probe's 1).
 """
 
 from __future__ import annotations
@@ -31,7 +39,24 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from probe.tasks.templates import LABEL_KINDS
 
 # build_model name -> whether the MLP also sees the X Xᵀ equality features
-MLP_VARIANTS: dict[str, bool] = {"mlp": False, "mlp_xxt": True}
+MLP_VARIANTS: dict[str, bool] = {
+    "mlp": False,
+    "mlp_xxt": True,
+    "mlp_onehot": False,
+    "mlp_onehot_xxt": True,
+}
+# build_model name -> further SymbolMLPConfig values: the official code's baselines
+# (eboix/relational-reasoning, experiments/models.py: TemplateMatchingMLP and
+# TemplateMatchingMLPWithXXT) read one-hot symbols and exact equality indicators
+OFFICIAL_MLPS: dict[str, dict[str, bool]] = {
+    "mlp_onehot": {"onehot": True},
+    "mlp_onehot_xxt": {"onehot": True, "xxt_exact": True},
+}
+
+
+def variant_config(name: str) -> dict[str, bool]:
+    """The SymbolMLPConfig values a baseline name stands for."""
+    return {"xxt": MLP_VARIANTS[name], **OFFICIAL_MLPS.get(name, {})}
 
 
 class SymbolMLPConfig(PreTrainedConfig):
@@ -50,6 +75,8 @@ class SymbolMLPConfig(PreTrainedConfig):
     d_hidden: int = 256
     n_layer: int = 2
     xxt: bool = False
+    onehot: bool = False  # one-hot symbols instead of learned embeddings (the official MLP)
+    xxt_exact: bool = False  # X Xᵀ as exact token-equality indicators (the official MLP + XXᵀ)
     label_kind: str = "regression"
     pad_token_id: int | None = None
 
@@ -73,8 +100,10 @@ class SymbolMLPConfig(PreTrainedConfig):
 
     @property
     def n_features(self) -> int:
-        """Width of the MLP's input: the flattened embeddings, plus X Xᵀ when ``xxt``."""
-        return self.max_length * self.d_embed + (self.max_length**2 if self.xxt else 0)
+        """Width of the MLP's input: the flattened embeddings (one-hot rows with ``onehot``),
+        plus X Xᵀ when ``xxt``."""
+        width = self.vocab_size if self.onehot else self.d_embed
+        return self.max_length * width + (self.max_length**2 if self.xxt else 0)
 
 
 class SymbolMLP(PreTrainedModel):
@@ -131,12 +160,22 @@ class SymbolMLP(PreTrainedModel):
             )
         if attention_mask is None and cfg.pad_token_id is not None:
             attention_mask = input_ids != cfg.pad_token_id
-        x = self.embed(input_ids)  # [batch, seq, d_embed]
+        if cfg.onehot:  # unseen symbols hit first-layer weights no training sample moved
+            x = F.one_hot(input_ids.long(), cfg.vocab_size).to(self.head.weight.dtype)
+        else:
+            x = self.embed(input_ids)  # [batch, seq, d_embed]
         if attention_mask is not None:
             x = x * attention_mask[..., None].to(x.dtype)  # padding embeds to zero
         x = F.pad(x, (0, 0, 0, cfg.max_length - seq))  # [batch, max_length, d_embed]
         parts = [x.flatten(1)]
-        if cfg.xxt:
+        if cfg.xxt and cfg.xxt_exact:  # 1 where two real positions hold the same token
+            equal = (input_ids[:, :, None] == input_ids[:, None, :]).to(x.dtype)
+            if attention_mask is not None:
+                real = attention_mask.to(x.dtype)
+                equal = equal * real[:, :, None] * real[:, None, :]
+            pad = cfg.max_length - seq
+            parts.append(F.pad(equal, (0, pad, 0, pad)).flatten(1))
+        elif cfg.xxt:
             gram = x @ x.transpose(1, 2) / cfg.d_embed  # [batch, max_length, max_length]
             parts.append(gram.flatten(1))
         return torch.cat(parts, dim=1)

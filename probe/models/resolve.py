@@ -6,7 +6,8 @@ place that decides what a name means, without building anything:
 
 - an MLP baseline (``mlp``, ``mlp_xxt``, see ``probe.models.mlp``);
 - a from-scratch preset (``SCRATCH_PRESETS``; ``small-gpt2`` is the paper's
-  small transformer);
+  small transformer) or ``paper``, the official code's template-task model
+  (``probe.models.paper``; its architecture is GPT-2);
 - an architecture name (``gpt2``, ``t5``, ``llama``, ``bert`` or an alias such
   as ``smollm2``) when fresh weights are asked for: built from the
   architecture's default config class, never the Hub;
@@ -28,6 +29,7 @@ from typing import Any
 
 from probe.locate import hub_download_hint, hub_unreachable, looks_like_path
 from probe.models.architectures import ALIASES, ARCHITECTURES, arch_spec
+from probe.models.paper import PAPER
 from probe.tasks.templates import did_you_mean
 
 # name -> (architecture, config overrides): models that exist only as a configuration.
@@ -53,7 +55,7 @@ def accepted_names() -> str:
     return (
         "a Hub id (gpt2, t5-small, HuggingFaceTB/SmolLM2-135M, ...), a folder saved with "
         "save_pretrained, a .gguf file, an architecture name from scratch "
-        f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}), "
+        f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join([*SCRATCH_PRESETS, PAPER])}), "
         f"an offline model ({', '.join(OFFLINE_PREFIX + k for k in OFFLINE_MODELS)}) or an "
         f"MLP baseline ({', '.join(_mlp_variants())})"
     )
@@ -64,7 +66,9 @@ class ModelRef:
     """What a model name points at (see :func:`resolve_model`)."""
 
     name: str  # as given
-    kind: str  # "mlp", "architecture" (fresh weights from a default config) or "checkpoint"
+    kind: (
+        str  # "mlp", "paper", "architecture" (fresh weights from a default config) or "checkpoint"
+    )
     source: str  # MLP variant, transformers model type, or the folder / Hub id to load
     gguf_file: str | None = None  # a GGUF file inside ``source``
     pretrained: bool = False  # load the checkpoint's weights (checkpoints only)
@@ -81,6 +85,8 @@ class ModelRef:
 
         if self.kind == "mlp":
             return None
+        if self.kind == PAPER:
+            return AutoConfig.for_model(self.source)
         if self.kind == "architecture":
             return AutoConfig.for_model(self.source)
         if not self.local:
@@ -95,7 +101,7 @@ class ModelRef:
 
         if self.kind == "mlp":
             return MLP_MODEL_TYPE
-        if self.kind == "architecture":
+        if self.kind in ("architecture", PAPER):
             return ALIASES.get(self.source, self.source)
         config = config if config is not None else self.load_config()
         if config.model_type == SymbolMLPConfig.model_type:
@@ -137,7 +143,7 @@ def resolve_model(
     name = os.fspath(name)
     if name.startswith(OFFLINE_PREFIX):
         name = _offline_path(name)
-    built_in = name in _mlp_variants() or name in SCRATCH_PRESETS
+    built_in = name in _mlp_variants() or name in SCRATCH_PRESETS or name == PAPER
     architecture = _architecture_key(name)
     fresh_architecture = architecture is not None and not pretrained and not Path(name).is_dir()
     if gguf_file is not None and not Path(name).expanduser().is_dir():
@@ -154,6 +160,8 @@ def resolve_model(
             )
     if name in _mlp_variants():
         return ModelRef(name, "mlp", name)
+    if name == PAPER:  # always built from its configuration (GPT-2's architecture)
+        return ModelRef(name, PAPER, "gpt2")
     if name in SCRATCH_PRESETS:
         arch, overrides = SCRATCH_PRESETS[name]
         return ModelRef(name, "architecture", arch, overrides=dict(overrides))
@@ -219,5 +227,5 @@ def check_hub_model(name: str, gguf: str | None, architecture: str | None = None
         + hub_download_hint(name).capitalize()
         + " (build_model(DIR), --model DIR), or pass a GGUF file (a .gguf path, or gguf_file=)."
         + scratch
-        + did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, *_mlp_variants()])
+        + did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, PAPER, *_mlp_variants()])
     )

@@ -19,6 +19,7 @@ from torch import nn
 from probe.locate import looks_like_path
 from probe.models.architectures import ARCHITECTURES, arch_spec
 from probe.models.mlp import mlp_shape
+from probe.models.paper import PAPER
 from probe.models.resolve import MLP_MODEL_TYPE
 from probe.train.config import FinetuneConfig
 from probe.train.run_dir import RunDir
@@ -81,6 +82,11 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
         raise ValueError(
             f"--ab {config.ab}: kq_rot rotates X by the model's rotary embedding, but "
             f"{config.model!r} ({kind}) has none; use --ab kq (RoPE models: {rope})"
+        )
+    if config.model == PAPER and config.pretrained:
+        raise ValueError(
+            "--model paper is built from its configuration (probe.models.paper) and has no "
+            "checkpoint to load; drop --pretrained"
         )
     if kind == MLP_MODEL_TYPE:
         if config.ab != "none":
@@ -268,6 +274,8 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
         else:
             s = config.shape_overrides
             shape = ARCHITECTURES[kind].shape(s["n_layer"], s["n_embd"], s["n_head"])
+            if config.model == PAPER and config.n_head is None:
+                shape.pop("n_head")  # the paper model's own default: n_embd // 64 (d_head 64)
         overrides = {**shape, **overrides}
     try:
         model = build_model(

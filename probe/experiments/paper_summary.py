@@ -1,0 +1,113 @@
+"""n* against the paper, with its seeds: ``python -m probe.experiments.paper_summary results/paper/X ...``.
+
+For each results folder of a ``recipes/paper/`` sweep, per variant: n* (the
+smallest n whose mean test metric over seeds is at most the threshold, as
+``probe report``), how many seeds are at most the threshold there
+("64 (3/3 seeds <= 0.05)"), the spread (min-max over seeds) at n*, the
+paper's n* (its official figure data) and the ratio ours / paper's. An n* not
+reached is written ``>N`` (N the largest n run) and gets a lower bound for a
+ratio, never a number. Writes ``paper_summary.md`` into each folder and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from probe.experiments.report import curves, load_results, metric_of
+
+# (task, variant) -> the paper's n* (official figure data; None: not reached up to 8192)
+PAPER_N_STAR: dict[tuple[str, str], int | None] = {
+    ("same_different", "none"): 2048,
+    ("same_different", "kq"): 64,
+    ("same_different", "paper"): 64,
+    ("aba_vs_abb", "none"): 2048,
+    ("aba_vs_abb", "kq"): 32,
+    ("aba_vs_abb", "vo"): 1024,
+    ("aba_vs_abb", "kq,vo"): 64,
+    ("aba_vs_abb", "mlp_onehot"): None,
+    ("aba_vs_abb", "mlp_onehot_xxt"): 2048,
+}
+PAPER_MAX_N = 8192
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def summary(folder: str | Path, threshold: float = 0.05) -> pd.DataFrame:
+    """One row per variant of the sweep in ``folder`` (see the module docstring)."""
+    df = load_results([folder])
+    metric = metric_of(df)
+    curve = curves(df, metric)
+    task = str(df["task"].iloc[0]) if "task" in df.columns else ""
+    rows = []
+    for variant, g in curve.groupby("variant", sort=False):
+        g = g.sort_values("n")
+        hit = g[g["mean"] <= threshold]
+        reached = not hit.empty
+        at = hit.iloc[0] if reached else g.iloc[-1]
+        n = int(at["n"])
+        cell = df[(df["variant"] == variant) & (df["n"] == n)][metric]
+        ok = int((cell <= threshold).sum())
+        ours = f"{n} ({ok}/{len(cell)} seeds <= {threshold:g})" if reached else f">{n}"
+        paper = PAPER_N_STAR.get((task, variant), "n/a")
+        if paper == "n/a":
+            paper_text, ratio = "n/a", ""
+        elif paper is None:
+            paper_text = f">{PAPER_MAX_N}"
+            ratio = f"<{_fmt(n / PAPER_MAX_N)}" if reached else "?"
+        else:
+            paper_text = str(paper)
+            ratio = _fmt(n / paper) if reached else f">{_fmt(n / paper)}"
+        per_n = "; ".join(
+            f"{int(r['n'])}: {_fmt(r['mean'])} [{_fmt(r['min'])}-{_fmt(r['max'])}]"
+            for _, r in g.iterrows()
+        )
+        rows.append(
+            {
+                "variant": variant,
+                "n*": ours,
+                "spread at n*": f"{_fmt(cell.min())}-{_fmt(cell.max())}",
+                "paper n*": paper_text,
+                "ours / paper": ratio,
+                f"mean {metric} [min-max] per n": per_n,
+                "cells": f"{int(g['count'].sum())}",
+                "wall s/cell at largest n": _fmt(
+                    df[(df["variant"] == variant) & (df["n"] == g["n"].max())]["wall_s"].mean()
+                    if "wall_s" in df.columns
+                    else math.nan
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for _, r in table.iterrows()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m probe.experiments.paper_summary", description=__doc__
+    )
+    parser.add_argument("folders", nargs="+", help="results folders of recipes/paper sweeps")
+    parser.add_argument("--threshold", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        path = Path(folder)
+        if not path.is_dir():
+            parser.error(f"{folder!r} is not a folder; pass a sweep's results folder")
+        text = f"# {path.name}\n\n" + markdown(summary(path, args.threshold)) + "\n"
+        (path / "paper_summary.md").write_text(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
