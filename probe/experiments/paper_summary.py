@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe.experiments.report import curves, load_results, metric_of
+from probe.experiments.report import curves, load_results, metric_of, n_star
+from probe.experiments.sweep import THRESHOLD
 
 # (task, variant) -> the paper's n* (official figure data; None: not reached up to 8192)
 PAPER_N_STAR: dict[tuple[str, str], int | None] = {
@@ -38,23 +39,21 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def summary(folder: str | Path, threshold: float = 0.05) -> pd.DataFrame:
-    """One row per variant of the sweep in ``folder`` (see the module docstring)."""
+def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """One row per variant of the sweep in ``folder`` (see the module docstring); n*
+    and its seeds come from ``probe.experiments.report.n_star``."""
     df = load_results([folder])
     metric = metric_of(df)
     curve = curves(df, metric)
+    stars = n_star(curve, threshold, baseline=None, rows=df, metric=metric)
     task = str(df["task"].iloc[0]) if "task" in df.columns else ""
-    rows = []
-    for variant, g in curve.groupby("variant", sort=False):
-        g = g.sort_values("n")
-        hit = g[g["mean"] <= threshold]
-        reached = not hit.empty
-        at = hit.iloc[0] if reached else g.iloc[-1]
-        n = int(at["n"])
-        cell = df[(df["variant"] == variant) & (df["n"] == n)][metric]
-        ok = int((cell <= threshold).sum())
-        ours = f"{n} ({ok}/{len(cell)} seeds <= {threshold:g})" if reached else f">{n}"
-        paper = PAPER_N_STAR.get((task, variant), "n/a")
+    out = []
+    for star in stars.itertuples(index=False):
+        g = curve[curve["variant"] == star.variant].sort_values("n")
+        n, reached = int(star.n_star), bool(star.reached)
+        cell = df[(df["variant"] == star.variant) & (df["n"] == n)][metric]
+        ours = f"{n} ({star.seeds_ok} seeds <= {threshold:g})" if reached else f">{n}"
+        paper = PAPER_N_STAR.get((task, star.variant), "n/a")
         if paper == "n/a":
             paper_text, ratio = "n/a", ""
         elif paper is None:
@@ -67,9 +66,10 @@ def summary(folder: str | Path, threshold: float = 0.05) -> pd.DataFrame:
             f"{int(r['n'])}: {_fmt(r['mean'])} [{_fmt(r['min'])}-{_fmt(r['max'])}]"
             for _, r in g.iterrows()
         )
-        rows.append(
+        largest = df[(df["variant"] == star.variant) & (df["n"] == g["n"].max())]
+        out.append(
             {
-                "variant": variant,
+                "variant": star.variant,
                 "n*": ours,
                 "spread at n*": f"{_fmt(cell.min())}-{_fmt(cell.max())}",
                 "paper n*": paper_text,
@@ -77,13 +77,11 @@ def summary(folder: str | Path, threshold: float = 0.05) -> pd.DataFrame:
                 f"mean {metric} [min-max] per n": per_n,
                 "cells": f"{int(g['count'].sum())}",
                 "wall s/cell at largest n": _fmt(
-                    df[(df["variant"] == variant) & (df["n"] == g["n"].max())]["wall_s"].mean()
-                    if "wall_s" in df.columns
-                    else math.nan
+                    largest["wall_s"].mean() if "wall_s" in df.columns else math.nan
                 ),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(out)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m probe.experiments.paper_summary", description=__doc__
     )
     parser.add_argument("folders", nargs="+", help="results folders of recipes/paper sweeps")
-    parser.add_argument("--threshold", type=float, default=0.05)
+    parser.add_argument("--threshold", type=float, default=THRESHOLD)
     args = parser.parse_args(argv)
     for folder in args.folders:
         path = Path(folder)
