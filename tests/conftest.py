@@ -40,3 +40,14 @@ def smollm2(smollm2_tokenizer):
     path = smollm2_gguf()
     model = build_model(str(path), attn_implementation="eager").eval()
     return SimpleNamespace(model=model, tokenizer=smollm2_tokenizer, path=path)
+
+
+@pytest.fixture(autouse=True)
+def _committed_tree(monkeypatch, request):
+    """Tests run ``probe sweep`` from a checkout that may hold uncommitted edits (the
+    change under test); the sweep's refusal of such a tree is tested on its own, by
+    the tests marked ``dirty_tree``."""
+    if request.node.get_closest_marker("dirty_tree") is None:
+        from probe.experiments import sweep
+
+        monkeypatch.setattr(sweep, "uncommitted_code", lambda: [])

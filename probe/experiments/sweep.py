@@ -644,7 +644,8 @@ def run_sweep(
         if mine_done and not resume:
             raise FileExistsError(
                 f"{out} already holds {len(mine_done)} of this run's {len(mine)} cells; pass "
-                f"--resume to run only the missing ones, or --overwrite to start over"
+                f"--resume to run only the missing ones, --out NEW_FOLDER to keep them apart, "
+                f"or --overwrite to delete them and start over"
             )
         for c in mine_done:
             recorded = done[c.key].get("cell_hash")

@@ -125,7 +125,8 @@ class RunDir:
         elif self.artifacts() and not config.overwrite:
             raise FileExistsError(
                 f"--output-dir {str(out)!r} already holds a run ({', '.join(self.artifacts())}); "
-                "pass --overwrite to replace it, --resume to continue it, or another --output-dir"
+                "pass --resume to continue it, another --output-dir to keep it, or --overwrite "
+                "to delete it and start over"
             )
 
     def prepare(self, overwrite: bool) -> None:

@@ -578,6 +578,7 @@ def test_the_lock_names_another_process_and_dies_with_it(tmp_path):
     assert len(rows) == 4
 
 
+@pytest.mark.dirty_tree
 def test_uncommitted_code_is_refused_before_any_cell_unless_allowed(tmp_path, monkeypatch):
     import probe.experiments.sweep as sweep
 
