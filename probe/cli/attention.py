@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from probe.analysis.attention import SCORES
@@ -23,7 +22,7 @@ def load_run(folder: Path):
             f"--model {str(folder)!r} is a run folder without a saved model; rerun it with "
             "--save-model, or pass the checkpoint folder"
         )
-    config = FinetuneConfig.from_dict({**json.loads(run.config_file.read_text()), "resume": False})
+    config = FinetuneConfig.from_dict({**run.saved_config(), "resume": False})
     return load_injected(run.model_dir), run_dataset(config)
 
 

@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from probe.data.render import SPLITS, dataset_tokenizer, task_info
 from probe.data.tokenizer import SymbolTokenizer, load_tokenizer_by_name
-from probe.locate import hub_offline, hub_unreachable, looks_like_path
+from probe.locate import hub_download_hint, hub_offline, hub_unreachable, looks_like_path
 
 CARD = "README.md"
 EMPTY_SPLITS = "empty_splits"  # key of the card's task info: splits saved without a file
@@ -374,10 +374,9 @@ def load_dataset(
 
 def _unreachable(hub_id: str, why: str) -> ConnectionError:
     return ConnectionError(
-        f"dataset {hub_id!r} is not in the local cache and {why}. To provide it: on a "
-        f"machine with access, run `hf download --repo-type dataset {hub_id} "
-        f"--local-dir DIR` (or render it with `probe data render --task NAME --n-train N "
-        f"--out DIR`), copy DIR here and pass the folder instead of the Hub id"
+        f"dataset {hub_id!r} is not in the local cache and {why}. To provide it: "
+        f"{hub_download_hint(hub_id, 'dataset')} (or render it with `probe data render "
+        f"--task NAME --n-train N --out DIR`)"
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe.experiments.report import curves, load_results, metric_of, n_star
+from probe.experiments.report import curves, load_results, markdown_table, metric_of, n_star
 from probe.experiments.sweep import THRESHOLD
 
 # (task, variant) -> the paper's n* (official figure data; None: not reached up to 8192)
@@ -84,13 +84,6 @@ def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def markdown(table: pd.DataFrame) -> str:
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for _, r in table.iterrows()]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m probe.experiments.paper_summary", description=__doc__
@@ -102,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(folder)
         if not path.is_dir():
             parser.error(f"{folder!r} is not a folder; pass a sweep's results folder")
-        text = f"# {path.name}\n\n" + markdown(summary(path, args.threshold)) + "\n"
+        text = f"# {path.name}\n\n" + markdown_table(summary(path, args.threshold)) + "\n"
         (path / "paper_summary.md").write_text(text)
         print(text)
 

@@ -207,9 +207,8 @@ def check_hub_model(name: str, gguf: str | None, architecture: str | None = None
         cached = huggingface_hub.try_to_load_from_cache(name, gguf or "config.json")
     except ValueError:  # not a repo id at all
         raise ValueError(
-            f"{name!r} is not a local folder or file, a Hub id, an architecture "
-            f"({', '.join(sorted(ARCHITECTURES))}), a preset ({', '.join(SCRATCH_PRESETS)}) "
-            f"or an MLP baseline ({', '.join(_mlp_variants())})"
+            f"{name!r} is not a local folder or file, a Hub id, an architecture or any other "
+            f"model name; a model name is {accepted_names()}"
         ) from None
     if isinstance(cached, str):
         return

@@ -78,9 +78,8 @@ class RunDir:
     def saved_config(self) -> dict[str, Any] | None:
         """The config the run started with: ``run_config.json``, else the copy in its
         newest checkpoint; None for a fresh folder."""
-        candidates = [self.config_file]
-        if self.checkpoints():
-            candidates.append(self.checkpoints()[-1] / CONFIG_FILE)
+        checkpoints = self.checkpoints()
+        candidates = [self.config_file] + [checkpoints[-1] / CONFIG_FILE] * bool(checkpoints)
         for path in candidates:
             if path.is_file():
                 return json.loads(path.read_text())
