@@ -190,8 +190,8 @@ def readout(
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     if isinstance(base, SymbolMLP):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
-    mode = arch_spec(base).readouts[label_kind_of(base)]
-    return _READOUTS[mode](model, base, input_ids, attention_mask)
+    modes = paper.readouts(base) if paper.is_paper_model(base) else arch_spec(base).readouts
+    return _READOUTS[modes[label_kind_of(base)]](model, base, input_ids, attention_mask)
 
 
 def label_kind_of(model: nn.Module) -> str:
@@ -256,6 +256,18 @@ def _last_token_score(model, base, input_ids, attention_mask) -> torch.Tensor:
     return base.score(hidden[rows, last])
 
 
+def _input_last_token_logits(model, base, input_ids, attention_mask) -> torch.Tensor:
+    """The paper model's symbolic readout: the input's own last token, the readout token
+    masked out of attention like padding (exactly the model run on the row without it)."""
+    last = _last_positions(attention_mask)
+    if (last < 1).any():
+        raise ValueError("a row holds only the readout token; there is no input token to read")
+    mask = attention_mask.clone()
+    mask[torch.arange(mask.shape[0], device=mask.device), last] = 0
+    out = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=(last - 1)[:, None])
+    return out.logits[:, 0]
+
+
 def _last_token_logits_full(model, base, input_ids, attention_mask) -> torch.Tensor:
     last = _last_positions(attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -280,6 +292,7 @@ def _pooled(model, base, input_ids, attention_mask) -> torch.Tensor:
 _READOUTS = {
     "last_token_logits": _last_token_logits,
     "last_token_score": _last_token_score,
+    "input_last_token_logits": _input_last_token_logits,
     "last_token_logits_full": _last_token_logits_full,
     "decoder_step": _decoder_step,
     "pooled": _pooled,

@@ -35,12 +35,17 @@ What matches the official model, and how:
   U(±1/√fan_in) for weights and biases; GPT-2 draws N(0, 0.02) (and
   N(0, 0.02/√(2·n_layer)) for output projections). Every ``Conv1D`` and the
   regression head are redrawn from PyTorch's rule.
-- **readout**: probe appends a readout token to every row; it is read at the
-  last real position after the final LayerNorm ``ln_f``, whose weight and bias
-  are fixed at 1 and 0 (frozen): a LayerNorm without affine parameters, as the
-  official ``mlp_head`` / ``final_ln``. Regression: then GPT-2's ``score``
-  Linear. Symbolic labels: GPT-2's LM head, tied to the token embedding (the
-  official ``x @ to_embedding.weight.T``).
+- **readout**: probe appends a readout token to every row. Regression reads it
+  (the last real position) after the final LayerNorm ``ln_f``, whose weight and
+  bias are fixed at 1 and 0 (frozen): a LayerNorm without affine parameters, as
+  the official ``mlp_head`` / ``final_ln``, then GPT-2's ``score`` Linear.
+  Symbolic labels (the official ``pool="final"``) read the *input's own last
+  token* through the same LayerNorm and GPT-2's LM head, tied to the token
+  embedding (the official ``x @ to_embedding.weight.T``): the readout token is
+  masked out of attention like padding, which computes exactly the official
+  model on the row without it (``tests/models/test_paper.py`` checks this).
+  ``readout="token"`` reads the appended token instead (probe's GPT-2 default,
+  kept as an ablation).
 - **d_head 64**: ``n_head`` defaults to ``n_embd // 64``. The official
   ``Attention`` takes ``heads`` and ``dim_head`` (default 64) independently
   (inner width ``heads * dim_head`` need not equal ``dim``); the notebook that
@@ -54,9 +59,6 @@ What differs (transformers' GPT-2 cannot express it without a fork):
   cannot be built.
 - GPT-2's ``score`` head has no bias; the official ``nn.Linear(dim, classes)``
   has one. For the ±1 tasks with balanced templates the best constant is 0.
-- The official symbolic-label model (``pool="final"``) reads the input's own
-  last token; probe appends a readout token and reads that (so a symbol to be
-  copied travels to the readout position through attention).
 - The official regression readout token is a learned parameter
   (``cls_token``, N(0, 1)); here it is the ``<out>`` row of the token
   embedding, also N(0, 1) and trained — the same thing.
@@ -81,6 +83,14 @@ PRESET_KEY = "probe_preset"  # config attribute recording the preset of a saved 
 D_HEAD = 64  # the official default dim_head
 DEFAULT_SHAPE = {"n_layer": 2, "n_embd": 128}
 INITS = ("torch", "gpt2")  # the ``init`` override: nn.Linear's default, or GPT-2's own
+READOUT_KEY = "probe_readout"  # config attribute: where symbolic labels are read
+# the ``readout`` override -> probe.models.build readout mode per label kind; "input" is
+# the official model's, "token" probe's GPT-2 default (and what paper models saved before
+# the option existed were trained with)
+READOUTS: dict[str, dict[str, str]] = {
+    "input": {"regression": "last_token_score", "symbolic": "input_last_token_logits"},
+    "token": {"regression": "last_token_score", "symbolic": "last_token_logits"},
+}
 
 # GPT-2 config values of the official model (dropout 0, exact GELU).
 PAPER_CONFIG: dict[str, Any] = {
@@ -118,8 +128,10 @@ def build_paper_model(
     ``overrides`` are GPT-2 config fields (``n_layer``, ``n_embd``, ``n_head``, ...);
     defaults: 2 layers, width 128, ``n_embd // 64`` heads. Two more keys exist for
     ablations (``--model-override KEY=VALUE``, or ``model_overrides:`` in a recipe):
-    ``is_causal=true`` puts GPT-2's causal mask back (everything else unchanged), and
-    ``init="gpt2"`` keeps GPT-2's N(0, 0.02) initialization of the projections.
+    ``is_causal=true`` puts GPT-2's causal mask back (everything else unchanged),
+    ``init="gpt2"`` keeps GPT-2's N(0, 0.02) initialization of the projections, and
+    ``readout="token"`` reads symbolic labels at the appended readout token instead of
+    the input's own last token.
     """
     from probe.models.build import _seeded, build_model
 
@@ -130,6 +142,13 @@ def build_paper_model(
         raise ValueError(
             f"init={init!r}; the paper model's init is one of {INITS}: 'torch' (nn.Linear's "
             "default, the official code's) or 'gpt2' (GPT-2's N(0, 0.02), for ablations)"
+        )
+    readout_at = overrides.pop("readout", "input")
+    if readout_at not in READOUTS:
+        raise ValueError(
+            f"readout={readout_at!r}; the paper model reads symbolic labels at one of "
+            f"{tuple(READOUTS)}: 'input' (the input's own last token, the official "
+            "model's) or 'token' (the appended readout token, probe's GPT-2 default)"
         )
     values = {**DEFAULT_SHAPE, **PAPER_CONFIG}
     templates = getattr(task, "templates", None)
@@ -158,6 +177,7 @@ def build_paper_model(
             _torch_default_init(model)
     model.config.is_causal = causal
     model.config.probe_init = init
+    setattr(model.config, READOUT_KEY, readout_at)
     setattr(model.config, PRESET_KEY, PAPER)
     apply_constraints(model)
     return model
@@ -173,6 +193,11 @@ def _flag(name: str, value: Any) -> bool:
 
 def is_paper_model(model: nn.Module) -> bool:
     return getattr(getattr(model, "config", None), PRESET_KEY, None) == PAPER
+
+
+def readouts(model: nn.Module) -> dict[str, str]:
+    """Label kind -> readout mode of a paper model (``READOUTS``; "token" when unrecorded)."""
+    return READOUTS[getattr(model.config, READOUT_KEY, "token")]
 
 
 def apply_constraints(model: nn.Module) -> nn.Module:
