@@ -44,8 +44,8 @@ What matches the official model, and how:
   embedding (the official ``x @ to_embedding.weight.T``): the readout token is
   masked out of attention like padding, which computes exactly the official
   model on the row without it (``tests/models/test_paper.py`` checks this).
-  ``readout="token"`` reads the appended token instead (probe's GPT-2 default,
-  kept as an ablation).
+  ``readout="cls"`` reads the appended token instead (the official class's
+  other ``pool``, and probe's GPT-2 default; kept as an ablation).
 - **d_head 64**: ``n_head`` defaults to ``n_embd // 64``. The official
   ``Attention`` takes ``heads`` and ``dim_head`` (default 64) independently
   (inner width ``heads * dim_head`` need not equal ``dim``); the notebook that
@@ -84,12 +84,14 @@ D_HEAD = 64  # the official default dim_head
 DEFAULT_SHAPE = {"n_layer": 2, "n_embd": 128}
 INITS = ("torch", "gpt2")  # the ``init`` override: nn.Linear's default, or GPT-2's own
 READOUT_KEY = "probe_readout"  # config attribute: where symbolic labels are read
-# the ``readout`` override -> probe.models.build readout mode per label kind; "input" is
-# the official model's, "token" probe's GPT-2 default (and what paper models saved before
-# the option existed were trained with)
+# the ``readout`` override -> probe.models.build readout mode per label kind, named after
+# the official TiedEmbeddingUnembedding's ``pool``: "final" (its default) reads the input's
+# own last token, "cls" an appended token (probe's GPT-2 default, and what paper models
+# saved before the option existed were trained with). Regression always reads the
+# appended token (the official TemplateMatchingTransformer's cls_token).
 READOUTS: dict[str, dict[str, str]] = {
-    "input": {"regression": "last_token_score", "symbolic": "input_last_token_logits"},
-    "token": {"regression": "last_token_score", "symbolic": "last_token_logits"},
+    "final": {"regression": "last_token_score", "symbolic": "input_last_token_logits"},
+    "cls": {"regression": "last_token_score", "symbolic": "last_token_logits"},
 }
 
 # GPT-2 config values of the official model (dropout 0, exact GELU).
@@ -130,8 +132,8 @@ def build_paper_model(
     ablations (``--model-override KEY=VALUE``, or ``model_overrides:`` in a recipe):
     ``is_causal=true`` puts GPT-2's causal mask back (everything else unchanged),
     ``init="gpt2"`` keeps GPT-2's N(0, 0.02) initialization of the projections, and
-    ``readout="token"`` reads symbolic labels at the appended readout token instead of
-    the input's own last token.
+    ``readout="cls"`` reads symbolic labels at the appended readout token instead of
+    the input's own last token (``"final"``).
     """
     from probe.models.build import _seeded, build_model
 
@@ -143,12 +145,12 @@ def build_paper_model(
             f"init={init!r}; the paper model's init is one of {INITS}: 'torch' (nn.Linear's "
             "default, the official code's) or 'gpt2' (GPT-2's N(0, 0.02), for ablations)"
         )
-    readout_at = overrides.pop("readout", "input")
+    readout_at = overrides.pop("readout", "final")
     if readout_at not in READOUTS:
         raise ValueError(
             f"readout={readout_at!r}; the paper model reads symbolic labels at one of "
-            f"{tuple(READOUTS)}: 'input' (the input's own last token, the official "
-            "model's) or 'token' (the appended readout token, probe's GPT-2 default)"
+            f"{tuple(READOUTS)}: 'final' (the input's own last token, the official "
+            "default) or 'cls' (an appended readout token, probe's GPT-2 default)"
         )
     values = {**DEFAULT_SHAPE, **PAPER_CONFIG}
     templates = getattr(task, "templates", None)
@@ -196,8 +198,8 @@ def is_paper_model(model: nn.Module) -> bool:
 
 
 def readouts(model: nn.Module) -> dict[str, str]:
-    """Label kind -> readout mode of a paper model (``READOUTS``; "token" when unrecorded)."""
-    return READOUTS[getattr(model.config, READOUT_KEY, "token")]
+    """Label kind -> readout mode of a paper model (``READOUTS``; "cls" when unrecorded)."""
+    return READOUTS[getattr(model.config, READOUT_KEY, "cls")]
 
 
 def apply_constraints(model: nn.Module) -> nn.Module:

@@ -128,7 +128,7 @@ def test_symbolic_labels_are_read_at_the_inputs_own_last_token(implementation):
     """The official pool="final": the model run on the row without its readout token,
     read at the last input token — padded rows and injected a/b included."""
     model = paper("var_copy", n_positions=10, attn_implementation=implementation).eval()
-    assert model.config.probe_readout == "input"
+    assert model.config.probe_readout == "final"
     rows = [[5, 6, 7, 8, 2], [9, 10, 2, 0, 0]]  # readout token 2, then padding
     ids, mask = torch.tensor(rows), torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])
     with torch.no_grad():
@@ -141,12 +141,12 @@ def test_symbolic_labels_are_read_at_the_inputs_own_last_token(implementation):
             alone = torch.tensor([row[: row.index(2)]])  # the row without the readout token
             want = model(input_ids=alone).logits[0, -1]
             assert torch.allclose(out, want, atol=1e-5)
-    token = paper("copy", readout="token").eval()  # the ablation reads the appended token
+    token = paper("copy", readout="cls").eval()  # the ablation reads the appended token
     with torch.no_grad():
         want = token(input_ids=torch.tensor([[5, 2]])).logits[0, -1]
         assert torch.allclose(readout(token, torch.tensor([[5, 2]]))[0], want, atol=1e-5)
-    with pytest.raises(ValueError, match="readout='cls'"):
-        paper("copy", readout="cls")
+    with pytest.raises(ValueError, match="readout='mean'"):
+        paper("copy", readout="mean")
 
 
 def test_save_and_load_keep_it_bidirectional_and_frozen(tmp_path):
