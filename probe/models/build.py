@@ -45,8 +45,13 @@ from transformers import PreTrainedConfig
 
 from probe.data.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
 from probe.models import paper
-from probe.models.architectures import SMALL_SHAPE, ArchSpec, arch_spec
+from probe.models.architectures import ARCHITECTURES, SMALL_SHAPE, ArchSpec, arch_spec
 from probe.models.mlp import LABEL_KINDS, SymbolMLP, SymbolMLPConfig, variant_config
+from probe.models.positions import (
+    add_absolute_positions,
+    positions_for,
+    restore_absolute_positions,
+)
 from probe.models.resolve import resolve_model
 from probe.tasks.templates import did_you_mean
 
@@ -106,7 +111,9 @@ def build_model(
             without disturbing the global generator.
         allow_large: from scratch, a model above ``LARGE_PARAMS`` (1B) parameters is
             refused before any memory is allocated unless this is True.
-        **config_overrides: config fields (``n_layer``, ``n_embd``, ``hidden_size``, ...).
+        **config_overrides: config fields (``n_layer``, ``n_embd``, ``hidden_size``, ...),
+            and for RoPE models ``absolute_positions=True`` (or a length): learned absolute
+            position embeddings added to the input, as GPT-2 has (``probe.models.positions``).
 
     Returns:
         the model, with ``model.probe_label_kind`` (also stored in its config).
@@ -141,6 +148,9 @@ def build_model(
             f"{spec.model_type} has no head for {kind!r} labels in probe.models.architectures "
             f"(it has: {sorted(spec.heads)})"
         )
+    positions = config_overrides.pop("absolute_positions", None)  # probe.models.positions
+    if positions is not None:
+        positions = _absolute_positions(ref.name, spec, task, positions)
     _check_overrides(config, config_overrides)
     if not pretrained:
         config_overrides = _default_shape(ref.name, config, spec, config_overrides)
@@ -160,6 +170,10 @@ def build_model(
         else:
             model = auto_class.from_config(config, **load_kwargs)
             unit_scale_embeddings(model, spec)
+        if pretrained:  # a saved model built with absolute positions gets its table back
+            restore_absolute_positions(model, ref.source)
+        if positions is not None:
+            add_absolute_positions(model, positions)
     if pretrained and tokenizer is not None:
         _match_tokenizer(model, tokenizer)
     if pretrained and paper.is_paper_model(model):  # a saved paper model: non-causal, frozen
@@ -330,6 +344,18 @@ def _checkpoint_label_kind(config: PreTrainedConfig) -> str:
 
 def _config_fields(config: PreTrainedConfig) -> set[str]:
     return set(config.to_dict()) | set(config.attribute_map)
+
+
+def _absolute_positions(name: str, spec: ArchSpec, task: Any, value: Any) -> int:
+    """The ``absolute_positions`` override's table length; only for RoPE models (the others
+    have absolute positions already, or T5's relative bias and a decoder sharing the table)."""
+    if not spec.rotary:
+        rotary = sorted(n for n, s in ARCHITECTURES.items() if s.rotary)
+        raise ValueError(
+            f"absolute_positions is for models without position embeddings (RoPE: "
+            f"{', '.join(rotary)}); {name} ({spec.model_type}) is not one"
+        )
+    return positions_for(task, value)
 
 
 def _check_overrides(config: PreTrainedConfig, overrides: Mapping[str, Any]) -> None:

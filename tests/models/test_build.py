@@ -511,3 +511,61 @@ def test_a_huge_model_from_scratch_is_refused_before_allocating(monkeypatch):
         "gpt2", label_kind="symbolic", pretrained=False, allow_large=True, **TINY["gpt2"]
     )
     assert allocated == [model]
+
+
+# -- absolute positions for RoPE models (probe.models.positions) ---------------------------
+
+
+def _llama(**overrides):
+    from probe import get_task
+    from probe.data.tokenizer import SymbolTokenizer
+
+    task = get_task("aba_vs_abb")
+    return build_model(
+        "llama", task=task, tokenizer=SymbolTokenizer.build([], 20), pretrained=False,
+        seed=0, num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+        intermediate_size=64, **overrides,
+    )  # fmt: skip
+
+
+def test_absolute_positions_add_a_trained_table_to_the_token_embeddings(tmp_path):
+    from probe.models.positions import CONFIG_KEY, MODULE
+    from probe.models.identity import inject_ab
+
+    model = _llama(absolute_positions=True).eval()
+    table = getattr(model, MODULE)
+    assert table.weight.shape == (4, 32) and table.weight.requires_grad  # a b a + readout
+    assert getattr(model.config, CONFIG_KEY) == 4
+    assert 0.8 < table.weight.std().item() < 1.2  # the N(0, 1) scale of the token embedding
+    ids = torch.tensor([[5, 6, 5, 2]])
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+        want = model.model.embed_tokens.weight[ids] + table.weight[:4]
+        assert torch.equal(embeds, want)
+        # the readout differs from the same model without the table
+        plain = _llama().eval()
+        assert not torch.allclose(readout(model, ids), readout(plain, ids))
+        inject_ab(model, kq=True)
+        out = readout(model, ids)
+    model.save_pretrained(tmp_path / "saved")
+    again = build_model(tmp_path / "saved").eval()
+    assert torch.equal(getattr(again, MODULE).weight, table.weight)
+    with torch.no_grad():
+        inject_ab(again, kq=True)
+        assert torch.allclose(readout(again, ids), out, atol=1e-6)
+    with pytest.raises(ValueError, match="longer than the 4 absolute positions"):
+        model(input_ids=torch.tensor([[5, 6, 5, 7, 2]]))
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("gpt2", True, "absolute_positions is for models without position embeddings"),
+        ("llama", "maybe", "absolute_positions='maybe'"),
+        ("llama", 0, "absolute_positions=0"),
+    ],
+)
+def test_absolute_positions_are_refused_where_they_do_not_apply(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(name, label_kind="regression", pretrained=False,
+                    absolute_positions=value)  # fmt: skip
