@@ -529,8 +529,8 @@ def _llama(**overrides):
 
 
 def test_absolute_positions_add_a_trained_table_to_the_token_embeddings(tmp_path):
-    from probe.models.positions import CONFIG_KEY, MODULE
     from probe.models.identity import inject_ab
+    from probe.models.positions import CONFIG_KEY, MODULE
 
     model = _llama(absolute_positions=True).eval()
     table = getattr(model, MODULE)
