@@ -571,6 +571,58 @@ def _results(
     pool.shutdown()
 
 
+def cell_hashes(
+    config: SweepConfig, mine: list[Cell], configs: Mapping[tuple, Any]
+) -> dict[tuple, str]:
+    """Each cell's settings hash, as its row records it: every field, defaults included,
+    so a changed default also counts as a change; the model as the recipe names it, not
+    as resolved on this machine."""
+    return {
+        c.key: settings_hash(
+            {**dataclasses.asdict(configs[c.key]), "model": config.cell_settings(c).get("model")}
+        )
+        for c in mine
+    }
+
+
+def pending_cells(
+    config: SweepConfig,
+    out: Path,
+    mine: list[Cell],
+    hashes: Mapping[tuple, str],
+    *,
+    resume: bool,
+    retry_failed: bool = False,
+) -> list[Cell]:
+    """The cells of ``mine`` that still need a run, given the rows already in ``out``.
+
+    Refuses done cells without ``resume``, and a done cell whose recorded settings hash
+    differs from the recipe's now (it would be mixed with rows of other settings). A
+    failed cell's row counts as done unless ``retry_failed``.
+    """
+    existing = sorted(out.glob("results*.jsonl")) if out.is_dir() else []
+    done: dict[tuple, dict] = {}
+    for row in read_rows(existing):
+        if row.get("recipe") == config.name:
+            done[(row["variant"], row["n"], row["seed"])] = row
+    mine_done = [c for c in mine if c.key in done]
+    if mine_done and not resume:
+        raise FileExistsError(
+            f"{out} already holds {len(mine_done)} of this run's {len(mine)} cells; pass "
+            f"--resume to run only the missing ones, --out NEW_FOLDER to keep them apart, "
+            f"or --overwrite to delete them and start over"
+        )
+    for c in mine_done:
+        recorded = done[c.key].get("cell_hash")
+        if recorded is not None and recorded != hashes[c.key]:
+            raise ValueError(
+                f"cell {c.key} in {out} was run with other settings than recipe "
+                f"{config.name!r} now gives (hash {recorded} != {hashes[c.key]}); pass "
+                f"--overwrite to start over, or --out to write elsewhere"
+            )
+    return [c for c in mine if c.key not in done or (retry_failed and is_failed(done[c.key]))]
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | os.PathLike | None = None,
@@ -614,12 +666,7 @@ def run_sweep(
     mine = cells if shard is None else cells[shard[0] :: shard[1]]
     settings = {c.key: config.cell_settings(c) for c in mine}
     configs = cell_configs(config, mine, work_dir)
-    # Hash every field, defaults included, so a changed default also counts as a
-    # change; the model as the recipe names it, not as resolved on this machine.
-    hashes = {
-        k: settings_hash({**dataclasses.asdict(configs[k]), "model": settings[k].get("model")})
-        for k in configs
-    }
+    hashes = cell_hashes(config, mine, configs)
     code = _code_version()
     kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
     check_folder(out, "--out")
@@ -635,27 +682,7 @@ def run_sweep(
             for p in out.glob("results*.jsonl"):
                 if p == path or shard is None:
                     p.unlink()
-        existing = sorted(out.glob("results*.jsonl")) if out.is_dir() else []
-        done: dict[tuple, dict] = {}
-        for row in read_rows(existing):
-            if row.get("recipe") == config.name:
-                done[(row["variant"], row["n"], row["seed"])] = row
-        mine_done = [c for c in mine if c.key in done]
-        if mine_done and not resume:
-            raise FileExistsError(
-                f"{out} already holds {len(mine_done)} of this run's {len(mine)} cells; pass "
-                f"--resume to run only the missing ones, --out NEW_FOLDER to keep them apart, "
-                f"or --overwrite to delete them and start over"
-            )
-        for c in mine_done:
-            recorded = done[c.key].get("cell_hash")
-            if recorded is not None and recorded != hashes[c.key]:
-                raise ValueError(
-                    f"cell {c.key} in {out} was run with other settings than recipe "
-                    f"{config.name!r} now gives (hash {recorded} != {hashes[c.key]}); pass "
-                    f"--overwrite to start over, or --out to write elsewhere"
-                )
-        todo = [c for c in mine if c.key not in done or (retry_failed and is_failed(done[c.key]))]
+        todo = pending_cells(config, out, mine, hashes, resume=resume, retry_failed=retry_failed)
 
         dirty = uncommitted_code() if todo and not allow_dirty else []
         if dirty:
@@ -799,12 +826,19 @@ def _main(args: argparse.Namespace) -> None:
         cells = config.cells()
         mine = cells if shard is None else cells[shard[0] :: shard[1]]
         parse_jobs(args.jobs)
-        cell_configs(config, mine, "runs")  # checks every cell as the sweep would
+        configs = cell_configs(config, mine, "runs")  # checks every cell as the sweep would
         check_folder(out, "--out")
         if args.work_dir is not None:
             check_folder(Path(args.work_dir), "--work-dir")
-        print(f"recipe {config.name}: {len(mine)} of {len(cells)} cells")
-        for c in mine:
+        todo = mine
+        if not args.overwrite:  # what --resume / --retry-failed would leave to run
+            resume = args.resume or args.retry_failed
+            hashes = cell_hashes(config, mine, configs)
+            todo = pending_cells(
+                config, out, mine, hashes, resume=resume, retry_failed=args.retry_failed
+            )
+        print(f"recipe {config.name}: {len(todo)} of {len(cells)} cells to run")
+        for c in todo:
             print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}")
         return
     rows = run_sweep(

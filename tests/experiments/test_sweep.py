@@ -209,6 +209,29 @@ def test_rerun_refuses_resume_skips_done_cells_and_reruns_missing(tmp_path):
     assert len(calls) == 8 and len(read_rows([path])) == 8
 
 
+def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    recipe = write(
+        tmp_path / "mini.yaml",
+        "task: aba_vs_abb\nn: [8, 16]\nseeds: [0, 1]\nbaseline: none\n"
+        "variants: {none: {ab: none}, kq: {ab: kq}}\n"
+        "finetune: {n_layer: 1, n_embd: 16, n_head: 2}\n",
+    )
+    kw = dict(runner=fake_runner([]), work_dir=tmp_path / "w", progress=False)
+    run_sweep(SweepConfig.from_yaml(recipe), tmp_path / "out", shard=(0, 2), **kw)
+    args = [str(recipe), "--out", str(tmp_path / "out"), "--dry-run"]
+    with pytest.raises(SystemExit):  # without --resume: refused, as the sweep would
+        main(args)
+    assert "already holds 4 of this run's 8 cells; pass --resume" in capsys.readouterr().err
+    main([*args, "--overwrite"])  # the whole grid
+    assert "mini: 8 of 8 cells to run" in capsys.readouterr().out
+    main([*args, "--resume"])  # the shard's 4 cells are done
+    out = capsys.readouterr().out
+    assert "mini: 4 of 8 cells to run" in out and "kq  n=16     seed=1" in out
+    assert "none  n=8      seed=0" not in out
+
+
 def test_changed_recipe_does_not_mix_with_old_rows(tmp_path):
     kw = dict(runner=fake_runner([]), work_dir=tmp_path / "w", progress=False)
     run_sweep(config(), tmp_path, **kw)
