@@ -347,13 +347,14 @@ def _config_fields(config: PreTrainedConfig) -> set[str]:
 
 
 def _absolute_positions(name: str, spec: ArchSpec, task: Any, value: Any) -> int:
-    """The ``absolute_positions`` override's table length; only for RoPE models (the others
-    have absolute positions already, or T5's relative bias and a decoder sharing the table)."""
-    if not spec.rotary:
-        rotary = sorted(n for n, s in ARCHITECTURES.items() if s.rotary)
+    """The ``absolute_positions`` override's table length; only for models without learned
+    position embeddings (RoPE models; T5, whose decoder shares the input table and so gets
+    the positions too)."""
+    if spec.position_embeddings:
+        without = sorted(n for n, s in ARCHITECTURES.items() if not s.position_embeddings)
         raise ValueError(
-            f"absolute_positions is for models without position embeddings (RoPE: "
-            f"{', '.join(rotary)}); {name} ({spec.model_type}) is not one"
+            f"absolute_positions is for models without position embeddings "
+            f"({', '.join(without)}); {name} ({spec.model_type}) has them already"
         )
     return positions_for(task, value)
 

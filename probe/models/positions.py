@@ -1,4 +1,4 @@
-"""Learned absolute position embeddings for models that have none (RoPE: Llama-family).
+"""Learned absolute position embeddings for models that have none (RoPE: Llama-family; T5).
 
 The identity scaling ``a_h X Xᵀ`` finds the positions holding the same symbol, but in
 ``aba_vs_abb`` the answer is *where* that symbol is, and an attention output carries a
@@ -13,9 +13,10 @@ such a model GPT-2's kind of positions, without changing its modeling code::
 A table P of shape [n_positions, d_model] (``model.probe_positions``, trained with the
 rest, drawn from N(0, σ²) with σ the token embedding's own standard deviation: 1 from
 scratch) is added to the token embeddings by a forward hook on the input-embedding
-module: the residual stream starts at ``E[ids] + P[:seq]``, as in GPT-2. Rows are
+module (every module sharing its weight): the residual stream starts at ``E[ids] + P[:seq]``, as in GPT-2. Rows are
 padded on the right (probe's rendering), so position i is column i. RoPE stays as it
-is. ``config.probe_absolute_positions`` records the table's length, so a saved model
+is. T5's encoder and decoder share the input table, so both stacks get the positions
+(its relative bias stays). ``config.probe_absolute_positions`` records the table's length, so a saved model
 built again through ``build_model(folder)`` gets its table back with the trained values.
 """
 
@@ -55,7 +56,11 @@ def add_absolute_positions(model: nn.Module, n_positions: int) -> nn.Module:
             )
         return output + table.weight[:length]
 
-    embedding.register_forward_hook(add)
+    # every module looking tokens up in the input table (T5's encoder and decoder each
+    # hold an embedding sharing the weight of ``shared``)
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.weight is weight:
+            module.register_forward_hook(add)
     return model
 
 

@@ -560,7 +560,11 @@ def test_absolute_positions_add_a_trained_table_to_the_token_embeddings(tmp_path
 @pytest.mark.parametrize(
     "name, value, message",
     [
-        ("gpt2", True, "absolute_positions is for models without position embeddings"),
+        (
+            "gpt2",
+            True,
+            "absolute_positions is for models without position embeddings.*gpt2.*has them",
+        ),
         ("llama", "maybe", "absolute_positions='maybe'"),
         ("llama", 0, "absolute_positions=0"),
     ],
@@ -569,3 +573,20 @@ def test_absolute_positions_are_refused_where_they_do_not_apply(name, value, mes
     with pytest.raises(ValueError, match=message):
         build_model(name, label_kind="regression", pretrained=False,
                     absolute_positions=value)  # fmt: skip
+
+
+def test_absolute_positions_reach_t5s_encoder_and_decoder():
+    from probe import get_task
+    from probe.models.positions import MODULE
+
+    model = build_model(
+        "t5", task=get_task("aba_vs_abb"), tokenizer=SymbolTokenizer.build([], 20),
+        pretrained=False, seed=0, num_layers=1, d_model=32, num_heads=2, d_kv=16, d_ff=64,
+        absolute_positions=True,
+    ).eval()  # fmt: skip
+    ids = torch.tensor([[5, 6, 5, 2]])
+    with torch.no_grad():
+        got = model.get_encoder()(input_ids=ids).last_hidden_state
+        getattr(model, MODULE).weight.zero_()
+        without = model.get_encoder()(input_ids=ids).last_hidden_state
+    assert not torch.allclose(got, without)
