@@ -78,12 +78,16 @@ def hub(monkeypatch, tmp_path):
             monkeypatch.setenv(name, value)
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
         monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.url + "/{repo_id}/resolve/{revision}/{filename}",
         )
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache / "hub"))
         monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(cache / "agent_harnesses.json"))
-        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", server.url)  # module-level HfApi()
+        monkeypatch.setattr(
+            huggingface_hub.hf_api.api, "endpoint", server.url
+        )  # module-level HfApi()
         config = datasets.config
         monkeypatch.setattr(config, "HF_ENDPOINT", server.url)
         monkeypatch.setattr(
@@ -94,4 +98,6 @@ def hub(monkeypatch, tmp_path):
         monkeypatch.setattr(config, "DOWNLOADED_DATASETS_PATH", cache / "datasets" / "downloads")
         monkeypatch.setattr(config, "EXTRACTED_DATASETS_PATH", cache / "datasets" / "extracted")
         yield server
-        assert not server.unhandled, f"the stand-in Hub was asked for routes it lacks: {server.unhandled}"
+        assert not server.unhandled, (
+            f"the stand-in Hub was asked for routes it lacks: {server.unhandled}"
+        )

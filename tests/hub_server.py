@@ -100,7 +100,9 @@ class HubServer:
         try:
             return self.repos[(repo_type, repo_id)]
         except KeyError:
-            raise KeyError(f"no {repo_type} repo {repo_id!r}; pushed: {sorted(self.repos)}") from None
+            raise KeyError(
+                f"no {repo_type} repo {repo_id!r}; pushed: {sorted(self.repos)}"
+            ) from None
 
 
 def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
@@ -207,8 +209,9 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
             repo_type = payload.get("type") or "model"
             repo_id = f"{payload.get('organization') or TOKEN_USER}/{payload['name']}"
             url = f"{server.url}/{_PREFIX[repo_type]}{repo_id}"
-            if (repo_type, repo_id) in server.repos:
-                return self._error(409, None, "You already created this repo")
+            if (repo_type, repo_id) in server.repos:  # the Hub's 409 names the repo too
+                message = f"You already created this {repo_type} repo"
+                return self._json(409, {"error": message, "url": url}, {"X-Error-Message": message})
             server.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id)
             self._json(200, {"url": url, "name": repo_id})
 
@@ -250,7 +253,9 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                         if depth > 1 and not recursive:
                             break
                         folder = base + "/".join(parts[:depth])
-                        out.setdefault(folder, {"type": "directory", "path": folder, "oid": _EMPTY_SHA})
+                        out.setdefault(
+                            folder, {"type": "directory", "path": folder, "oid": _EMPTY_SHA}
+                        )
                     if recursive or len(parts) == 1:
                         out[path] = _file_entry(path, content)
             return [out[p] for p in sorted(out)]
@@ -323,7 +328,9 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 elif item["key"] == "deletedFile":
                     files.pop(value["path"], None)
                 elif item["key"] == "deletedFolder":
-                    files = {p: c for p, c in files.items() if not p.startswith(value["path"] + "/")}
+                    files = {
+                        p: c for p, c in files.items() if not p.startswith(value["path"] + "/")
+                    }
                 else:  # lfsFile: this stand-in told the client to send every file inline
                     return self._error(400, None, f"unexpected commit item {item['key']!r}")
             digest = hashlib.sha1(summary.encode())
