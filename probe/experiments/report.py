@@ -412,19 +412,17 @@ def hub_files(
 
 
 def report_card(files: dict[str, Path], summary: str) -> str:
-    """The dataset card of a pushed report: YAML ``configs`` (the results rows, the
-    curves, the n* table, so ``datasets.load_dataset(REPO_ID, "n_star")`` reads one), then
-    ``summary.md``."""
+    """The dataset card of a pushed report: YAML ``configs`` naming the results rows as
+    the data (``datasets.load_dataset(REPO_ID, "results")``), then ``summary.md``. The
+    CSVs and PNGs are files of the repository, not configs: the loader reads every
+    config of a repository with one builder, and the rows are the data."""
     from huggingface_hub import DatasetCardData
 
     results = sorted(n for n in files if n.endswith(".jsonl"))
-    configs = [{"config_name": "results", "data_files": results}] if results else []
-    configs += [
-        {"config_name": name.removesuffix(".csv"), "data_files": name}
-        for name in ("n_star.csv", "curves.csv")
-        if name in files
-    ]
-    data = DatasetCardData(configs=configs, tags=["probe", "template-tasks", "sample-complexity"])
+    data = DatasetCardData(
+        configs=[{"config_name": "results", "data_files": results}],
+        tags=["probe", "template-tasks", "sample-complexity"],
+    )
     return f"---\n{data.to_yaml()}\n---\n\n{summary}"
 
 
