@@ -5,7 +5,7 @@ Datasets (``probe.save_dataset(..., push_to_hub=ID)``, ``probe data render
 folders (``probe report --push-to-hub``) are all written to a local folder
 first, in the layout the Hub serves, and then uploaded as they are: one
 repository per folder, created if missing (``HfApi().create_repo(...,
-exist_ok=True)``), one commit (``HfApi().upload_folder``).
+exist_ok=True)``), one commit (``HfApi().upload_folder``): :func:`upload`.
 
 :func:`check_push` refuses what cannot work before any rendering or training
 (a malformed repository id, offline mode, no token), so a push never leaves
@@ -62,8 +62,8 @@ def check_push(repo_id: str, flag: str = "push_to_hub") -> str:
     return repo_id
 
 
-def push_folder(
-    folder: str | os.PathLike,
+def upload(
+    source: str | os.PathLike | Mapping[str, str | os.PathLike | bytes],
     repo_id: str,
     repo_type: str,
     message: str,
@@ -71,22 +71,40 @@ def push_folder(
     flag: str = "push_to_hub",
     retry: str = "",
 ) -> str:
-    """Upload every file of ``folder`` (hidden ones left out) to the ``repo_type`` repository
-    ``repo_id``, creating it if missing, in one commit; returns the repository's URL.
+    """Upload ``source`` to the ``repo_type`` repository ``repo_id``, creating it if
+    missing, in one commit; returns the repository's URL. ``source`` is a folder (every
+    file in it but hidden ones), or a mapping from paths in the repository to local files
+    or to the bytes to write there (copied into a temporary folder, which is uploaded).
 
     Checks as :func:`check_push` first. A failed upload raises ``ConnectionError``
-    naming the repository, the Hub's answer and how to push again (``retry``; by
-    default the ``hf upload`` command for the folder)."""
-    from huggingface_hub import HfApi
-
+    naming the repository, the Hub's answer and how to push again (``retry``; for a
+    folder, by default, the ``hf upload`` command)."""
     check_push(repo_id, flag)
     if repo_type not in REPO_TYPES:
         raise ValueError(f"repo_type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
-    folder = Path(folder)
-    kind = "" if repo_type == "model" else f" --repo-type {repo_type}"
-    retry = retry or f"To push again: `hf upload {repo_id} {folder}{kind}`"
+    if isinstance(source, Mapping):
+        with tempfile.TemporaryDirectory(prefix="probe-push-") as tmp:
+            for name, file in source.items():
+                target = Path(tmp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(file, bytes):
+                    target.write_bytes(file)
+                else:
+                    shutil.copyfile(file, target)
+            return _upload_folder(Path(tmp), repo_id, repo_type, message, flag, retry)
+    folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"{flag} {repo_id}: no folder {str(folder)!r} to push")
+    kind = "" if repo_type == "model" else f" --repo-type {repo_type}"
+    retry = retry or f"To push again: `hf upload {repo_id} {folder}{kind}`"
+    return _upload_folder(folder, repo_id, repo_type, message, flag, retry)
+
+
+def _upload_folder(
+    folder: Path, repo_id: str, repo_type: str, message: str, flag: str, retry: str
+) -> str:
+    from huggingface_hub import HfApi
+
     api = HfApi()
     try:
         url = api.create_repo(repo_id, repo_type=repo_type, exist_ok=True)
@@ -103,31 +121,7 @@ def push_folder(
         said = str(e).strip().splitlines()
         first = f"{type(e).__name__}: {said[0]}" if said else type(e).__name__
         raise ConnectionError(
-            f"{flag} {repo_id}: pushing {str(folder)!r} to the Hub failed ({first}); the files "
-            f"are kept there. {retry}"
+            f"{flag} {repo_id}: the upload to the Hub failed ({first}); the local files are "
+            f"kept. {retry}"
         ) from e
     return str(url)
-
-
-def push_files(
-    files: Mapping[str, str | os.PathLike | bytes],
-    repo_id: str,
-    repo_type: str,
-    message: str,
-    *,
-    flag: str = "push_to_hub",
-    retry: str = "",
-) -> str:
-    """:func:`push_folder` for files gathered from several places: ``files`` maps a path
-    in the repository to a local file or to the bytes to write there. They are copied
-    into a temporary folder, which is pushed (``retry``: how to push them again)."""
-    check_push(repo_id, flag)
-    with tempfile.TemporaryDirectory(prefix="probe-push-") as tmp:
-        for name, source in files.items():
-            target = Path(tmp) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(source, bytes):
-                target.write_bytes(source)
-            else:
-                shutil.copyfile(source, target)
-        return push_folder(tmp, repo_id, repo_type, message, flag=flag, retry=retry)

@@ -84,7 +84,9 @@ class HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> HubServer:
         self._thread.start()
@@ -157,10 +159,16 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "RepoNotFound", "Repository not found")
             return repo
 
-        def _snapshot(self, repo: Repo, rev: str) -> tuple[str, dict[str, bytes]] | None:
-            snap = repo.snapshot(unquote(rev))
+        def _snapshot(self, m: re.Match) -> tuple[str, dict[str, bytes]] | None:
+            """The (commit, files) the route's repo and revision name; None once the
+            404 is sent."""
+            repo = self._repo(m["kind"], m["repo"])
+            if repo is None:
+                return None
+            rev = unquote(m["rev"] or "main")
+            snap = repo.snapshot(rev)
             if snap is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
+                self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             return snap
 
         # -- routes -----------------------------------------------------------------
@@ -216,15 +224,14 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
             self._json(200, {"url": url, "name": repo_id})
 
         def _info(self, m: re.Match) -> None:
-            repo = self._repo(m["kind"], m["repo"])
-            snap = repo and self._snapshot(repo, m["rev"] or "main")
+            snap = self._snapshot(m)
             if snap is None:
                 return
             sha, files = snap
             self._json(
                 200,
                 {
-                    "id": repo.repo_id,
+                    "id": unquote(m["repo"]),
                     "sha": sha,
                     "private": False,
                     "disabled": False,
@@ -237,32 +244,24 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
-        def _entries(self, files: dict[str, bytes], paths: list[str], recursive: bool) -> list:
-            """Tree entries under each of ``paths`` ("" is the root): files and folders."""
+        def _entries(self, files: dict[str, bytes], prefix: str, recursive: bool) -> list:
+            """The tree under ``prefix`` ("" is the root): its files and folders, all the
+            way down with ``recursive``."""
+            base = f"{prefix}/" if prefix else ""
             out: dict[str, dict[str, Any]] = {}
-            for prefix in paths:
-                base = f"{prefix}/" if prefix else ""
-                if prefix in files:
-                    out[prefix] = _file_entry(prefix, files[prefix])
+            for path, content in files.items():
+                if not path.startswith(base):
                     continue
-                for path, content in files.items():
-                    if not path.startswith(base):
-                        continue
-                    parts = path[len(base) :].split("/")
-                    for depth in range(1, len(parts)):
-                        if depth > 1 and not recursive:
-                            break
-                        folder = base + "/".join(parts[:depth])
-                        out.setdefault(
-                            folder, {"type": "directory", "path": folder, "oid": _EMPTY_SHA}
-                        )
-                    if recursive or len(parts) == 1:
-                        out[path] = _file_entry(path, content)
+                parts = path[len(base) :].split("/")
+                for depth in range(1, len(parts) if recursive else min(2, len(parts))):
+                    folder = base + "/".join(parts[:depth])
+                    out.setdefault(folder, {"type": "directory", "path": folder, "oid": _EMPTY_SHA})
+                if recursive or len(parts) == 1:
+                    out[path] = _file_entry(path, content)
             return [out[p] for p in sorted(out)]
 
         def _tree(self, m: re.Match, query: dict[str, list[str]]) -> None:
-            repo = self._repo(m["kind"], m["repo"])
-            snap = repo and self._snapshot(repo, m["rev"])
+            snap = self._snapshot(m)
             if snap is None:
                 return
             files = snap[1]
@@ -270,11 +269,10 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
             if path and path not in files and not any(p.startswith(path + "/") for p in files):
                 return self._error(404, "EntryNotFound", f"{path} does not exist")
             recursive = query.get("recursive", ["False"])[0].lower() in ("true", "1")
-            self._json(200, self._entries(files, [path], recursive))
+            self._json(200, self._entries(files, path, recursive))
 
         def _paths_info(self, m: re.Match, form: dict[str, list[str]]) -> None:
-            repo = self._repo(m["kind"], m["repo"])
-            snap = repo and self._snapshot(repo, m["rev"])
+            snap = self._snapshot(m)
             if snap is None:
                 return
             files = snap[1]
@@ -287,8 +285,7 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
             self._json(200, found)
 
         def _resolve(self, m: re.Match) -> None:
-            repo = self._repo(m["kind"], m["repo"])
-            snap = repo and self._snapshot(repo, m["rev"])
+            snap = self._snapshot(m)
             if snap is None:
                 return
             sha, files = snap

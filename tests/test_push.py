@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import constants
 
-from probe.push import check_push, push_files, push_folder
+from probe.push import check_push, upload
 
 
 @pytest.mark.parametrize(
@@ -53,27 +53,27 @@ def test_no_token_names_the_two_ways_to_give_one(monkeypatch, tmp_path):
     assert "HF_TOKEN" in message and "\n" not in message
 
 
-def test_push_folder_creates_the_repo_and_uploads_every_file_but_hidden_ones(hub, tmp_path):
+def test_upload_creates_the_repo_and_uploads_every_file_but_hidden_ones(hub, tmp_path):
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("a")
     (folder / "sub" / "b.json").write_text('{"b": 1}')
     (folder / ".lock").write_text("")
     (folder / "sub" / ".c.tmp").write_text("half written")
-    url = push_folder(folder, "me/things", "model", "first")
+    url = upload(folder, "me/things", "model", "first")
     assert url == f"{hub.url}/me/things"
     assert hub.repo("me/things").files == {"a.txt": b"a", "sub/b.json": b'{"b": 1}'}
     assert set(hub.tokens) == {"hf_standin_token"}  # the token of HF_TOKEN went with it
     # the repo exists now: a second push adds a commit to it
     (folder / "a.txt").write_text("a2")
-    push_folder(folder, "me/things", "model", "second")
+    upload(folder, "me/things", "model", "second")
     assert len(hub.repo("me/things").commits) == 2
     assert hub.repo("me/things").files["a.txt"] == b"a2"
 
 
-def test_push_files_gathers_files_and_bytes(hub, tmp_path):
+def test_upload_of_gathered_files_and_bytes(hub, tmp_path):
     (tmp_path / "x.csv").write_text("x\n1\n")
-    push_files({"x.csv": tmp_path / "x.csv", "README.md": b"# card\n"}, "me/ds", "dataset", "m")
+    upload({"x.csv": tmp_path / "x.csv", "README.md": b"# card\n"}, "me/ds", "dataset", "m")
     assert hub.repo("me/ds", "dataset").files == {"x.csv": b"x\n1\n", "README.md": b"# card\n"}
 
 
@@ -87,8 +87,8 @@ def test_a_failed_upload_keeps_the_files_and_says_how_to_push_again(hub, tmp_pat
     monkeypatch.setattr(constants, "ENDPOINT", closed)
     monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", closed)
     with pytest.raises(ConnectionError) as error:
-        push_folder(folder, "me/ds", "dataset", "m", flag="--push-to-hub")
+        upload(folder, "me/ds", "dataset", "m", flag="--push-to-hub")
     message = str(error.value)
-    assert message.startswith("--push-to-hub me/ds: pushing ")
+    assert message.startswith("--push-to-hub me/ds: the upload to the Hub failed (")
     assert f"`hf upload me/ds {folder} --repo-type dataset`" in message
     assert (folder / "a.txt").read_text() == "a"

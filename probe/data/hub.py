@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from probe.data.render import SPLITS, dataset_tokenizer, task_info
 from probe.data.tokenizer import SymbolTokenizer, load_tokenizer_by_name
 from probe.locate import hub_download_hint, hub_offline, hub_unreachable, looks_like_path
-from probe.push import check_push, push_folder
+from probe.push import check_push, upload
 
 CARD = "README.md"
 EMPTY_SPLITS = "empty_splits"  # key of the card's task info: splits saved without a file
@@ -175,7 +175,7 @@ def push_dataset(
     dataset repository ``repo_id`` as it is: every config in it and its card, which
     lists them (so the repository holds what the folder holds; push one folder to one
     repository). Returns the repository's URL; ``load_dataset(repo_id, config)`` reads it."""
-    return push_folder(
+    return upload(
         path,
         repo_id,
         "dataset",

@@ -26,7 +26,7 @@ import pandas as pd
 
 from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
 from probe.jsonl import read_rows
-from probe.push import check_push, push_files
+from probe.push import check_push, upload
 from probe.train.config import SETTING, fields_with
 
 METRIC = {"regression": "test_loss", "symbolic": "test_error"}
@@ -438,7 +438,7 @@ def push_report(
     files: dict[str, Path | bytes] = dict(hub_files(paths, written))
     summary = written["summary.md"].read_text(encoding="utf-8")
     files["README.md"] = report_card(files, summary).encode()
-    return push_files(
+    return upload(
         files,
         repo_id,
         "dataset",

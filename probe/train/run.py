@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from probe.jsonl import dumps
-from probe.push import push_folder
+from probe.push import upload
 from probe.train.config import FinetuneConfig, parse_config
 from probe.train.run_dir import RESULTS_FILE, RunDir, write_atomic
 from probe.train.setup import (
@@ -294,7 +294,7 @@ def _push_model(run_dir: RunDir, row: dict[str, Any], config: FinetuneConfig) ->
         )
     if not (run_dir.model_dir / MODEL_CARD).exists():  # saved before probe wrote cards
         _describe_model(run_dir, row)
-    url = push_folder(
+    url = upload(
         run_dir.model_dir, repo, "model", f"probe finetune: {_title(row)}", flag="--push-to-hub"
     )
     if config.progress:
