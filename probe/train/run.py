@@ -305,8 +305,10 @@ def _title(row: dict[str, Any]) -> str:
     cfg = row["config"]
     variant = "plain" if cfg["ab"] == "none" else f"+ {cfg['ab']}"
     lora = f", LoRA r={cfg['lora_r']}" if cfg.get("lora_r") else ""
+    scratch = "" if cfg.get("pretrained") else " from scratch"
     return (
-        f"{row['model']} ({variant}{lora}) on {row['task']}, n={row['n_train']}, seed {row['seed']}"
+        f"{row['model']}{scratch} ({variant}{lora}) on {row['task']}, n={row['n_train']}, "
+        f"seed {row['seed']}"
     )
 
 
@@ -346,7 +348,7 @@ def model_card(row: dict[str, Any]) -> str:
 
 # {_title(row)}
 
-Trained by [probe](https://pypi.org/project/symbol-probe/) {row["version"]} on the template
+Trained by probe {row["version"]} (the `symbol-probe` package) on the template
 task `{row["task"]}` ({row["label_kind"]} labels; Boix-Adserà et al., *When can transformers
 reason with abstract symbols?*, ICLR 2024). Its test split uses symbols never seen in
 training; `{metric}` is the paper's measure.
