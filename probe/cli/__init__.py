@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="REPO_ID",
         help="then upload the --out folder to this Hub dataset repository (needs a token: "
-        "`hf auth login` or HF_TOKEN)",
+        "`hf auth login` or HF_TOKEN; default: none, nothing is pushed)",
     )
     p.set_defaults(func=_cmd_data_render)
     p = data_sub.add_parser("export", help="render every registered task to data/template-tasks")

@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="REPO_ID",
         help="then upload the report, the results files and a card made of summary.md to "
-        "this Hub dataset repository (needs a token: `hf auth login` or HF_TOKEN)",
+        "this Hub dataset repository (needs a token: `hf auth login` or HF_TOKEN; default: "
+        "none, nothing is pushed)",
     )
     return p
 
