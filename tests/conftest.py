@@ -51,3 +51,53 @@ def _committed_tree(monkeypatch, request):
         from probe.experiments import sweep
 
         monkeypatch.setattr(sweep, "uncommitted_code", lambda: [])
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A stand-in Hub on 127.0.0.1 (``tests/hub_server.py``) and the clients pointed at it:
+    online, a fake token in ``HF_TOKEN``, caches under ``tmp_path``. huggingface_hub,
+    datasets and transformers read these settings into module constants when imported,
+    so those copies are patched too. Yields the ``HubServer`` (its ``repos``, ``tokens``)."""
+    import datasets
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from tests.hub_server import HubServer
+
+    with HubServer() as server:
+        cache = tmp_path / "hf-cache"
+        for name, value in {
+            "HF_ENDPOINT": server.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_DATASETS_OFFLINE": "0",
+            "TRANSFORMERS_OFFLINE": "0",
+            "HF_TOKEN": "hf_standin_token",
+            "HF_HOME": str(cache),
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.url + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache / "hub"))
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(cache / "agent_harnesses.json"))
+        monkeypatch.setattr(
+            huggingface_hub.hf_api.api, "endpoint", server.url
+        )  # module-level HfApi()
+        config = datasets.config
+        monkeypatch.setattr(config, "HF_ENDPOINT", server.url)
+        monkeypatch.setattr(
+            config, "HUB_DATASETS_URL", server.url + "/datasets/{repo_id}/resolve/{revision}/{path}"
+        )
+        monkeypatch.setattr(config, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(config, "HF_DATASETS_CACHE", cache / "datasets")
+        monkeypatch.setattr(config, "DOWNLOADED_DATASETS_PATH", cache / "datasets" / "downloads")
+        monkeypatch.setattr(config, "EXTRACTED_DATASETS_PATH", cache / "datasets" / "extracted")
+        yield server
+        assert not server.unhandled, (
+            f"the stand-in Hub was asked for routes it lacks: {server.unhandled}"
+        )

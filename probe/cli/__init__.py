@@ -31,14 +31,19 @@ def render_to_disk(
     tokenizer: str | None = None,
     config: str | None = None,
     overwrite: bool = False,
+    push_to_hub: str | None = None,
 ) -> Path:
-    """``probe data render``: check every argument and the destination, then render
-    and save. Returns the config folder."""
-    from probe.data.hub import check_target, default_config, save_dataset
+    """``probe data render``: check every argument, the destination and the push, then
+    render and save (and push the folder to the dataset repository ``push_to_hub``).
+    Returns the config folder."""
+    from probe.data.hub import check_target, default_config, push_dataset, save_dataset
     from probe.data.render import render, resolve_task
+    from probe.push import check_push
     from probe.tasks.templates import check_count
     from probe.train.run_dir import check_writable
 
+    if push_to_hub is not None:
+        check_push(push_to_hub, "--push-to-hub")
     resolved, spec = resolve_task(task)
     n_val = 1000 if n_val is None else n_val
     n_test = 1000 if n_test is None else n_test
@@ -51,6 +56,8 @@ def render_to_disk(
     dsd = render(spec or resolved, n_train, n_val, n_test, tokenizer=tokenizer, seed=seed)
     folder = save_dataset(dsd, out, config, overwrite=overwrite)
     print(f"wrote {folder} ({', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})")
+    if push_to_hub is not None:
+        print(f"pushed {out} to {push_dataset(out, push_to_hub, config, flag='--push-to-hub')}")
     return folder
 
 
@@ -91,6 +98,7 @@ def _cmd_data_render(args: argparse.Namespace) -> None:
         tokenizer=args.tokenizer,
         config=args.config,
         overwrite=args.overwrite,
+        push_to_hub=args.push_to_hub,
     )
 
 
@@ -172,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (Hub layout)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing config")
+    p.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="then upload the --out folder to this Hub dataset repository (needs a token: "
+        "`hf auth login` or HF_TOKEN; default: none, nothing is pushed)",
+    )
     p.set_defaults(func=_cmd_data_render)
     p = data_sub.add_parser("export", help="render every registered task to data/template-tasks")
     p.add_argument(

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from probe.data.render import SPLITS, dataset_tokenizer, task_info
 from probe.data.tokenizer import SymbolTokenizer, load_tokenizer_by_name
 from probe.locate import hub_download_hint, hub_offline, hub_unreachable, looks_like_path
+from probe.push import check_push, upload
 
 CARD = "README.md"
 EMPTY_SPLITS = "empty_splits"  # key of the card's task info: splits saved without a file
@@ -107,9 +108,11 @@ def save_dataset(
     path: str | os.PathLike,
     config: str | None = None,
     overwrite: bool = False,
+    push_to_hub: str | None = None,
 ) -> Path:
     """Write ``dsd`` as config ``config`` (default: the task name) of the Hub-layout
-    folder ``path`` and return ``path/<config>``.
+    folder ``path`` and return ``path/<config>``; with ``push_to_hub=REPO_ID``, then
+    upload the folder to that dataset repository (:func:`push_dataset`).
 
     Writes ``path/<config>/<split>-00000-of-00001.parquet``, the SymbolTokenizer
     in ``path/<config>/tokenizer/`` (so the ids can be decoded), and a
@@ -117,8 +120,11 @@ def save_dataset(
     config is written into a temporary folder next to its destination and then
     renamed into place, so a failure leaves nothing half-written. An existing
     config is refused unless ``overwrite``; so is a folder whose ``README.md`` is not a
-    dataset card listing ``configs:`` (it would be replaced).
+    dataset card listing ``configs:`` (it would be replaced). A push that cannot work
+    (a malformed id, offline mode, no token) is refused before anything is written.
     """
+    if push_to_hub is not None:
+        check_push(push_to_hub, "push_to_hub")
     if not isinstance(dsd, datasets.DatasetDict):
         raise ValueError(f"expected a DatasetDict from probe.render, got {type(dsd).__name__}")
     path = Path(path)
@@ -157,7 +163,26 @@ def save_dataset(
         if fresh:
             shutil.rmtree(root, ignore_errors=True)
         raise
+    if push_to_hub is not None:
+        push_dataset(path, push_to_hub, config, flag="push_to_hub")
     return path / config
+
+
+def push_dataset(
+    path: str | os.PathLike, repo_id: str, config: str, flag: str = "push_to_hub"
+) -> str:
+    """Upload the Hub-layout folder ``path`` (written by :func:`save_dataset`) to the
+    dataset repository ``repo_id`` as it is: every config in it and its card, which
+    lists them (so the repository holds what the folder holds; push one folder to one
+    repository). Returns the repository's URL; ``load_dataset(repo_id, config)`` reads it."""
+    return upload(
+        path,
+        repo_id,
+        "dataset",
+        f"probe: dataset config {config}",
+        flag=flag,
+        retry=f"To push again: probe.data.hub.push_dataset({str(path)!r}, {repo_id!r}, {config!r})",
+    )
 
 
 def _open_up(folder: Path) -> None:

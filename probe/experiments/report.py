@@ -26,6 +26,7 @@ import pandas as pd
 
 from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
 from probe.jsonl import read_rows
+from probe.push import check_push, upload
 from probe.train.config import SETTING, fields_with
 
 METRIC = {"regression": "test_loss", "symbolic": "test_error"}
@@ -388,6 +389,65 @@ def write_report(
     return written
 
 
+# -- a report as a Hub dataset repository -------------------------------------------
+
+
+def hub_files(
+    paths: Sequence[str | os.PathLike], written: dict[str, Path] | None = None
+) -> dict[str, Path]:
+    """The files of a report's dataset repository, by their path in it: the results files
+    read (``paths``), then what :func:`write_report` wrote (``written``), each under its
+    own name. Two different files of one name are refused (report them one folder at a
+    time, or rename one)."""
+    files: dict[str, Path] = {}
+    for file in [*_files(paths), *(written or {}).values()]:
+        name = file.name
+        if name in files and files[name].resolve() != file.resolve():
+            raise ValueError(
+                f"--push-to-hub: {str(files[name])!r} and {str(file)!r} would both be "
+                f"{name!r} in the repository; push one results folder at a time, or rename one"
+            )
+        files[name] = file
+    return files
+
+
+def report_card(files: dict[str, Path], summary: str) -> str:
+    """The dataset card of a pushed report: YAML ``configs`` naming the results rows as
+    the data (``datasets.load_dataset(REPO_ID, "results")``), then ``summary.md``. The
+    CSVs and PNGs are files of the repository, not configs: the loader reads every
+    config of a repository with one builder, and the rows are the data."""
+    from huggingface_hub import DatasetCardData
+
+    results = sorted(n for n in files if n.endswith(".jsonl"))
+    data = DatasetCardData(
+        configs=[{"config_name": "results", "data_files": results}],
+        tags=["probe", "template-tasks", "sample-complexity"],
+    )
+    return f"---\n{data.to_yaml()}\n---\n\n{summary}"
+
+
+def push_report(
+    paths: Sequence[str | os.PathLike],
+    written: dict[str, Path],
+    repo_id: str,
+    flag: str = "--push-to-hub",
+) -> str:
+    """Upload a report (the files :func:`write_report` wrote, the results files it read,
+    and a card made of ``summary.md``) to the dataset repository ``repo_id``, in one
+    commit; returns the repository's URL."""
+    files: dict[str, Path | bytes] = dict(hub_files(paths, written))
+    summary = written["summary.md"].read_text(encoding="utf-8")
+    files["README.md"] = report_card(files, summary).encode()
+    return upload(
+        files,
+        repo_id,
+        "dataset",
+        f"probe report: {summary.splitlines()[0].lstrip('# ')}",
+        flag=flag,
+        retry="To push again, run the same `probe report` command",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="probe report",
@@ -401,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="variant of the ratios (default: none)")
     p.add_argument("--metric", default=None, help="column to read (default: by label kind)")
     p.add_argument("--band", default="minmax", choices=["minmax", "std"])
+    p.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="then upload the report, the results files and a card made of summary.md to "
+        "this Hub dataset repository (needs a token: `hf auth login` or HF_TOKEN; default: "
+        "none, nothing is pushed)",
+    )
     return p
 
 
@@ -408,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.push_to_hub is not None:  # before any work: the push can happen
+            check_push(args.push_to_hub, "--push-to-hub")
+            hub_files(args.results)
         written = write_report(
             args.results,
             args.out,
@@ -416,10 +487,12 @@ def main(argv: list[str] | None = None) -> None:
             metric=args.metric,
             band=args.band,
         )
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+        print((Path(args.out) / "summary.md").read_text())
+        print("wrote " + ", ".join(str(p) for p in written.values()))
+        if args.push_to_hub is not None:
+            print(f"pushed to {push_report(args.results, written, args.push_to_hub)}")
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as e:
         parser.exit(2, f"probe report: error: {e}\n")
-    print((Path(args.out) / "summary.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 if __name__ == "__main__":

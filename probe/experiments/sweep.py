@@ -298,9 +298,15 @@ def _check_overrides(where: str, overrides: Any, known: Iterable[str]) -> None:
     if grid:
         hints = ", ".join(f"{k} (set by {grid_set[k]})" for k in grid)
         raise ValueError(f"{where} sets {hints}; the sweep sets these for each cell")
+    if "push_to_hub" in overrides:
+        raise ValueError(
+            f"{where} sets push_to_hub: every cell would push its model to that one "
+            f"repository; push the sweep's results instead (`probe report RESULTS --out DIR "
+            f"--push-to-hub REPO_ID`), or one run with `probe finetune --push-to-hub`"
+        )
     unknown = sorted(set(overrides) - set(known))
     if unknown:
-        accepted = sorted(set(known) - set(grid_set))
+        accepted = sorted(set(known) - set(grid_set) - {"push_to_hub"})
         raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {accepted}")
 
 

@@ -400,6 +400,19 @@ class FinetuneConfig:
             roles=(RESUMABLE, UNHASHED),
         ),
     )
+    push_to_hub: str | None = field(
+        default=None,
+        metadata=_help(
+            "then upload the trained model folder (OUTPUT_DIR/model: weights with the a/b "
+            "scalings, tokenizer, model card, the run's results row) to this Hub model "
+            "repository, created if missing; implies --save-model. Needs a token (`hf auth "
+            "login` or HF_TOKEN); with --resume of a finished run, pushes its saved model "
+            "(default: none)",
+            group=OUTPUTS,
+            # where the model is published, not what it computes: not hashed, may change
+            roles=(RESUMABLE, UNHASHED),
+        ),
+    )
     log_with: str | None = field(
         default=None,
         metadata=_help(
@@ -436,6 +449,8 @@ class FinetuneConfig:
                     setattr(self, name, default)
         elif self.task_params:
             raise ValueError("--task-param applies to --task, not to --dataset")
+        if self.push_to_hub is not None:
+            self.save_model = True  # the pushed folder is the saved model
         self._check_values()
 
     # -- derived views

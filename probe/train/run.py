@@ -38,8 +38,10 @@ from typing import Any
 
 import torch
 
+from probe.jsonl import dumps
+from probe.push import upload
 from probe.train.config import FinetuneConfig, parse_config
-from probe.train.run_dir import RunDir
+from probe.train.run_dir import RESULTS_FILE, RunDir, write_atomic
 from probe.train.setup import (
     ab_summary,
     build_optimizer,
@@ -49,7 +51,8 @@ from probe.train.setup import (
     load_run_data,
 )
 
-__all__ = ["FinetuneConfig", "finetune", "main"]
+__all__ = ["FinetuneConfig", "finetune", "main", "model_card"]
+MODEL_CARD = "README.md"
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -64,8 +67,12 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     ``--ab``), ``trainable_params``, ``mixed_precision`` (what ran: "no" for fp16 on
     a CPU, which accelerate runs in fp32), ``processes``, ``version`` and
     ``config`` (every field). Raises ``ValueError`` / ``FileExistsError`` /
-    ``FileNotFoundError`` on bad input before any model or data work, and
-    ``FloatingPointError`` when the training loss stops being finite.
+    ``FileNotFoundError`` on bad input before any model or data work (a
+    ``--push-to-hub`` that cannot work included), and ``FloatingPointError`` when
+    the training loss stops being finite. With ``push_to_hub``, the saved model
+    folder (``OUTPUT_DIR/model``: weights with the a/b scalings, tokenizer, model
+    card, ``results.jsonl`` with the row) is then uploaded to that model repository
+    (``ConnectionError`` if the upload fails; the run's files stay).
     """
     if not isinstance(config, FinetuneConfig):
         raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
@@ -74,8 +81,12 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     with _main_process_lock(run_dir):
         run_dir.check(config)  # again, now that no other job can change the folder
         if config.resume and (row := run_dir.finished_row(config)) is not None:
-            return _already_finished(row, run_dir, config)
-        return _launch(config, task, run_dir)
+            row = _already_finished(row, run_dir, config)
+        else:
+            row = _launch(config, task, run_dir)
+        if config.push_to_hub is not None and _launch_main_process():
+            _push_model(run_dir, row, config)
+        return row
 
 
 def _launch(config: FinetuneConfig, task, run_dir: RunDir) -> dict[str, Any]:
@@ -235,6 +246,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         if config.save_model:
             unwrapped.save_pretrained(run_dir.model_dir)
             data.tokenizer.save_pretrained(run_dir.model_dir)
+            _describe_model(run_dir, row)
         if config.progress:
             print(_summary(row), flush=True)
     accelerator.wait_for_everyone()
@@ -244,15 +256,121 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
 # -- the output folder --------------------------------------------------------------
 
 
+def _launch_main_process() -> bool:
+    """True in the main process of an ``accelerate launch`` (and in a plain process)."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def _main_process_lock(run_dir: RunDir) -> Iterator[None]:
     """The folder lock, taken by the launch's main process only (the others of an
     ``accelerate launch`` work in the same folder under its lock)."""
-    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+    if not _launch_main_process():
         yield
         return
     with run_dir.lock():
         yield
+
+
+# -- the saved model as a Hub repository --------------------------------------------
+
+
+def _describe_model(run_dir: RunDir, row: dict[str, Any]) -> None:
+    """Next to the saved weights and tokenizer: the model card (``README.md``) and the
+    run's row (``results.jsonl``), so the folder is the Hub repository --push-to-hub
+    uploads, unchanged."""
+    write_atomic(run_dir.model_dir / MODEL_CARD, model_card(row))
+    write_atomic(run_dir.model_dir / RESULTS_FILE, dumps(row) + "\n")
+
+
+def _push_model(run_dir: RunDir, row: dict[str, Any], config: FinetuneConfig) -> None:
+    """--push-to-hub: upload ``OUTPUT_DIR/model`` to the model repository."""
+    repo = config.push_to_hub
+    if not run_dir.model_dir.is_dir():  # a finished run resumed, saved without --save-model
+        raise FileNotFoundError(
+            f"--push-to-hub {repo}: {str(run_dir.model_dir)!r} does not exist: the run "
+            f"finished without --save-model, so its trained model was not kept; train it "
+            f"again with --overwrite --push-to-hub {repo}"
+        )
+    if not (run_dir.model_dir / MODEL_CARD).exists():  # saved before probe wrote cards
+        _describe_model(run_dir, row)
+    url = upload(
+        run_dir.model_dir, repo, "model", f"probe finetune: {_title(row)}", flag="--push-to-hub"
+    )
+    if config.progress:
+        print(f"pushed {run_dir.model_dir} to {url}", flush=True)
+
+
+def _title(row: dict[str, Any]) -> str:
+    cfg = row["config"]
+    variant = "plain" if cfg["ab"] == "none" else f"+ {cfg['ab']}"
+    lora = f", LoRA r={cfg['lora_r']}" if cfg.get("lora_r") else ""
+    scratch = "" if cfg.get("pretrained") else " from scratch"
+    return (
+        f"{row['model']}{scratch} ({variant}{lora}) on {row['task']}, n={row['n_train']}, "
+        f"seed {row['seed']}"
+    )
+
+
+def model_card(row: dict[str, Any]) -> str:
+    """The model card of a run's saved model: what was trained on what, its numbers on
+    unseen symbols, the learned a/b, how to load it."""
+    from huggingface_hub import ModelCardData
+
+    cfg = row["config"]
+    metric = "test_error" if row["label_kind"] == "symbolic" else "test_loss"
+    data = ModelCardData(
+        library_name="peft" if cfg.get("lora_r") else "transformers",
+        tags=["probe", "template-tasks", "identity-scalings", row["task"]],
+    )
+    numbers = [
+        ("test loss (unseen symbols)", row["test_loss"]),
+        ("test error (unseen symbols)", row["test_error"]),
+        ("validation loss", row["val_loss"]),
+        ("steps", f"{row['steps']} ({row['stopped']})"),
+    ]
+    ab = row.get("ab") or {}
+    numbers += [(f"mean {k}", ab[f"{k}_mean"]) for k in ("a", "b") if f"{k}_mean" in ab]
+    table = "\n".join(f"| {name} | {_number(value)} |" for name, value in numbers)
+    if cfg.get("lora_r"):
+        load = (
+            "from peft import AutoPeftModel\n"
+            'model = AutoPeftModel.from_pretrained("path/to/this/folder")  # or its Hub id'
+        )
+    else:
+        load = (
+            "import probe\n"
+            'model = probe.load_injected("path/to/this/folder")  # or its Hub id; a and b included'
+        )
+    return f"""---
+{data.to_yaml()}
+---
+
+# {_title(row)}
+
+Trained by probe {row["version"]} (the `symbol-probe` package) on the template
+task `{row["task"]}` ({row["label_kind"]} labels; Boix-Adserà et al., *When can transformers
+reason with abstract symbols?*, ICLR 2024). Its test split uses symbols never seen in
+training; `{metric}` is the paper's measure.
+
+| | |
+|---|---|
+{table}
+
+```python
+{load}
+```
+
+`results.jsonl` holds the run's results row: every metric, the learned a and b per head
+(`ab`), and every setting (`config`; `probe.FinetuneConfig.from_dict(row["config"])`
+reruns it).
+"""
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _already_finished(row: dict, run_dir: RunDir, config: FinetuneConfig) -> dict[str, Any]:
@@ -335,6 +453,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = parse_config(sys.argv[1:] if argv is None else argv, prog="probe finetune")
     try:
         return finetune(config)
-    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as err:
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        FloatingPointError,
+        ConnectionError,
+    ) as err:
         print(f"probe finetune: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

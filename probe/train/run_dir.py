@@ -6,7 +6,8 @@
       results.jsonl      one row per finished run (probe.jsonl)
       run_config.json    the run's FinetuneConfig, written before training starts
       checkpoints/step-N accelerate's save_state (the newest complete one is kept)
-      model/             the trained model and tokenizer (--save-model)
+      model/             the trained model, tokenizer, model card and row (--save-model;
+                         the folder --push-to-hub uploads)
       logs/              trackers (--log-with)
 
 A checkpoint is written to a hidden temporary folder and renamed into place
@@ -45,7 +46,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -21,6 +21,7 @@ from probe.models.architectures import ARCHITECTURES, arch_spec
 from probe.models.mlp import mlp_shape
 from probe.models.paper import PAPER
 from probe.models.resolve import MLP_MODEL_TYPE
+from probe.push import check_push
 from probe.train.config import FinetuneConfig
 from probe.train.run_dir import RunDir
 
@@ -108,6 +109,8 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
             f"--pretrained to adapt the checkpoint, or drop --lora-r to train it in full"
         )
     _check_trackers(config.trackers)
+    if config.push_to_hub is not None:
+        check_push(config.push_to_hub, "--push-to-hub")
     if run_dir is not None:
         run_dir.check(config)
     return task

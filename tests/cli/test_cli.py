@@ -97,3 +97,41 @@ def test_data_out_read_only_or_a_file_is_one_line_before_rendering(
             assert err.count("\n") == 1
     finally:
         ro.chmod(0o700)
+
+
+def test_data_render_push_to_hub_uploads_the_folder(hub, tmp_path, capsys):
+    out = tmp_path / "out"
+    cli.main(
+        ["data", "render", "--task", "copy", "--n-train", "8", "--n-val", "2"]
+        + ["--n-test", "4", "--out", str(out), "--push-to-hub", "me/copy"]
+    )
+    printed = capsys.readouterr().out
+    assert f"pushed {out} to {hub.url}/datasets/me/copy" in printed
+    pushed = load_dataset("me/copy", "copy")
+    assert pushed["test"].to_dict() == load_dataset(out, "copy")["test"].to_dict()
+
+
+@pytest.mark.parametrize(
+    ("repo", "message"),
+    [
+        ("me/a/b", "--push-to-hub 'me/a/b' is not a Hub repository id"),
+        ("me/copy", "--push-to-hub me/copy: pushing to the Hub needs the network"),  # offline
+    ],
+)
+def test_data_render_refuses_a_bad_push_in_one_line_before_rendering(
+    tmp_path, monkeypatch, capsys, repo, message
+):
+    def no_render(*a, **k):
+        raise AssertionError("rendered before checking the push")
+
+    monkeypatch.setattr(data, "render", no_render)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(
+            ["data", "render", "--task", "copy", "--n-train", "8", "--out", str(out)]
+            + ["--push-to-hub", repo]
+        )
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"probe data: error: {message}") and err.count("\n") == 1
+    assert not out.exists()

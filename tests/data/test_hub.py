@@ -195,3 +195,36 @@ def test_a_column_the_card_lists_but_the_file_lacks_is_refused(tmp_path):
         assert datasets.load_dataset(str(tmp_path / column), "aba")["test"][column][0] is None
         with pytest.raises(ValueError, match=f"split 'test' has no value in column '{column}'"):
             load_dataset(tmp_path / column, "aba")
+
+
+# -- pushing (the stand-in Hub of tests/hub_server.py) ----------------------------------
+
+
+def _local_files(folder) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+def test_save_dataset_pushes_the_folder_and_load_dataset_reads_it_back(hub, tmp_path):
+    folder = tmp_path / "tasks"
+    aba = render("aba_vs_abb", 24, 8, 8, seed=3)
+    save_dataset(render("var_copy", 12, 4, 4, seed=4), folder, "vc")
+    assert save_dataset(aba, folder, "aba", push_to_hub="me/tasks") == folder / "aba"
+    repo = hub.repo("me/tasks", "dataset")
+    assert repo.files == _local_files(folder)  # the whole folder, its card listing both configs
+    assert {"aba/train-00000-of-00001.parquet", "vc/tokenizer/tokenizer.json"} <= set(repo.files)
+    back = load_dataset("me/tasks", "aba")  # through the stand-in, not the local folder
+    _same(back, aba)
+    assert task_info(back) == task_info(aba)
+
+
+def test_save_dataset_refuses_a_push_that_cannot_work_before_writing(tmp_path):
+    # offline mode, as every test outside the `hub` fixture runs
+    with pytest.raises(ValueError, match="push_to_hub me/tasks: pushing to the Hub needs"):
+        save_dataset(render("aba_vs_abb", 8, 2, 2), tmp_path / "tasks", push_to_hub="me/tasks")
+    with pytest.raises(ValueError, match="push_to_hub 'me/a/b' is not a Hub repository id"):
+        save_dataset(render("aba_vs_abb", 8, 2, 2), tmp_path / "tasks", push_to_hub="me/a/b")
+    assert not (tmp_path / "tasks").exists()

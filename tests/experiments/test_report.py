@@ -317,3 +317,55 @@ def test_jobs_2_gives_the_rows_of_jobs_1(tmp_path):
 
     assert len(parallel) == 4 and all(r["status"] == "ok" for r in parallel)
     assert same(parallel) == same(serial)
+
+
+# -- --push-to-hub (the stand-in Hub of tests/hub_server.py) ------------------------------
+
+
+def test_report_pushes_report_and_results_as_a_dataset_repo(hub, tmp_path, capsys):
+    import datasets
+
+    (tmp_path / "sweep").mkdir()
+    results = rows_file(tmp_path / "sweep" / "results.jsonl", SYNTH)
+    (tmp_path / "sweep" / "notes.txt").write_text("not a results file")  # not pushed
+    rep = tmp_path / "rep"
+    main([str(results.parent), "--out", str(rep), "--push-to-hub", "me/aba-report"])
+    assert f"pushed to {hub.url}/datasets/me/aba-report" in capsys.readouterr().out
+    files = hub.repo("me/aba-report", "dataset").files
+    assert sorted(files) == [
+        "README.md",
+        "curves.csv",
+        "curves.png",
+        "n_star.csv",
+        "results.jsonl",
+        "summary.md",
+    ]
+    assert files["results.jsonl"] == results.read_bytes()
+    assert all(
+        files[name] == (rep / name).read_bytes()
+        for name in files
+        if name != "README.md" and name != "results.jsonl"
+    )
+    card = files["README.md"].decode()
+    assert card.startswith("---\nconfigs:\n") and card.endswith((rep / "summary.md").read_text())
+    rows = datasets.load_dataset("me/aba-report", "results", split="train")
+    assert rows.to_list() == SYNTH
+
+
+def test_report_refuses_a_bad_push_before_writing(tmp_path, capsys):
+    results = rows_file(tmp_path / "results.jsonl", SYNTH)
+    other = tmp_path / "other"
+    other.mkdir()
+    rows_file(other / "results.jsonl", SYNTH[:3])
+    for args, message in [
+        (["--push-to-hub", "me/a/b"], "--push-to-hub 'me/a/b' is not a Hub repository id"),
+        (["--push-to-hub", "me/rep"], "--push-to-hub me/rep: pushing to the Hub needs"),
+    ]:
+        with pytest.raises(SystemExit):
+            main([str(results), "--out", str(tmp_path / "rep"), *args])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
+    from probe.experiments.report import hub_files
+
+    with pytest.raises(ValueError, match="would both be 'results.jsonl' in the repository"):
+        hub_files([results, other])

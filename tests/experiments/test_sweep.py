@@ -111,6 +111,11 @@ def test_grid_owned_fields_are_refused_with_where_they_come_from():
         config(variants={"none": {"seed": 3}})
 
 
+def test_push_to_hub_in_a_recipe_is_refused_with_what_to_push_instead():
+    with pytest.raises(ValueError, match=r"finetune: sets push_to_hub: every cell .*probe report"):
+        config(finetune={"push_to_hub": "me/cells"})
+
+
 @pytest.mark.parametrize(
     "over, match",
     [

@@ -312,6 +312,8 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"task": "aba_vs_abb", "dataset": "some/data"}, ValueError, "pass one"),
         ({"resume": True}, FileNotFoundError, "no checkpoint"),
         ({"resume": True, "overwrite": True}, ValueError, "one of them"),
+        ({"push_to_hub": "me/a/b"}, ValueError, "--push-to-hub 'me/a/b' is not a Hub repo"),
+        ({"push_to_hub": "me/run"}, ValueError, "--push-to-hub me/run: .*needs the network"),
     ],
 )
 def test_bad_input_is_refused_before_any_model_or_data_work(
@@ -556,3 +558,50 @@ def test_the_first_line_of_a_run_says_what_was_built(tmp_path, capsys, checkpoin
     finetune(pretrained)
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"{checkpoint} pretrained from {checkpoint}, LoRA r=2"
+
+
+# -- --push-to-hub (the stand-in Hub of tests/hub_server.py) ------------------------------
+
+
+def test_push_to_hub_leaves_a_cells_hash_alone_and_implies_save_model():
+    """Where a model is published is not what a run computes: committed results stay valid."""
+    from probe.experiments.sweep import settings_hash
+
+    plain, pushed = FinetuneConfig(), FinetuneConfig(push_to_hub="me/run")
+    assert pushed.save_model and not plain.save_model
+    assert settings_hash(plain.to_dict()) == settings_hash(pushed.to_dict())
+
+
+def test_push_to_hub_uploads_the_model_folder_that_loads_back_with_its_a_b(hub, tmp_path):
+    from probe.models.identity import ab_values, load_injected
+
+    config = tiny(tmp_path, ab="kq,vo", push_to_hub="me/aba-kq")
+    row = finetune(config)
+    model_dir = tmp_path / "run" / "model"
+    local = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    assert hub.repo("me/aba-kq").files == local
+    assert {"README.md", "results.jsonl", "config.json", "model.safetensors"} <= set(local)
+    assert read_rows(model_dir / "results.jsonl") == [json.loads(json.dumps(row))]
+    card = local["README.md"].decode()
+    assert card.startswith("---\nlibrary_name: transformers\n") and "probe.load_injected" in card
+
+    pushed, saved = load_injected("me/aba-kq"), load_injected(model_dir)
+    a_b = ab_values(pushed)
+    assert a_b[["a", "b"]].equals(ab_values(saved)[["a", "b"]])
+    assert a_b["a"].round(5).tolist() == row["ab"]["a"] and a_b["a"].abs().max() > 0
+    test = load_run_data(config, get_task(config.task)).splits["test"]
+    with torch.no_grad():
+        outputs = [
+            readout(m.eval(), test["input_ids"], test["attention_mask"]) for m in (pushed, saved)
+        ]
+    assert torch.equal(*outputs)
+
+
+def test_resume_of_a_finished_run_pushes_its_saved_model_without_training(hub, tmp_path):
+    first = finetune(tiny(tmp_path, max_steps=2, save_model=True))
+    again = finetune(tiny(tmp_path, max_steps=2, resume=True, push_to_hub="me/later"))
+    assert again == first
+    assert "model.safetensors" in hub.repo("me/later").files
+    finetune(tiny(tmp_path, "plain", max_steps=2))  # finished without --save-model
+    with pytest.raises(FileNotFoundError, match="finished without --save-model"):
+        finetune(tiny(tmp_path, "plain", max_steps=2, resume=True, push_to_hub="me/later"))
