@@ -266,6 +266,19 @@ def _codes(rows: pd.DataFrame) -> str:
     return f"**mixed** — {listed}"
 
 
+def _compute(rows: pd.DataFrame) -> str:
+    """The rows' cost: the sum of their ``wall_s`` (each cell's own process), and the
+    slowest n's mean per cell."""
+    if "wall_s" not in rows.columns or rows["wall_s"].isna().all():
+        return ""
+    wall = rows["wall_s"].dropna()
+    largest = rows[rows["n"] == rows["n"].max()]["wall_s"].dropna()
+    per_cell = f"; {largest.mean():.0f} s per cell at n = {rows['n'].max()}" if len(largest) else ""
+    return (
+        f"{wall.sum() / 60:.0f} min of wall time over {len(wall)} cells (sum of wall_s){per_cell}"
+    )
+
+
 def write_report(
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -374,6 +387,7 @@ def write_report(
             "",
             *([f"Shared settings: {shared}.", ""] if (shared := _shared_settings(sub)) else []),
             *([f"Code: {codes}.", ""] if (codes := _codes(sub)) else []),
+            *([f"Compute: {cost}.", ""] if (cost := _compute(sub)) else []),
             f"![{recipe}]({png})",
             "",
             markdown_table(t),

