@@ -14,7 +14,7 @@ Writes ``in_context.csv`` (one row per task and K, appended as each finishes: a
 rerun skips what it holds), ``in_context.md`` (the table) and ``in_context.png``
 (accuracy vs K per task, the chance line dashed).
 
-    OMP_NUM_THREADS=1 python results/in_context/make.py     # ~25 min on one core
+    OMP_NUM_THREADS=1 python results/in_context/make.py     # ~32 min on one core shared with other work
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def write_outputs(df: pd.DataFrame, out: Path) -> None:
     for ax, task in zip(axes.flat, tasks, strict=False):
         d = df[df["task"] == task].sort_values("shots")
         ax.errorbar(d["shots"], d["accuracy"], yerr=d["stderr"], marker="o", capsize=3)
-        ax.axhline(d["chance"].iloc[0], ls="--", c="gray", label="chance")
+        ax.axhline(d["chance"].iloc[0], ls="--", c="gray", label="chance")  # see chance()
         if not np.isnan(d["majority"].iloc[0]):
             ax.axhline(d["majority"].iloc[0], ls=":", c="gray", label="majority")
         ax.set_title(f"{task} ({d['kind'].iloc[0][:3]})", fontsize=9)
@@ -120,7 +120,10 @@ def write_outputs(df: pd.DataFrame, out: Path) -> None:
     for ax in axes.flat[len(tasks) :]:
         ax.axis("off")
     axes[0, 0].set_ylabel("test accuracy")
-    axes[0, 0].legend(fontsize=7)
+    # the legend of a panel with both lines (a regression task's)
+    kinds = [df.loc[df["task"] == t, "kind"].iloc[0] for t in tasks]
+    first = kinds.index("regression") if "regression" in kinds else 0
+    axes.flat[first].legend(fontsize=7, loc="lower right")
     fig.suptitle("SmolLM2-135M in context (lm-eval), unseen symbols", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "in_context.png", dpi=120)
