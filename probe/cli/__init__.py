@@ -1,6 +1,6 @@
 """The ``probe`` command: argument parsing, and the commands that only print
-(``probe tasks``, ``probe data render``, ``probe data export``); the work lives
-in the modules."""
+(``probe tasks``, ``probe data render``, ``probe data export``, ``probe data
+lm-eval``); the work lives in the modules."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 # (set PROBE_DEBUG=1 to see the traceback anyway).
 USER_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, ConnectionError)
 USER_ERRORS += (PermissionError,)  # a folder that cannot be written
+USER_ERRORS += (ModuleNotFoundError,)  # an optional extra not installed (the error says which)
 
 
 def _cmd_tasks(args: argparse.Namespace) -> None:
@@ -106,6 +107,23 @@ def _cmd_data_export(args: argparse.Namespace) -> None:
     export_catalogue(args.out, overwrite=args.overwrite)
 
 
+def _cmd_data_lm_eval(args: argparse.Namespace) -> None:
+    from probe.data.lm_eval_task import export_lm_eval_task
+
+    yaml_path = export_lm_eval_task(
+        args.dataset,
+        args.config,
+        args.out,
+        shots=args.shots,
+        task_name=args.task_name,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {yaml_path}; run it with: lm_eval --model hf --model_args pretrained=MODEL "
+        f"--include_path {yaml_path.parent} --tasks {yaml_path.stem}"
+    )
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from probe.cli.demo import main as demo_main
 
@@ -197,6 +215,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace the configs already in --out")
     p.set_defaults(func=_cmd_data_export)
+    from probe.data.lm_eval_task import ENCODING, INSTALL_HINT
+
+    p = data_sub.add_parser(
+        "lm-eval",
+        help="write an lm-evaluation-harness task (YAML + data) over a Hub-layout dataset",
+        description="Write an lm-evaluation-harness task over one config of a Hub-layout "
+        "probe dataset: K solved rows drawn at random from the training split, one per line "
+        "('INPUT -> ANSWER'), then the test row. Symbolic tasks are scored by exact match "
+        "of the generated answer symbol; regression tasks as a two-way choice between "
+        f"words ({ENCODING}), scored by acc. Needs lm-eval: {INSTALL_HINT}.",
+    )
+    p.add_argument(
+        "--dataset", required=True, help="a folder written by probe data render, or its Hub id"
+    )
+    p.add_argument(
+        "--config", default=None, help="config name in the dataset (default: its only one)"
+    )
+    p.add_argument("--out", required=True, help="output folder: the task's YAML and data")
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        help="solved training rows shown before each test row (the YAML's num_fewshot; "
+        "lm_eval --num_fewshot overrides it; default: %(default)s)",
+    )
+    p.add_argument(
+        "--task-name", default=None, help="the lm-eval task name (default: probe_<config>)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the task in --out")
+    p.set_defaults(func=_cmd_data_lm_eval)
 
     # Commands whose options come from one dataclass shared with the Python API
     # parse their own arguments.

@@ -33,6 +33,9 @@ EMPTY_SPLITS = "empty_splits"  # key of the card's task info: splits saved witho
 REQUIRED_COLUMNS = ("input_ids", "attention_mask", "labels")
 TOKENIZER_DIR = "tokenizer"
 _CONFIG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# YAML front matter: between a first line `---` and the next line that is exactly `---`
+# (a `---` inside a value, e.g. a tokenizer's symbol listed in the card, is not one)
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.S | re.M)
 
 
 def _check_config(config: str) -> str:
@@ -55,13 +58,14 @@ def _read_card(path: Path) -> tuple[dict[str, Any], str]:
     if not card.exists():
         return {}, ""
     text = card.read_text(encoding="utf-8")
-    if text.startswith("---") and text.count("---") >= 2:
-        _, front, body = text.split("---", 2)
+    match = _FRONT_MATTER.match(text)
+    if match:
+        front, body = match.group(1), text[match.end() :]
         try:
             meta = yaml.safe_load(front) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
+            where = f" at line {mark.line + 2}" if mark is not None else ""  # after the ---
             why = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise ValueError(
                 f"{card}: the YAML front matter does not parse ({why}{where}); fix or remove it"
@@ -430,3 +434,18 @@ def load_tokenizer(path: str | os.PathLike, config: str) -> PreTrainedTokenizerB
         if d.get("config_name") == config:
             return load_tokenizer_by_name(json.loads(d["description"])["tokenizer"])
     raise FileNotFoundError(f"{Path(path)} has no config {config!r} written by probe.save_dataset")
+
+
+def dataset_tokenizer_at(
+    path_or_hub_id: str | os.PathLike | None, config: str | None, dsd: datasets.DatasetDict
+) -> PreTrainedTokenizerBase:
+    """The tokenizer ``dsd`` (loaded from ``path_or_hub_id``) was rendered with: for a
+    local folder the one saved beside the data, else the one the dataset's card describes."""
+    folder = Path(path_or_hub_id).expanduser() if path_or_hub_id else None
+    if folder is not None and folder.is_dir():
+        name = config or dsd[next(iter(dsd))].info.config_name
+        try:
+            return load_tokenizer(folder, name)
+        except FileNotFoundError:
+            pass
+    return dataset_tokenizer(dsd)

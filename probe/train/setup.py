@@ -206,19 +206,10 @@ def _render_tokenizer(config: FinetuneConfig):
 
 
 def _dataset_tokenizer(config: FinetuneConfig, dsd):
-    """The rendering tokenizer: for a local folder the one saved beside the data,
-    else the one the dataset's card describes."""
+    """The rendering tokenizer of the run's ``--dataset``."""
     from probe.data import hub
-    from probe.data import render as probe_data
 
-    folder = Path(config.dataset).expanduser() if config.dataset else None
-    if folder is not None and folder.is_dir():
-        name = config.dataset_config or dsd["train"].info.config_name
-        try:
-            return hub.load_tokenizer(folder, name)
-        except FileNotFoundError:
-            pass
-    return probe_data.dataset_tokenizer(dsd)
+    return hub.dataset_tokenizer_at(config.dataset, config.dataset_config, dsd)
 
 
 def run_dataset(config: FinetuneConfig, task=None):

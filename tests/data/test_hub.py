@@ -95,6 +95,16 @@ def test_a_folder_with_someone_elses_readme_is_refused(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["README.md", "copy", "notes.txt"]
 
 
+def test_a_symbol_spelled_like_the_front_matter_fence_is_data(tmp_path):
+    # a real tokenizer's vocabulary holds "---"; the card lists the symbols it drew
+    dsd = render("copy", 4, 0, 2, train_symbols=["---", "--", "x", "y"], seed=0)
+    assert "---" in dsd["train"].info.description
+    save_dataset(dsd, tmp_path, "first")
+    save_dataset(dsd, tmp_path, "second")  # reads the card written first
+    info = task_info(load_dataset(tmp_path, "first"))
+    assert info["alphabets"]["train"]["symbols"] == ["---", "--", "x", "y"]
+
+
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     dsd = render("aba_vs_abb", 20, 4, 4)
     calls = []
