@@ -31,6 +31,28 @@ PAPER_N_STAR: dict[tuple[str, str], int | None] = {
     ("aba_vs_abb", "kq,vo"): 64,
     ("aba_vs_abb", "mlp_onehot"): None,
     ("aba_vs_abb", "mlp_onehot_xxt"): 2048,
+    # majority over lengths 2 / 4 / 6 / 8 (recipes/paper/majority.yaml)
+    ("majority_k", "len2"): 2048,
+    ("majority_k", "len4"): 8192,
+    ("majority_k", "len6"): None,
+    ("majority_k", "len8"): None,
+    ("majority_k", "len2_kq,vo"): 128,
+    ("majority_k", "len4_kq,vo"): 2048,
+    ("majority_k", "len6_kq,vo"): 8192,
+    ("majority_k", "len8_kq,vo"): 8192,
+    # copy at widths 64 ... 512 (recipes/paper/copy.yaml): the figure's plain n* per width,
+    # whichever readout (none_: pool "final", cls_: pool "cls"); + VO: "<= 16" at every
+    # width, written 16
+    **{
+        ("copy", f"{p}_w{w}"): n
+        for w, n in ((64, 128), (128, 128), (256, 128), (512, 256))
+        for p in ("none", "cls")
+    },
+    **{
+        ("copy", f"{p}_w{w}"): 16
+        for w in (64, 128, 256, 512)
+        for p in ("vo", "cls_vo", "cls_vo_b_lr0.03")
+    },
 }
 PAPER_MAX_N = 8192
 
