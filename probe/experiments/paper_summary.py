@@ -31,6 +31,10 @@ PAPER_N_STAR: dict[tuple[str, str], int | None] = {
     ("aba_vs_abb", "kq,vo"): 64,
     ("aba_vs_abb", "mlp_onehot"): None,
     ("aba_vs_abb", "mlp_onehot_xxt"): 2048,
+    # GPT-2's init with the scalings at lr 0.01: the same figures' n*
+    ("aba_vs_abb", "none_gpt2init"): 2048,
+    ("aba_vs_abb", "kq_gpt2init_a_lr0.01"): 32,
+    ("aba_vs_abb", "kq,vo_gpt2init_ab_lr0.01"): 64,
     # majority over lengths 2 / 4 / 6 / 8 (recipes/paper/majority.yaml)
     ("majority_k", "len2"): 2048,
     ("majority_k", "len4"): 8192,
