@@ -72,7 +72,8 @@ def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
     metric = metric_of(df)
     curve = curves(df, metric)
     stars = n_star(curve, threshold, baseline=None, rows=df, metric=metric)
-    task = str(df["task"].iloc[0]) if "task" in df.columns else ""
+    # the catalogue name: a parameterized task's rows say e.g. "majority_k-k2"
+    task = str(df["task"].iloc[0]).split("-")[0] if "task" in df.columns else ""
     out = []
     for star in stars.itertuples(index=False):
         g = curve[curve["variant"] == star.variant].sort_values("n")
