@@ -758,7 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a recipe's grid (variant x n x seed) through finetune, one row per cell.",
     )
     p.add_argument("recipe", help="a recipe YAML file, e.g. recipes/aba_vs_abb.yaml")
-    p.add_argument("--out", default=None, help="results folder (default: results/<recipe name>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default: results/<recipe name>; results/paper/<name> for "
+        "recipes/paper/<name>.yaml)",
+    )
     p.add_argument(
         "--work-dir",
         default=None,
@@ -824,10 +829,22 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
+def default_out(recipe: str | os.PathLike, config: SweepConfig) -> Path:
+    """``results/<recipe name>``, or for a recipe in a subfolder of a ``recipes/`` folder
+    that subfolder too: ``recipes/paper/copy.yaml`` -> ``results/paper/copy`` (so it
+    never lands in ``results/copy``, the folder of ``recipes/copy.yaml``)."""
+    path = Path(recipe).resolve()
+    parents = [p.name for p in path.parents]
+    if "recipes" in parents:
+        sub = path.parent.relative_to(path.parents[parents.index("recipes")])
+        return Path("results") / sub / config.name
+    return Path("results") / config.name
+
+
 def _main(args: argparse.Namespace) -> None:
     config = SweepConfig.from_yaml(args.recipe)
     shard = parse_shard(args.shard)
-    out = Path(args.out if args.out is not None else Path("results") / config.name)
+    out = Path(args.out) if args.out is not None else default_out(args.recipe, config)
     if args.dry_run:
         cells = config.cells()
         mine = cells if shard is None else cells[shard[0] :: shard[1]]

@@ -237,6 +237,23 @@ def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
     assert "none  n=8      seed=0" not in out
 
 
+def test_default_out_keeps_a_recipe_subfolder(tmp_path):
+    from probe.experiments.sweep import default_out
+
+    nested = write_recipe_at(tmp_path / "recipes" / "paper" / "copy.yaml")
+    top = write_recipe_at(tmp_path / "recipes" / "copy.yaml")
+    elsewhere = write_recipe_at(tmp_path / "mine" / "copy.yaml")
+    for path, want in ((nested, "results/paper/copy"), (top, "results/copy"),
+                       (elsewhere, "results/copy")):  # fmt: skip
+        assert default_out(path, SweepConfig.from_yaml(path)) == Path(want)
+    assert default_out(RECIPES / "paper" / "copy.yaml", config()) == Path("results/paper/mini")
+
+
+def write_recipe_at(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write(path, "task: copy\nn: [8]\nvariants: {none: {}}\n")
+
+
 def test_changed_recipe_does_not_mix_with_old_rows(tmp_path):
     kw = dict(runner=fake_runner([]), work_dir=tmp_path / "w", progress=False)
     run_sweep(config(), tmp_path, **kw)
