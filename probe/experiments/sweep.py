@@ -63,7 +63,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +72,7 @@ from typing import Any
 import yaml
 
 from probe.jsonl import append_row, json_default, read_rows
+from probe.tasks.templates import did_you_mean
 
 # n* = the smallest n whose mean metric is at most this (the paper's threshold);
 # the default of a recipe's `threshold:` and of `probe report --threshold`.
@@ -577,6 +578,26 @@ def _results(
     pool.shutdown()
 
 
+def select_cells(
+    config: SweepConfig,
+    shard: tuple[int, int] | None = None,
+    variants: Sequence[str] | None = None,
+) -> list[Cell]:
+    """The grid's cells this run owns: only ``variants`` (names of the recipe's, in its
+    order) if given, then every N-th from i for ``shard`` (i, N)."""
+    cells = config.cells()
+    if variants:
+        unknown = [v for v in variants if v not in config.variants]
+        if unknown:
+            hints = "".join(did_you_mean(v, config.variants) for v in unknown)
+            raise ValueError(
+                f"--variants {','.join(unknown)}: not in recipe {config.name!r}.{hints} Its "
+                f"variants: {', '.join(config.variants)}"
+            )
+        cells = [c for c in cells if c.variant in set(variants)]
+    return cells if shard is None else cells[shard[0] :: shard[1]]
+
+
 def cell_hashes(
     config: SweepConfig, mine: list[Cell], configs: Mapping[tuple, Any]
 ) -> dict[tuple, str]:
@@ -642,6 +663,7 @@ def run_sweep(
     jobs: int = 1,
     allow_dirty: bool = True,
     progress: bool = True,
+    variants: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the (shard of the) grid; returns the rows appended by this call (failed
     cells' rows included: ``status`` says which).
@@ -656,7 +678,8 @@ def run_sweep(
     module-level function). Everything is validated, every cell's configuration
     checked and both folders checked before the first run; the results file is
     locked for the whole sweep. A failed cell's row counts as done on
-    ``resume`` unless ``retry_failed`` (which implies ``resume``).
+    ``resume`` unless ``retry_failed`` (which implies ``resume``). ``variants`` runs
+    only those variants' cells (:func:`select_cells`).
     """
     from probe.train.run_dir import file_lock
 
@@ -668,8 +691,13 @@ def run_sweep(
     jobs = parse_jobs(jobs)
     path = results_path(out, shard)
 
+    if variants and overwrite:
+        raise ValueError(
+            "--overwrite deletes every row of --out, not only those of --variants; pass "
+            "--resume to run the chosen variants' missing cells"
+        )
     cells = config.cells()
-    mine = cells if shard is None else cells[shard[0] :: shard[1]]
+    mine = select_cells(config, shard, variants)
     settings = {c.key: config.cell_settings(c) for c in mine}
     configs = cell_configs(config, mine, work_dir)
     hashes = cell_hashes(config, mine, configs)
@@ -776,6 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every N-th cell from i (0 <= i < N) into results-shard-i-of-N.jsonl",
     )
     p.add_argument(
+        "--variants",
+        default=None,
+        metavar="A,B",
+        help="run only these variants of the recipe (comma-separated; default: all)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="run only the cells without a row (a failed cell's row counts as done)",
@@ -845,9 +879,10 @@ def _main(args: argparse.Namespace) -> None:
     config = SweepConfig.from_yaml(args.recipe)
     shard = parse_shard(args.shard)
     out = Path(args.out) if args.out is not None else default_out(args.recipe, config)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     if args.dry_run:
         cells = config.cells()
-        mine = cells if shard is None else cells[shard[0] :: shard[1]]
+        mine = select_cells(config, shard, variants)
         parse_jobs(args.jobs)
         configs = cell_configs(config, mine, "runs")  # checks every cell as the sweep would
         check_folder(out, "--out")
@@ -868,6 +903,7 @@ def _main(args: argparse.Namespace) -> None:
         config,
         out,
         shard=shard,
+        variants=variants,
         resume=args.resume,
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,

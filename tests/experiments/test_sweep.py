@@ -254,6 +254,20 @@ def write_recipe_at(path: Path) -> Path:
     return write(path, "task: copy\nn: [8]\nvariants: {none: {}}\n")
 
 
+def test_variants_runs_a_subset_and_resume_completes_the_grid(tmp_path):
+    calls: list = []
+    kw = dict(runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
+    rows = run_sweep(config(), tmp_path, variants=["kq"], **kw)
+    assert {r["variant"] for r in rows} == {"kq"} and len(calls) == 4
+    with pytest.raises(ValueError, match="--variants kqq: not in recipe 'mini'.*kq"):
+        run_sweep(config(), tmp_path, variants=["kqq"], resume=True, **kw)
+    with pytest.raises(ValueError, match="--overwrite deletes every row"):
+        run_sweep(config(), tmp_path, variants=["kq"], overwrite=True, **kw)
+    calls.clear()
+    rows = run_sweep(config(), tmp_path, resume=True, **kw)
+    assert {r["variant"] for r in rows} == {"none"} and len(calls) == 4
+
+
 def test_changed_recipe_does_not_mix_with_old_rows(tmp_path):
     kw = dict(runner=fake_runner([]), work_dir=tmp_path / "w", progress=False)
     run_sweep(config(), tmp_path, **kw)
