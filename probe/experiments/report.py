@@ -70,6 +70,9 @@ def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     # rows written before sweeps recorded a status were all successful
     df["status"] = df["status"].fillna(OK) if "status" in df.columns else OK
     df = df.drop_duplicates(CELL_KEYS, keep="last")
+    # a variant keeps one place: its latest row's (a recipe that gained a variant in the
+    # middle shifts the index of those after it between older and newer rows)
+    df["variant_index"] = df.groupby(["recipe", "variant"])["variant_index"].transform("last")
     return df.sort_values(["recipe", "variant_index", "variant", "n", "seed"]).reset_index(
         drop=True
     )

@@ -118,6 +118,17 @@ def test_report_writes_csv_png_and_summary(tmp_path, capsys):
     assert "summary" not in capsys.readouterr().err
 
 
+def test_a_variant_that_moved_in_the_recipe_is_one_curve(tmp_path):
+    from probe.experiments.report import curves, load_results
+
+    old = [row("kq", 16, 0, 0.5, vi=1), row("kq", 16, 1, 0.7, vi=1)]
+    new = [row("kq", 16, 2, 0.9, vi=2)]  # a variant was inserted before "kq" since
+    rows_file(tmp_path / "results.jsonl", old + new)
+    curve = curves(load_results([tmp_path / "results.jsonl"]), "test_loss")
+    assert len(curve) == 1 and curve["count"].iloc[0] == 3
+    assert curve["mean"].iloc[0] == pytest.approx(0.7)
+
+
 def test_summary_states_the_compute_the_rows_took(tmp_path):
     rows = [{**r, "wall_s": 30.0 * r["n"] / 16} for r in SYNTH]
     rows_file(tmp_path / "results.jsonl", rows)
