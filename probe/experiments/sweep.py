@@ -795,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--work-dir",
         default=None,
-        help="folder for each cell's checkpoints (default: runs/sweep/<recipe name>)",
+        help="folder for each cell's checkpoints (default: runs/sweep/<recipe name>, "
+        "runs/sweep/paper/<name> for recipes/paper/<name>.yaml)",
     )
     p.add_argument(
         "--shard",
@@ -875,6 +876,12 @@ def default_out(recipe: str | os.PathLike, config: SweepConfig) -> Path:
     return Path("results") / config.name
 
 
+def default_work_dir(recipe: str | os.PathLike, config: SweepConfig) -> Path:
+    """``runs/sweep/<recipe name>``, with the recipe's subfolder as :func:`default_out`
+    (``recipes/paper/copy.yaml`` -> ``runs/sweep/paper/copy``)."""
+    return Path("runs") / "sweep" / default_out(recipe, config).relative_to("results")
+
+
 def _main(args: argparse.Namespace) -> None:
     config = SweepConfig.from_yaml(args.recipe)
     shard = parse_shard(args.shard)
@@ -907,7 +914,9 @@ def _main(args: argparse.Namespace) -> None:
         resume=args.resume,
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
-        work_dir=args.work_dir,
+        work_dir=args.work_dir
+        if args.work_dir is not None
+        else default_work_dir(args.recipe, config),
         jobs=args.jobs,
         allow_dirty=args.allow_dirty,
     )

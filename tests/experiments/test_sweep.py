@@ -247,6 +247,10 @@ def test_default_out_keeps_a_recipe_subfolder(tmp_path):
                        (elsewhere, "results/copy")):  # fmt: skip
         assert default_out(path, SweepConfig.from_yaml(path)) == Path(want)
     assert default_out(RECIPES / "paper" / "copy.yaml", config()) == Path("results/paper/mini")
+    from probe.experiments.sweep import default_work_dir
+
+    assert default_work_dir(nested, SweepConfig.from_yaml(nested)) == Path("runs/sweep/paper/copy")
+    assert default_work_dir(top, SweepConfig.from_yaml(top)) == Path("runs/sweep/copy")
 
 
 def write_recipe_at(path: Path) -> Path:
