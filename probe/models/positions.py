@@ -93,18 +93,19 @@ def restore_absolute_positions(model: nn.Module, source: str) -> nn.Module:
     n_positions = getattr(model.config, CONFIG_KEY, None)
     if not n_positions or hasattr(model, MODULE):
         return model
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     from transformers.utils import cached_file
 
-    delattr(model.config, CONFIG_KEY)  # set again by add_absolute_positions
-    add_absolute_positions(model, int(n_positions))
-    state = load_file(cached_file(source, "model.safetensors"))
     key = f"{MODULE}.weight"
-    if key not in state:
-        raise ValueError(
-            f"{source}: the config records {CONFIG_KEY}={n_positions} but model.safetensors "
-            f"has no {key!r}; the checkpoint was not saved with its position table"
-        )
+    with safe_open(cached_file(source, "model.safetensors"), framework="pt") as checkpoint:
+        if key not in checkpoint.keys():
+            raise ValueError(
+                f"{source}: the config records {CONFIG_KEY}={n_positions} but "
+                f"model.safetensors has no {key!r}; the checkpoint was not saved with its "
+                "position table"
+            )
+        weight = checkpoint.get_tensor(key)  # only this tensor is read
+    add_absolute_positions(model, int(n_positions))
     with torch.no_grad():
-        getattr(model, MODULE).weight.copy_(state[key])
+        getattr(model, MODULE).weight.copy_(weight)
     return model
