@@ -35,7 +35,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -200,12 +201,12 @@ def readout(
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    base = _unwrapped(model)
     if isinstance(base, SymbolMLP):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
-    modes = paper.readouts(base) if paper.is_paper_model(base) else arch_spec(base).readouts
-    return _READOUTS[modes[label_kind_of(base)]](model, base, input_ids, attention_mask)
+    mode = readout_mode(base)
+    mask, at = mode.where(attention_mask)
+    return mode.read(model, base, input_ids, mask, at)
 
 
 def label_kind_of(model: nn.Module) -> str:
@@ -240,6 +241,12 @@ def unit_scale_embeddings(model: nn.Module, spec: ArchSpec) -> None:
 
 
 # --- readout modes (named in ArchSpec.readouts) --------------------------------------------
+#
+# Each mode is two steps: ``where`` reads the padding (checked, data-dependent: it runs
+# eagerly, outside any torch.func transform) and gives the mask the model sees and the
+# positions the answer is read at; ``read`` is pure tensor work on those (it also runs
+# under ``vmap``, where probe.train.pack hands the model a 4-D additive mask instead of
+# the 2-D one: :func:`additive_mask`).
 
 
 def _last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -254,23 +261,11 @@ def _last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return lengths - 1
 
 
-def _last_token_logits(model, base, input_ids, attention_mask) -> torch.Tensor:
-    last = _last_positions(attention_mask)
-    # a 2-D integer logits_to_keep keeps one position per row: the LM head runs only there
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=last[:, None])
-    return out.logits[:, 0]
+def _at_last(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return attention_mask, _last_positions(attention_mask)
 
 
-def _last_token_score(model, base, input_ids, attention_mask) -> torch.Tensor:
-    last = _last_positions(attention_mask)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    hidden = out.hidden_states[-1]  # [batch, seq, d_model], after the final norm
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    # decoder-only classifiers in transformers name their head `score`
-    return base.score(hidden[rows, last])
-
-
-def _input_last_token_logits(model, base, input_ids, attention_mask) -> torch.Tensor:
+def _at_input_last(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The paper model's symbolic readout: the input's own last token, the readout token
     masked out of attention like padding (exactly the model run on the row without it)."""
     last = _last_positions(attention_mask)
@@ -278,17 +273,32 @@ def _input_last_token_logits(model, base, input_ids, attention_mask) -> torch.Te
         raise ValueError("a row holds only the readout token; there is no input token to read")
     mask = attention_mask.clone()
     mask[torch.arange(mask.shape[0], device=mask.device), last] = 0
-    out = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=(last - 1)[:, None])
+    return mask, last - 1
+
+
+def _whole_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return attention_mask, None
+
+
+def _last_token_logits(model, base, input_ids, attention_mask, at) -> torch.Tensor:
+    # a 2-D integer logits_to_keep keeps one position per row: the LM head runs only there
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=at[:, None])
     return out.logits[:, 0]
 
 
-def _last_token_logits_full(model, base, input_ids, attention_mask) -> torch.Tensor:
-    last = _last_positions(attention_mask)
+def _last_token_score(model, base, input_ids, attention_mask, at) -> torch.Tensor:
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    hidden = out.hidden_states[-1]  # [batch, seq, d_model], after the final norm
+    # decoder-only classifiers in transformers name their head `score`
+    return base.score(torch.take_along_dim(hidden, at[:, None, None], dim=1)[:, 0])
+
+
+def _last_token_logits_full(model, base, input_ids, attention_mask, at) -> torch.Tensor:
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return logits[torch.arange(logits.shape[0], device=logits.device), last]
+    return logits[torch.arange(logits.shape[0], device=logits.device), at]
 
 
-def _decoder_step(model, base, input_ids, attention_mask) -> torch.Tensor:
+def _decoder_step(model, base, input_ids, attention_mask, at) -> torch.Tensor:
     start = base.config.decoder_start_token_id
     decoder_input_ids = torch.full(
         (input_ids.shape[0], 1), start, dtype=input_ids.dtype, device=input_ids.device
@@ -299,18 +309,63 @@ def _decoder_step(model, base, input_ids, attention_mask) -> torch.Tensor:
     return out.logits[:, 0]
 
 
-def _pooled(model, base, input_ids, attention_mask) -> torch.Tensor:
+def _pooled(model, base, input_ids, attention_mask, at) -> torch.Tensor:
     return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-_READOUTS = {
-    "last_token_logits": _last_token_logits,
-    "last_token_score": _last_token_score,
-    "input_last_token_logits": _input_last_token_logits,
-    "last_token_logits_full": _last_token_logits_full,
-    "decoder_step": _decoder_step,
-    "pooled": _pooled,
+@dataclass(frozen=True)
+class ReadoutMode:
+    """How one readout mode reads the answer: ``where(attention_mask) -> (the mask the
+    model sees, the positions read or None)``, then ``read(model, base, input_ids,
+    mask, positions) -> [batch, n_out]``. ``packs``: ``read`` is pure tensor work on a
+    decoder-only model, so it also runs under ``vmap`` with a 4-D additive mask
+    (probe.train.pack)."""
+
+    where: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+    read: Callable[..., torch.Tensor]
+    packs: bool = False
+
+
+READOUT_MODES: dict[str, ReadoutMode] = {
+    "last_token_logits": ReadoutMode(_at_last, _last_token_logits, packs=True),
+    "last_token_score": ReadoutMode(_at_last, _last_token_score, packs=True),
+    "input_last_token_logits": ReadoutMode(_at_input_last, _last_token_logits, packs=True),
+    "last_token_logits_full": ReadoutMode(_at_last, _last_token_logits_full),
+    "decoder_step": ReadoutMode(_whole_mask, _decoder_step),
+    "pooled": ReadoutMode(_whole_mask, _pooled),
 }
+
+
+def readout_mode(model: nn.Module) -> ReadoutMode:
+    """The :class:`ReadoutMode` :func:`readout` uses for ``model`` (peft and DDP wrappers
+    looked through); MLP baselines have none (``ValueError``)."""
+    base = _unwrapped(model)
+    if isinstance(base, SymbolMLP):
+        raise ValueError("the MLP baselines return their output: they have no readout mode")
+    modes = paper.readouts(base) if paper.is_paper_model(base) else arch_spec(base).readouts
+    return READOUT_MODES[modes[label_kind_of(base)]]
+
+
+def additive_mask(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The 4-D float mask ``[batch, 1, seq, seq]`` (0 where a query may attend a key, the
+    dtype's minimum elsewhere) a decoder-only model builds from a 2-D padding mask: causal
+    unless its config says ``is_causal = False`` (the paper model). transformers' mask
+    helpers take a 4-D mask as it is, so a model called with this one computes what it
+    computes with the 2-D mask, without the helpers' data-dependent branches (which
+    ``vmap`` refuses)."""
+    base = _unwrapped(model)
+    seq = attention_mask.shape[-1]
+    keys = attention_mask.bool()[:, None, None, :]
+    if getattr(base.config, "is_causal", True):
+        keys = keys & torch.ones(seq, seq, dtype=torch.bool, device=keys.device).tril()
+    dtype = base.dtype if base.dtype.is_floating_point else torch.float32
+    zeros = torch.zeros(keys.shape, dtype=dtype, device=keys.device)
+    return zeros.masked_fill(~keys, torch.finfo(dtype).min)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return base.get_base_model() if hasattr(base, "get_base_model") else base
 
 
 # --- building blocks ---------------------------------------------------------------------
