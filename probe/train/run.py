@@ -122,7 +122,6 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
     loop, evaluation, results row."""
     from accelerate.utils import set_seed
 
-    from probe._version import __version__
     from probe.models.build import readout
     from probe.train.loop import (
         LoopSettings,
@@ -143,7 +142,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
     _precision_ran(accelerator, warn=True)
     set_seed(config.seed)
     data = load_run_data(config, task)
-    model, trainable = build_run_model(config, data)
+    model, _ = build_run_model(config, data)
     fast_activations(model)  # the same formula in one kernel
     if config.progress and accelerator.is_main_process:
         print(describe_model(config, model), flush=True)  # what was built, before training
@@ -214,43 +213,84 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
     metrics.update(evaluate(accelerator, model, loaders["test"], label_kind, readout, "test"))
     accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
     unwrapped = accelerator.unwrap_model(model)
-    steps_per_epoch = len(loaders["train"])
-    row = {
+    row = run_row(
+        config,
+        data,
+        unwrapped,
+        state,
+        metrics,
+        n_train=len(rows["train"]),
+        steps_per_epoch=len(loaders["train"]),
+        wall_s=time.perf_counter() - start,
+        train_s=train_s,
+        steps_timed=state.step - first_step,
+        processes=accelerator.num_processes,
+        mixed_precision=_precision_ran(accelerator),
+    )
+    if accelerator.is_main_process:
+        finish_run(run_dir, config, row, unwrapped, data.tokenizer)
+    accelerator.wait_for_everyone()
+    return row
+
+
+def run_row(
+    config: FinetuneConfig,
+    data,
+    model: torch.nn.Module,
+    state,
+    metrics: dict[str, Any],
+    *,
+    n_train: int,
+    steps_per_epoch: int,
+    wall_s: float,
+    train_s: float,
+    steps_timed: int,
+    processes: int,
+    mixed_precision: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A finished run's results row (the keys :func:`finetune` documents), from its data,
+    trained model (unwrapped), loop state and evaluation metrics; ``extra`` keys follow
+    ``processes`` (a packed cell's ``packed``)."""
+    from probe._version import __version__
+
+    return {
         "task": data.task.name,
-        "label_kind": label_kind,
+        "label_kind": data.label_kind,
         "model": config.model,
-        "n_train": len(rows["train"]),
+        "n_train": n_train,
         "seed": config.seed,
         **metrics,
         "train_loss": _finite_or_none(state.recent_loss),
         "steps": state.step,
         "epochs": round(state.epoch + state.batch_in_epoch / steps_per_epoch, 4),
         "stopped": state.stopped,
-        "wall_s": round(time.perf_counter() - start, 3),
+        "wall_s": round(wall_s, 3),
         "train_s": round(train_s, 3),
         # samples seen by all processes together per second of the training loop
-        "train_samples_per_s": round(
-            (state.step - first_step) * config.batch_size * accelerator.num_processes / train_s, 1
-        )
+        "train_samples_per_s": round(steps_timed * config.batch_size * processes / train_s, 1)
         if train_s > 0
         else None,
-        "ab": ab_summary(unwrapped) if config.ab != "none" else None,
-        "trainable_params": trainable,
-        "mixed_precision": _precision_ran(accelerator),
-        "processes": accelerator.num_processes,
+        "ab": ab_summary(model) if config.ab != "none" else None,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "mixed_precision": mixed_precision,
+        "processes": processes,
+        **extra,
         "version": __version__,
         "config": config.to_dict(),
     }
-    if accelerator.is_main_process:
-        run_dir.append_result(row)
-        if config.save_model:
-            unwrapped.save_pretrained(run_dir.model_dir)
-            data.tokenizer.save_pretrained(run_dir.model_dir)
-            _describe_model(run_dir, row)
-        if config.progress:
-            print(_summary(row), flush=True)
-    accelerator.wait_for_everyone()
-    return row
+
+
+def finish_run(run_dir: RunDir, config: FinetuneConfig, row: dict, model, tokenizer) -> None:
+    """The main process's last steps of a run: the row appended to the folder's results,
+    the model saved (``save_model``: weights, tokenizer, card, row), the summary line."""
+    run_dir.append_result(row)
+    if config.save_model:
+        model.save_pretrained(run_dir.model_dir)
+        tokenizer.save_pretrained(run_dir.model_dir)
+        _describe_model(run_dir, row)
+    if config.progress:
+        print(_summary(row), flush=True)
 
 
 # -- the output folder --------------------------------------------------------------

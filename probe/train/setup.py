@@ -369,7 +369,12 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 def build_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on weight matrices only, never on embeddings; the
+    """AdamW over :func:`optimizer_groups`: :func:`adamw`."""
+    return adamw(optimizer_groups(model, config), config)
+
+
+def optimizer_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups for ``model``: weight decay on weight matrices only, never on embeddings; the
     a/b scalings at their own learning rate.
 
     Decoupled decay shrinks every row of an embedding at each step, but only
@@ -411,12 +416,17 @@ def build_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Opt
         {"params": a, "weight_decay": 0.0, "lr": config.a_lr or config.lr},
         {"params": b, "weight_decay": 0.0, "lr": config.b_lr or config.lr},
     ]
-    params = decay + rest + a + b
+    return [g for g in groups if g["params"]]
+
+
+def adamw(groups: list[dict[str, Any]], config: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW at ``config.lr`` over ``groups``, fused where torch has the kernel for them."""
+    params = [p for g in groups for p in g["params"]]
     # the fused kernel (one launch for all tensors) where torch has one for these tensors
     fused = all(p.is_floating_point() for p in params) and all(
         p.device.type in _FUSED_ADAMW_DEVICES for p in params
     )
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
 
 
 _FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps", "xpu")

@@ -1,0 +1,498 @@
+"""Several cells in one process: K runs of one model shape trained as one vectorized step.
+
+``probe sweep --pack K`` hands groups of up to K cells that differ only in seed and
+``n_train`` to :func:`finetune_packed`. Each cell is set up exactly as a lone
+:func:`probe.train.run.finetune` would set it up (its folder, its seed, its own
+rendered data, its model with a/b, its AdamW groups), then the K models' trainable
+tensors are stacked on a new leading dim and one step trains them all:
+``torch.func.vmap(grad_and_value(loss))`` over ``functional_call`` of the first
+model computes K losses and K gradients in one call, and one AdamW steps the
+stacked tensors. AdamW is elementwise with per-group settings, and every cell has
+the same groups, so that is K AdamWs. What stays per cell: the data order
+(``EpochSampler`` of its own seed), the loop's position and stop rules
+(``TrainState``: max steps, epochs, early stop, a non-finite loss), gradient
+clipping (the norm of its own slice), evaluation and the results row, which is a
+lone run's row with ``packed`` (how many cells started together) added. A cell
+that stops leaves the stack (its tensors and optimizer state are sliced out), is
+evaluated and its row written at once; the others go on. So a packed cell computes
+what its lone run computes, up to float rounding (tests/train/test_pack.py holds
+packed and lone runs side by side).
+
+What a pack needs, checked before any work (:func:`check_packable`):
+
+- **no dropout**: ``vmap`` draws its random numbers for the whole stack, so a packed
+  cell could not draw the masks of its lone run. The paper model (``--model paper``)
+  has none; GPT-2 from scratch needs ``model_overrides`` ``resid_pdrop``,
+  ``embd_pdrop``, ``attn_pdrop`` of 0.
+- **a decoder-only readout** (``probe.models.build.READOUT_MODES`` ``packs``): the
+  model gets the 4-D additive mask it would build itself (``additive_mask``), since
+  transformers' mask helpers branch on the mask's values, which ``vmap`` refuses.
+  GPT-2, Llama-family models and the paper model pack; T5, BERT and the MLP
+  baselines run alone.
+- from-scratch weights, full training (no LoRA), no ``--compile``, no trackers, no
+  checkpoints: a pack keeps none, and a killed pack's unfinished cells run again
+  from their start on ``--resume``.
+
+Where it pays (``bench/pack.py``): on a CPU the step of a small model is dispatch
+overhead around small kernels, and one step of K models pays that overhead once;
+on a GPU a small model leaves the device idle, and K of them fill it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from probe.train.config import FinetuneConfig
+from probe.train.run_dir import RunDir
+
+# the fields cells of one pack may differ in; every other field must be equal (n too:
+# a from-scratch model's vocabulary holds its run's alphabets, which grow with n)
+PER_CELL_FIELDS = ("seed", "output_dir")
+
+
+def pack_key(config: FinetuneConfig) -> str:
+    """Cells with equal keys can share a pack: every setting but the seed and folder."""
+    d = {k: v for k, v in config.to_dict().items() if k not in PER_CELL_FIELDS}
+    return json.dumps(d, sort_keys=True, default=repr)
+
+
+def check_config(config: FinetuneConfig) -> None:
+    """What can be judged from a cell's settings alone; ``ValueError`` naming the
+    setting, what a pack needs and what to do."""
+    from probe.models.resolve import MLP_MODEL_TYPE
+    from probe.train.setup import model_type
+
+    refusals = [
+        (config.pretrained, "pretrained weights (pretrained: true)", "train from scratch"),
+        (bool(config.lora_r), f"LoRA (lora_r {config.lora_r})", "drop lora_r"),
+        (config.compile, "compile: true", "drop compile (the packed step is its own)"),
+        (bool(config.trackers), f"trackers (log_with {config.trackers})", "drop log_with"),
+        (config.push_to_hub is not None, "push_to_hub", "push the cells one by one"),
+        (
+            config.checkpoints,
+            "checkpoints: true",
+            "set checkpoints: false (a killed pack's unfinished cells rerun on --resume)",
+        ),
+        (
+            model_type(config) == MLP_MODEL_TYPE,
+            f"the MLP baseline {config.model!r}",
+            "run it without --pack",
+        ),
+    ]
+    for refused, what, fix in refusals:
+        if refused:
+            raise ValueError(
+                f"--pack trains from-scratch transformers in full; {what} cannot pack: {fix}, or run without --pack"
+            )
+
+
+def check_model(model: nn.Module, config: FinetuneConfig) -> None:
+    """What only the built model tells: dropout anywhere, or a readout vmap cannot run."""
+    from probe.models.build import readout_mode
+
+    mode = readout_mode(model)
+    if not mode.packs:
+        raise ValueError(
+            f"--pack: {config.model!r} ({model.config.model_type}) reads its answer through "
+            f"the model's own mask handling, which vmap cannot run; decoder-only models pack "
+            f"(gpt2, llama, paper): run this one without --pack"
+        )
+    dropout = [
+        f"{name or 'model'} (p={m.p})"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Dropout) and m.p > 0
+    ]
+    dropout += [
+        f"{name}.attention_dropout={m.attention_dropout}"
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout > 0
+    ]
+    if dropout:
+        shown = ", ".join(dropout[:3]) + (
+            f" and {len(dropout) - 3} more" if len(dropout) > 3 else ""
+        )
+        raise ValueError(
+            f"--pack: {config.model!r} has dropout ({shown}); vmap draws one random stream "
+            f"for the whole pack, so a packed cell would not draw its lone run's masks. Set "
+            f"dropout to 0 through model_overrides (gpt2: resid_pdrop, embd_pdrop, "
+            f"attn_pdrop; llama: attention_dropout), use --model paper, or run without --pack"
+        )
+
+
+def check_packable(configs: Sequence[FinetuneConfig]) -> None:
+    """Every cell's settings (:func:`check_config`) and, once per pack key, the model one
+    of them builds (:func:`check_model`, on a tiny data sample): before any cell runs."""
+    from probe.train.setup import build_run_model, check_task, load_run_data
+
+    seen: set[str] = set()
+    for config in configs:
+        check_config(config)
+        key = pack_key(config)
+        if key in seen:
+            continue
+        seen.add(key)
+        small = dataclasses.replace(config, n_train=min(config.n_train or 8, 8), n_val=0, n_test=1)
+        data = load_run_data(small, check_task(small))
+        model, _ = build_run_model(small, data)
+        check_model(model, config)
+
+
+@dataclass
+class _Cell:
+    """One cell of a pack: its own folder, data, model (for evaluation), loader and state."""
+
+    index: int
+    config: FinetuneConfig
+    run_dir: RunDir
+    data: Any = None
+    model: nn.Module | None = None
+    loaders: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
+    settings: Any = None
+    batches: Iterator | None = None
+    steps_per_epoch: int = 0
+
+    def next_batch(self) -> dict[str, torch.Tensor] | None:
+        """The cell's next training batch in its lone run's order, or None once a stop
+        rule holds at an epoch's end (``train``'s own bookkeeping)."""
+        from probe.train.loop import _stop_reason
+
+        while True:
+            if self.batches is None:
+                self.loaders["train"].set_epoch(self.state.epoch)
+                self.batches = iter(self.loaders["train"])
+            batch = next(self.batches, None)
+            if batch is not None:
+                return batch
+            self.batches = None
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            self.state.stopped = _stop_reason(self.state, self.settings)
+            if self.state.stopped:
+                return None
+
+
+class _Read(nn.Module):
+    """``functional_call`` target: the readout of ``model`` as one module call, so the
+    swapped-in tensors also reach heads the readout calls directly (``score``)."""
+
+    def __init__(self, model: nn.Module, mode):
+        super().__init__()
+        self.model, self.mode = model, mode
+
+    def forward(self, input_ids, mask, at):
+        return self.mode.read(self.model, self.model, input_ids, mask, at)
+
+
+class _Stack:
+    """The live cells' trainable tensors stacked on dim 0 (``params``), their frozen
+    tensors and buffers likewise (``consts``), and one AdamW over the stacked tensors
+    with the cells' own groups (``probe.train.setup.optimizer_groups``)."""
+
+    def __init__(self, models: list[nn.Module], config: FinetuneConfig):
+        from probe.train.setup import optimizer_groups
+
+        base = models[0]
+        name_of = {id(p): n for n, p in base.named_parameters()}
+        # the groups with names for tensors: the same groups on every cell's model
+        self.groups = [
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [name_of[id(p)] for p in g["params"]],
+            }
+            for g in optimizer_groups(base, config)
+        ]
+        self.config = config
+        trainable = {n for g in self.groups for n in g["params"]}
+        self.params = {
+            n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_()
+            for n, _ in base.named_parameters()
+            if n in trainable
+        }
+        frozen = [n for n, _ in base.named_parameters() if n not in trainable]
+        self.consts = {
+            n: torch.stack([m.get_parameter(n).detach() for m in models]) for n in frozen
+        }
+        self.consts.update(
+            {n: torch.stack([m.get_buffer(n) for m in models]) for n, _ in base.named_buffers()}
+        )
+        self.optimizer = self._optimizer()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        from probe.train.setup import adamw
+
+        groups = [{**g, "params": [self.params[n] for n in g["params"]]} for g in self.groups]
+        return adamw(groups, self.config)
+
+    def keep(self, alive: list[int]) -> None:
+        """Slice the stack (tensors and AdamW's state) down to the cells ``alive``."""
+        index = torch.tensor(alive, device=next(iter(self.params.values())).device)
+        old = {n: self.optimizer.state.get(p, {}) for n, p in self.params.items()}
+        self.params = {
+            n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()
+        }
+        self.consts = {n: c[index] for n, c in self.consts.items()}
+        self.optimizer = self._optimizer()
+        for n, p in self.params.items():
+            if old[n]:  # exp_avg, exp_avg_sq: [K, ...] like the tensor; step: shared
+                self.optimizer.state[p] = {
+                    k: (v[index] if v.dim() else v).clone() if torch.is_tensor(v) else v
+                    for k, v in old[n].items()
+                }
+
+    def cell(self, i: int) -> dict[str, torch.Tensor]:
+        """Cell ``i``'s trained tensors (views)."""
+        return {n: p[i].detach() for n, p in self.params.items()}
+
+
+def _diverged(value: float, step: int) -> FloatingPointError:
+    return FloatingPointError(
+        f"training loss is {value} at step {step}; the run stops. Last good checkpoint: none "
+        "(packed cells keep none). Lower --lr or set --max-grad-norm and start the run again"
+    )
+
+
+def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, Any]]:
+    """Train ``configs`` (cells equal but for seed and folder) as one pack; yields
+    ``(index into configs, row)`` as each cell finishes, or ``(index, exception)`` for a
+    cell that failed (``FloatingPointError``: its loss stopped being finite) — the
+    others go on. Each row is also appended to the cell's own ``results.jsonl``, as
+    :func:`probe.train.run.finetune` appends it. Refuses (``ValueError``) before any
+    work what cannot pack (:func:`check_config`, :func:`check_model`)."""
+    from probe.train.setup import check_environment
+
+    configs = list(configs)
+    if not configs:
+        return
+    keys = {pack_key(c) for c in configs}
+    if len(keys) > 1:
+        raise ValueError("finetune_packed: the cells differ in more than seed and output_dir")
+    for c in configs:
+        check_config(c)
+    start = time.perf_counter()
+    cells = [_Cell(i, c, RunDir(c.output_dir)) for i, c in enumerate(configs)]
+    tasks = [check_environment(c.config, c.run_dir) for c in cells]
+    with contextlib.ExitStack() as locks:
+        todo = []
+        for cell, task in zip(cells, tasks, strict=True):
+            locks.enter_context(cell.run_dir.lock())
+            cell.run_dir.check(cell.config)
+            if cell.config.resume and (row := cell.run_dir.finished_row(cell.config)) is not None:
+                yield cell.index, row
+            else:
+                todo.append((cell, task))
+        if todo:
+            yield from _train_pack(todo, start, len(configs))
+
+
+def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, Any]]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.func import functional_call, grad_and_value, vmap
+
+    from probe.models.build import readout, readout_mode
+    from probe.train.loop import (
+        LoopSettings,
+        TensorRows,
+        TrainState,
+        _stop_reason,
+        eval_loader,
+        evaluate,
+        fast_activations,
+        train_loader,
+    )
+    from probe.train.metrics import per_sample_loss
+    from probe.train.run import _has_accelerator, _precision_ran, finish_run, run_row
+    from probe.train.setup import build_run_model, load_run_data
+
+    first = todo[0][0].config
+    accelerator = Accelerator(cpu=not _has_accelerator(), mixed_precision=first.mixed_precision)
+    device = accelerator.device
+    cells: list[_Cell] = []
+    for cell, task in todo:
+        config = cell.config
+        cell.run_dir.prepare(config.overwrite)
+        set_seed(config.seed)
+        cell.data = load_run_data(config, task)
+        model, _ = build_run_model(config, cell.data)
+        fast_activations(model)
+        check_model(model, config)
+        cell.model = model.to(device)
+        rows = {s: TensorRows(cols) for s, cols in cell.data.splits.items()}
+        train = accelerator.prepare(train_loader(rows["train"], config.batch_size, config.seed))
+        cell.loaders = {"train": train}
+        for split in ("validation", "test"):
+            if len(rows[split]):
+                cell.loaders[split] = accelerator.prepare(
+                    eval_loader(rows[split], config.eval_batch_size)
+                )
+        cell.steps_per_epoch = len(train)
+        cell.state = TrainState(window=config.converge_window)
+        cell.settings = LoopSettings.from_config(config)
+        cell.state.stopped = _stop_reason(cell.state, cell.settings)
+        cell.run_dir.save_config(config)
+        cells.append(cell)
+
+    base = cells[0].model
+    mode = readout_mode(base)
+    _batchable_attention(base)
+    kind = cells[0].data.label_kind
+    stack = _Stack([c.model for c in cells], first)
+    read = _Read(base, mode)
+
+    def cell_loss(params, consts, input_ids, mask, at, labels, weight):
+        state = {f"model.{n}": t for n, t in {**params, **consts}.items()}
+        logits = functional_call(read, state, (input_ids, mask, at))
+        loss = per_sample_loss(logits, labels, kind)
+        return (loss * weight).sum() / weight.sum()
+
+    step_all = vmap(grad_and_value(cell_loss), randomness="error")
+    batch_size = first.batch_size
+    max_norm = first.max_grad_norm
+    train_start = time.perf_counter()
+    live = [c for c in cells if not c.state.stopped]
+    done = [c for c in cells if c.state.stopped]
+
+    def finish(cell: _Cell, at_index: int | None, error: BaseException | None = None):
+        if error is not None:
+            return cell.index, error
+        train_s = time.perf_counter() - train_start
+        if at_index is not None:
+            with torch.no_grad():
+                for n, t in stack.cell(at_index).items():
+                    cell.model.get_parameter(n).copy_(t)
+        metrics: dict[str, Any] = {"val_loss": None, "val_error": None, "val_samples": 0}
+        for split, prefix in (("validation", "val"), ("test", "test")):
+            if split in cell.loaders:
+                metrics.update(
+                    evaluate(accelerator, cell.model, cell.loaders[split], kind, readout, prefix)
+                )
+        row = run_row(
+            cell.config,
+            cell.data,
+            cell.model,
+            cell.state,
+            metrics,
+            n_train=len(cell.data.splits["train"]["labels"]),
+            steps_per_epoch=cell.steps_per_epoch,
+            wall_s=time.perf_counter() - start,
+            train_s=train_s,
+            steps_timed=cell.state.step,
+            processes=1,
+            mixed_precision=_precision_ran(accelerator),
+            packed=packed,
+        )
+        finish_run(cell.run_dir, cell.config, row, cell.model, cell.data.tokenizer)
+        return cell.index, row
+
+    for cell in done:
+        yield finish(cell, None)
+    base.train()
+    while live:
+        batches, leaving = [], []
+        for i, cell in enumerate(live):
+            batch = cell.next_batch()
+            if batch is None:
+                leaving.append(i)
+            batches.append(batch)
+        if leaving:
+            for i in leaving:
+                yield finish(live[i], i)
+            alive = [i for i in range(len(live)) if i not in leaving]
+            live = [live[i] for i in alive]
+            batches = [batches[i] for i in alive]
+            if not live:
+                break
+            stack.keep(alive)
+        inputs = _stacked_inputs(batches, mode, batch_size, base, device)
+        # grad is a function transform: no_grad outside it only keeps autograd from
+        # recording the step itself (the gradients need no graph of their own)
+        with torch.no_grad(), accelerator.autocast():
+            grads, losses = step_all(stack.params, stack.consts, *inputs)
+        values = losses.tolist()
+        # vmap can hand back a gradient laid out [n, K, ...] in memory; the fused AdamW
+        # kernel reads the gradient in its parameter's layout, so give it that layout
+        grads = {n: g.contiguous() for n, g in grads.items()}
+        if max_norm:
+            _clip_per_cell(grads, max_norm)
+        for n, p in stack.params.items():
+            p.grad = grads[n]
+        stack.optimizer.step()
+        stack.optimizer.zero_grad(set_to_none=True)
+        leaving, errors = [], {}
+        for i, (cell, value) in enumerate(zip(live, values, strict=True)):
+            s = cell.state
+            if not math.isfinite(value):
+                errors[i] = _diverged(value, s.step + 1)
+                leaving.append(i)
+                continue
+            s.step += 1
+            s.batch_in_epoch += 1
+            s.record(value)
+            s.stopped = _stop_reason(s, cell.settings)
+            if s.stopped:
+                leaving.append(i)
+        if leaving:
+            for i in leaving:
+                yield finish(live[i], i, errors.get(i))
+            alive = [i for i in range(len(live)) if i not in leaving]
+            live = [live[i] for i in alive]
+            if live:
+                stack.keep(alive)
+    accelerator.end_training()
+
+
+def _batchable_attention(model: nn.Module) -> None:
+    """Eager attention (matmuls and a softmax, which vmap batches) in place of sdpa, whose
+    CPU kernels have no batching rule (vmap would loop over the cells); the a/b
+    injection's ``probe_ab`` already calls the eager function."""
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation("eager")
+
+
+def _stacked_inputs(batches, mode, batch_size: int, base: nn.Module, device) -> tuple:
+    """Each live cell's batch padded to ``batch_size`` rows (weight 0) and to the longest
+    row of the pack (right padding, mask 0), read by the mode's checked ``where``, then
+    stacked: input_ids, 4-D additive mask, positions, labels, weights, each [K, ...]."""
+    from probe.models.build import additive_mask
+
+    seq = max(b["input_ids"].shape[1] for b in batches)
+    ids, masks, ats, labels, weights = [], [], [], [], []
+    for b in batches:
+        n, t = b["input_ids"].shape
+        pad_rows, pad_cols = batch_size - n, seq - t
+        x = torch.nn.functional.pad(b["input_ids"], (0, pad_cols))
+        m = torch.nn.functional.pad(b["attention_mask"], (0, pad_cols))
+        y = b["labels"]
+        w = torch.ones(n, device=device)
+        if pad_rows:  # a short last batch: copies of its first row that weigh nothing
+            x = torch.cat([x, x[:1].expand(pad_rows, -1)])
+            m = torch.cat([m, m[:1].expand(pad_rows, -1)])
+            y = torch.cat([y, y[:1].expand(pad_rows)])
+            w = torch.cat([w, torch.zeros(pad_rows, device=device)])
+        mask, at = mode.where(m)
+        ids.append(x)
+        masks.append(additive_mask(base, mask))
+        ats.append(at)
+        labels.append(y)
+        weights.append(w)
+    return tuple(torch.stack(t) for t in (ids, masks, ats, labels, weights))
+
+
+def _clip_per_cell(grads: dict[str, torch.Tensor], max_norm: float) -> None:
+    """``clip_grad_norm_`` of each cell's own gradients (its slice of every tensor), in
+    place: the same total norm and factor as a lone run's."""
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()], dim=1).norm(dim=1)
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads.values():
+        g.mul_(factor.view(-1, *([1] * (g.dim() - 1))))
