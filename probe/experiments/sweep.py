@@ -543,16 +543,31 @@ def parse_jobs(jobs: int) -> int:
     return jobs
 
 
+def parse_pack(pack: int) -> int:
+    """``--pack K``: at most K cells a step (1: each cell alone)."""
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise ValueError(
+            f"--pack {pack!r} must be a positive integer (the most cells trained as one; 1: "
+            "each alone)"
+        )
+    return pack
+
+
 def _results(
     runner: Callable[[Any], Mapping[str, Any]],
     todo: list[Cell],
     configs: Mapping[tuple, Any],
     jobs: int,
     starting: Callable[[Cell], None],
+    pack: int = 1,
 ) -> Iterable[tuple[Cell, str, Any]]:
     """``(cell, status, row or error)`` as cells finish: in this process with one job,
-    else from a pool of ``jobs`` worker processes. Stopping (Ctrl-C, an error)
-    terminates the workers; the cells they were running have no row."""
+    else from a pool of ``jobs`` worker processes; with ``pack`` > 1, packs of cells
+    (:func:`packs`). Stopping (Ctrl-C, an error) terminates the workers; the cells
+    they were running have no row."""
+    if pack > 1:
+        yield from _packed_results(todo, configs, pack, jobs, starting)
+        return
     if jobs == 1 or len(todo) <= 1:
         for c in todo:
             starting(c)
@@ -567,6 +582,83 @@ def _results(
         futures = {pool.submit(run_cell, runner, configs[c.key]): c for c in todo}
         for future in as_completed(futures):
             yield (futures[future], *future.result())
+    except BaseException:
+        workers = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.join(timeout=10)
+        raise
+    pool.shutdown()
+
+
+def packs(todo: Sequence[Cell], configs: Mapping[tuple, Any], pack: int) -> list[list[Cell]]:
+    """``todo`` in groups of at most ``pack`` cells that can train as one
+    (``probe.train.pack.pack_key``: every setting but the seed equal), in grid order."""
+    from probe.train.pack import pack_key
+
+    groups: dict[str, list[Cell]] = {}
+    for c in todo:
+        groups.setdefault(pack_key(configs[c.key]), []).append(c)
+    return [g[i : i + pack] for g in groups.values() for i in range(0, len(g), pack)]
+
+
+def run_pack(configs: Sequence[Any]) -> list[tuple[int, str, Any]]:
+    """Run one pack to its end: ``(index, status, row or error)`` per cell, as
+    :func:`run_cell` gives them (a pack that fails as a whole fails every cell of it).
+    In a worker process this is what crosses back."""
+    return list(_pack_statuses(configs))
+
+
+def _pack_statuses(configs: Sequence[Any]) -> Iterable[tuple[int, str, Any]]:
+    from probe.train.pack import finetune_packed
+
+    given: set[int] = set()
+    try:
+        for i, result in finetune_packed(configs):
+            given.add(i)
+            if isinstance(result, FloatingPointError):
+                yield i, DIVERGED, _one_line(result)
+            elif isinstance(result, BaseException):
+                yield i, FAILED, _one_line(result)
+            else:
+                yield i, OK, dict(result)
+    except Exception as e:  # the pack as a whole: every cell without a result fails
+        for i in range(len(configs)):
+            if i not in given:
+                yield i, FAILED, _one_line(e)
+
+
+def _packed_results(
+    todo: list[Cell],
+    configs: Mapping[tuple, Any],
+    pack: int,
+    jobs: int,
+    starting: Callable[[Cell], None],
+) -> Iterable[tuple[Cell, str, Any]]:
+    """The packs' results: in this process (each cell's row as soon as it finishes),
+    or with ``jobs`` > 1 one pack per worker (rows once its pack ends)."""
+    groups = packs(todo, configs, pack)
+    if jobs == 1 or len(groups) <= 1:
+        for group in groups:
+            starting(group[0])
+            for i, status, result in _pack_statuses([configs[c.key] for c in group]):
+                yield group[i], status, result
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(groups)), mp_context=_worker_context(), initializer=_worker_init
+    )
+    try:
+        futures = {
+            pool.submit(run_pack, [configs[c.key] for c in group]): group for group in groups
+        }
+        for future in as_completed(futures):
+            group = futures[future]
+            for i, status, result in future.result():
+                yield group[i], status, result
     except BaseException:
         workers = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
@@ -664,6 +756,7 @@ def run_sweep(
     allow_dirty: bool = True,
     progress: bool = True,
     variants: Sequence[str] | None = None,
+    pack: int = 1,
 ) -> list[dict[str, Any]]:
     """Run the (shard of the) grid; returns the rows appended by this call (failed
     cells' rows included: ``status`` says which).
@@ -679,7 +772,9 @@ def run_sweep(
     checked and both folders checked before the first run; the results file is
     locked for the whole sweep. A failed cell's row counts as done on
     ``resume`` unless ``retry_failed`` (which implies ``resume``). ``variants`` runs
-    only those variants' cells (:func:`select_cells`).
+    only those variants' cells (:func:`select_cells`). ``pack`` > 1 trains up to that
+    many cells that differ only in their seed as one vectorized step
+    (:mod:`probe.train.pack`; checked for every cell before the first runs).
     """
     from probe.train.run_dir import file_lock
 
@@ -689,6 +784,7 @@ def run_sweep(
     if resume and overwrite:
         raise ValueError("pass --resume (or --retry-failed) or --overwrite, not both")
     jobs = parse_jobs(jobs)
+    pack = parse_pack(pack)
     path = results_path(out, shard)
 
     if variants and overwrite:
@@ -701,6 +797,10 @@ def run_sweep(
     settings = {c.key: config.cell_settings(c) for c in mine}
     configs = cell_configs(config, mine, work_dir)
     hashes = cell_hashes(config, mine, configs)
+    if pack > 1:
+        from probe.train.pack import check_packable
+
+        check_packable(list(configs.values()))
     code = _code_version()
     kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
     check_folder(out, "--out")
@@ -744,7 +844,7 @@ def run_sweep(
 
         with bar:
             show()
-            for c, status, result in _results(runner, todo, configs, jobs, show):
+            for c, status, result in _results(runner, todo, configs, jobs, show, pack):
                 row = {
                     "recipe": config.name,
                     "variant": c.variant,
@@ -835,6 +935,14 @@ def build_parser() -> argparse.ArgumentParser:
         "core; default: 1, in this process)",
     )
     p.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K cells that differ only in their seed as one vectorized step "
+        "(decoder-only models without dropout, e.g. --model paper; default: 1, each alone)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="check every cell's configuration, print the cells and exit",
@@ -891,7 +999,12 @@ def _main(args: argparse.Namespace) -> None:
         cells = config.cells()
         mine = select_cells(config, shard, variants)
         parse_jobs(args.jobs)
+        pack = parse_pack(args.pack)
         configs = cell_configs(config, mine, "runs")  # checks every cell as the sweep would
+        if pack > 1:
+            from probe.train.pack import check_packable
+
+            check_packable(list(configs.values()))
         check_folder(out, "--out")
         if args.work_dir is not None:
             check_folder(Path(args.work_dir), "--work-dir")
@@ -919,6 +1032,7 @@ def _main(args: argparse.Namespace) -> None:
         else default_work_dir(args.recipe, config),
         jobs=args.jobs,
         allow_dirty=args.allow_dirty,
+        pack=args.pack,
     )
     failed = sum(is_failed(r) for r in rows)
     note = (

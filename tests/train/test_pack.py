@@ -1,0 +1,153 @@
+"""probe.train.pack: a packed cell computes what its lone run computes (up to float
+rounding), stop rules, clipping and a diverging cell stay per cell, and what cannot
+pack is refused before any work; ``probe sweep --pack`` writes the rows a lone sweep
+writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from probe.experiments.sweep import SweepConfig, run_sweep
+from probe.jsonl import read_rows
+from probe.train.config import FinetuneConfig
+from probe.train.pack import check_packable, finetune_packed
+from probe.train.run import finetune
+
+NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+TINY = dict(
+    n_train=40,
+    n_val=8,
+    n_test=24,
+    batch_size=16,  # 40 rows: a short last batch every epoch
+    n_layer=1,
+    n_embd=32,
+    n_head=2,
+    max_steps=0,
+    epochs=4,
+    progress=False,
+    checkpoints=False,
+)
+METRICS = ("test_loss", "test_error", "val_loss", "train_loss")
+
+
+def configs(tmp_path, tag, seeds=(0, 1, 2), **over) -> list[FinetuneConfig]:
+    kw = {**TINY, **over}
+    if kw.get("model", "gpt2") == "gpt2":
+        kw.setdefault("model_overrides", NO_DROPOUT)
+    return [FinetuneConfig(**kw, seed=s, output_dir=str(tmp_path / f"{tag}{s}")) for s in seeds]
+
+
+def lone_and_packed(tmp_path, **over) -> tuple[list[dict], list[dict]]:
+    lone = [finetune(c) for c in configs(tmp_path, "lone", **over)]
+    packed = dict(finetune_packed(configs(tmp_path, "pack", **over)))
+    return lone, [packed[i] for i in range(len(lone))]
+
+
+def assert_same_runs(lone: list[dict], packed: list[dict]) -> None:
+    for a, b in zip(lone, packed, strict=True):
+        assert (b["steps"], b["stopped"], b["epochs"]) == (a["steps"], a["stopped"], a["epochs"])
+        for k in METRICS:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
+        assert b["packed"] == len(packed) and "packed" not in a
+        assert b["config"] == a["config"] | {"output_dir": b["config"]["output_dir"]}
+        for k in ("a", "b"):
+            if a["ab"] and k in a["ab"]:
+                assert b["ab"][k] == pytest.approx(a["ab"][k], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"ab": "kq,vo"},  # GPT-2 without dropout, regression, a and b at their own lr
+        {"model": "paper", "task": "copy", "ab": "vo"},  # symbolic, the input's last token
+    ],
+    ids=["gpt2-kq,vo", "paper-copy-vo"],
+)
+def test_a_packed_cell_reaches_its_lone_runs_numbers(tmp_path, over):
+    over.setdefault("task", "aba_vs_abb")
+    lone, packed = lone_and_packed(tmp_path, **over)
+    assert_same_runs(lone, packed)
+    assert len({r["test_loss"] for r in packed}) == 3  # three seeds, three different runs
+    on_disk = json.loads((tmp_path / "pack1" / "results.jsonl").read_text())
+    assert on_disk["test_loss"] == packed[1]["test_loss"]
+
+
+def test_cells_stopping_at_different_steps_leave_the_pack_as_alone(tmp_path):
+    # early stop on the training loss: the seeds converge at different steps, and the
+    # stack is sliced down each time one leaves; gradient clipping per cell
+    lone, packed = lone_and_packed(
+        tmp_path,
+        task="same_different",
+        ab="kq",
+        epochs=0,
+        max_steps=60,
+        converge_loss=0.8,
+        converge_window=2,
+        max_grad_norm=0.5,
+        lr=3e-3,
+    )
+    assert_same_runs(lone, packed)
+    assert len({r["steps"] for r in packed}) > 1, [r["steps"] for r in packed]
+
+
+def test_divergence_is_per_cell_and_cells_of_other_settings_are_refused(tmp_path):
+    cells = configs(tmp_path, "pack", ab="kq")
+    cells[1] = dataclasses.replace(cells[1], a_lr=0.5)
+    with pytest.raises(ValueError, match="differ in more than seed"):
+        dict(finetune_packed(cells))
+    results = dict(finetune_packed(configs(tmp_path, "nan", ab="kq", lr=1e38)))
+    assert all(isinstance(r, FloatingPointError) for r in results.values())
+    assert "training loss is" in str(results[0])
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"model_overrides": {}}, r"has dropout \(transformer.drop \(p=0.1\)"),
+        ({"model": "t5"}, "t5.*vmap cannot run"),
+        ({"model": "mlp"}, "MLP baseline"),
+        ({"checkpoints": True}, "checkpoints: false"),
+        ({"compile": True}, "drop compile"),
+    ],
+)
+def test_what_cannot_pack_is_refused_before_any_work(tmp_path, over, match):
+    cells = configs(tmp_path, "x", **over)
+    with pytest.raises(ValueError, match=match):
+        check_packable(cells)
+    assert not any(p.exists() for p in tmp_path.iterdir() if p.name.startswith("x"))
+
+
+def test_sweep_pack_writes_the_rows_of_a_lone_sweep(tmp_path):
+    recipe = SweepConfig.from_dict(
+        {
+            "name": "mini",
+            "task": "aba_vs_abb",
+            "n": [24, 40],
+            "seeds": [0, 1, 2],
+            "variants": {"kq": {"ab": "kq"}},
+            "baseline": "kq",
+            "finetune": {
+                **{k: TINY[k] for k in ("n_layer", "n_embd", "n_head", "batch_size")},
+                "max_steps": 6,
+                "n_val": 0,
+                "n_test": 16,
+                "checkpoints": False,
+                "model_overrides": NO_DROPOUT,
+            },
+        }
+    )
+    lone = run_sweep(recipe, tmp_path / "lone", work_dir=tmp_path / "wl", progress=False)
+    packed = run_sweep(recipe, tmp_path / "pack", work_dir=tmp_path / "wp", progress=False, pack=2)
+    key = lambda r: (r["n"], r["seed"])  # noqa: E731
+    lone, packed = sorted(lone, key=key), sorted(packed, key=key)
+    assert [key(r) for r in packed] == [key(r) for r in lone]
+    assert [r["packed"] for r in packed] == [2, 2, 1, 2, 2, 1]  # per n: seeds 0-1, then 2
+    for a, b in zip(lone, packed, strict=True):
+        assert b["cell_hash"] == a["cell_hash"] and b["status"] == "ok"
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-5)
+    assert len(read_rows([tmp_path / "pack" / "results.jsonl"])) == 6
+    with pytest.raises(ValueError, match="--pack 0 must be a positive integer"):
+        run_sweep(recipe, tmp_path / "p0", work_dir=tmp_path / "w0", progress=False, pack=0)
