@@ -12,7 +12,10 @@ best repeat of each counts. Prints samples/s and ms/step of each and
 ``probe/trainer: <ratio>`` (target >= 1.0). Then it times probe's loop itself
 (``probe.train.loop.train``, the same set-up as a run) as the best of
 ``--windows`` 16-step windows, and prints ``fraction of matmul peak: <x>``
-(target >= 0.6 at one thread):
+(target >= 0.6 at one thread). Last, ``pack<K>/lone: <x>`` (``--pack``, default 16):
+``bench/pack.py``'s per-cell throughput of ``probe sweep --pack K`` at width 128.
+
+The fraction is:
 
     fraction = 6 · P · T · samples_per_s / sgemm_flops_per_s
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
@@ -42,8 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from probe.tasks.catalogue.catalogue import get_task  # noqa: E402
 
+from probe.tasks.catalogue import get_task  # noqa: E402
 from probe.train.config import FinetuneConfig  # noqa: E402
 from probe.train.run import finetune  # noqa: E402
 from probe.train.setup import build_run_model, load_run_data  # noqa: E402
@@ -199,6 +203,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=20, help="16-step windows timed")
     parser.add_argument("--ab", default="none", help="inject a/b (e.g. kq,vo) on every side")
     parser.add_argument("--compile", action="store_true", help="also time probe with compile=True")
+    parser.add_argument(
+        "--pack", type=int, default=16, help="also print pack<K>/lone (bench/pack.py; 0: skip)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     AB["ab"] = args.ab
@@ -250,6 +257,11 @@ def main() -> None:
         print(f"compile warm-up: {warm_up:.1f} s (first compiled run's train_s over its best)")
         print(f"compiled/probe: {best['compiled'] / best['probe']:.2f}")
     print(f"probe/trainer: {best['probe'] / best['trainer']:.2f}")
+    if args.pack:  # the per-cell throughput of --pack K, the paper model at width 128
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from pack import measure
+
+        measure(args.pack, 128, steps=40)
 
 
 if __name__ == "__main__":
