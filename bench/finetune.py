@@ -103,8 +103,8 @@ def loop_steps_per_s(compile_step: bool, windows: int, chunk: int = 16) -> float
     reading as the sgemm peak, so a busy machine distorts neither."""
     from accelerate import Accelerator
 
-    from probe import train_loop
     from probe.models.build import readout
+    from probe.train import loop as train_loop
     from probe.train.setup import build_optimizer
 
     cfg = config(tempfile.gettempdir(), 1)
@@ -119,7 +119,7 @@ def loop_steps_per_s(compile_step: bool, windows: int, chunk: int = 16) -> float
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     state = train_loop.TrainState(window=cfg.converge_window)
     fields = {f: getattr(cfg, f) for f in ("epochs", "converge_loss", "max_grad_norm")}
-    extra = {"compile": True} if compile_step else {}
+    extra = {"compile": compile_step}
     best = float("inf")
     for i in range(windows + 1):  # the first window warms up (and compiles)
         settings = train_loop.LoopSettings(
