@@ -1015,7 +1015,10 @@ def _main(args: argparse.Namespace) -> None:
             todo = pending_cells(
                 config, out, mine, hashes, resume=resume, retry_failed=args.retry_failed
             )
-        print(f"recipe {config.name}: {len(todo)} of {len(cells)} cells to run")
+        grouped = (
+            f" in {len(packs(todo, configs, pack))} packs of at most {pack}" if pack > 1 else ""
+        )
+        print(f"recipe {config.name}: {len(todo)} of {len(cells)} cells to run{grouped}")
         for c in todo:
             print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}")
         return
