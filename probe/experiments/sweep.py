@@ -573,15 +573,24 @@ def _results(
             starting(c)
             yield (c, *run_cell(runner, configs[c.key]))
         return
+    calls = [(c, run_cell, runner, configs[c.key]) for c in todo]
+    for c, result in _in_workers(jobs, calls):
+        yield (c, *result)
+
+
+def _in_workers(jobs: int, calls: list[tuple]) -> Iterable[tuple[Any, Any]]:
+    """``(tag, fn(*args))`` for each ``(tag, fn, *args)`` of ``calls``, as they finish in
+    a pool of at most ``jobs`` worker processes. Stopping (Ctrl-C, an error) terminates
+    the workers; the calls they were running return nothing."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(todo)), mp_context=_worker_context(), initializer=_worker_init
+        max_workers=min(jobs, len(calls)), mp_context=_worker_context(), initializer=_worker_init
     )
     try:
-        futures = {pool.submit(run_cell, runner, configs[c.key]): c for c in todo}
+        futures = {pool.submit(fn, *args): tag for tag, fn, *args in calls}
         for future in as_completed(futures):
-            yield (futures[future], *future.result())
+            yield futures[future], future.result()
     except BaseException:
         workers = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
@@ -646,28 +655,10 @@ def _packed_results(
             for i, status, result in _pack_statuses([configs[c.key] for c in group]):
                 yield group[i], status, result
         return
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(groups)), mp_context=_worker_context(), initializer=_worker_init
-    )
-    try:
-        futures = {
-            pool.submit(run_pack, [configs[c.key] for c in group]): group for group in groups
-        }
-        for future in as_completed(futures):
-            group = futures[future]
-            for i, status, result in future.result():
-                yield group[i], status, result
-    except BaseException:
-        workers = list((pool._processes or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.join(timeout=10)
-        raise
-    pool.shutdown()
+    calls = [(group, run_pack, [configs[c.key] for c in group]) for group in groups]
+    for group, results in _in_workers(jobs, calls):
+        for i, status, result in results:
+            yield group[i], status, result
 
 
 def select_cells(

@@ -149,5 +149,12 @@ def test_sweep_pack_writes_the_rows_of_a_lone_sweep(tmp_path):
         assert b["cell_hash"] == a["cell_hash"] and b["status"] == "ok"
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-5)
     assert len(read_rows([tmp_path / "pack" / "results.jsonl"])) == 6
+    # one pack per worker process (its rows come back when the pack ends)
+    workers = run_sweep(
+        recipe, tmp_path / "jobs", work_dir=tmp_path / "wj", progress=False, pack=3, jobs=2
+    )
+    assert sorted((key(r), r["packed"]) for r in workers) == [(key(r), 3) for r in lone]
+    for a, b in zip(lone, sorted(workers, key=key), strict=True):
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-5)
     with pytest.raises(ValueError, match="--pack 0 must be a positive integer"):
         run_sweep(recipe, tmp_path / "p0", work_dir=tmp_path / "w0", progress=False, pack=0)
