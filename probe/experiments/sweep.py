@@ -566,7 +566,7 @@ def _results(
     (:func:`packs`). Stopping (Ctrl-C, an error) terminates the workers; the cells
     they were running have no row."""
     if pack > 1:
-        yield from _packed_results(todo, configs, pack, jobs, starting)
+        yield from _packed_results(runner, todo, configs, pack, jobs, starting)
         return
     if jobs == 1 or len(todo) <= 1:
         for c in todo:
@@ -613,16 +613,21 @@ def packs(todo: Sequence[Cell], configs: Mapping[tuple, Any], pack: int) -> list
     return [g[i : i + pack] for g in groups.values() for i in range(0, len(g), pack)]
 
 
-def run_pack(configs: Sequence[Any]) -> list[tuple[int, str, Any]]:
+def run_pack(runner: Callable[[Any], Mapping[str, Any]], configs: Sequence[Any]) -> list:
     """Run one pack to its end: ``(index, status, row or error)`` per cell, as
     :func:`run_cell` gives them (a pack that fails as a whole fails every cell of it).
     In a worker process this is what crosses back."""
-    return list(_pack_statuses(configs))
+    return list(_pack_statuses(runner, configs))
 
 
-def _pack_statuses(configs: Sequence[Any]) -> Iterable[tuple[int, str, Any]]:
+def _pack_statuses(
+    runner: Callable[[Any], Mapping[str, Any]], configs: Sequence[Any]
+) -> Iterable[tuple[int, str, Any]]:
     from probe.train.pack import finetune_packed
 
+    if len(configs) == 1:  # a pack of one is a lone run: the vectorized step would only cost
+        yield (0, *run_cell(runner, configs[0]))
+        return
     given: set[int] = set()
     try:
         for i, result in finetune_packed(configs):
@@ -640,6 +645,7 @@ def _pack_statuses(configs: Sequence[Any]) -> Iterable[tuple[int, str, Any]]:
 
 
 def _packed_results(
+    runner: Callable[[Any], Mapping[str, Any]],
     todo: list[Cell],
     configs: Mapping[tuple, Any],
     pack: int,
@@ -647,15 +653,16 @@ def _packed_results(
     starting: Callable[[Cell], None],
 ) -> Iterable[tuple[Cell, str, Any]]:
     """The packs' results: in this process (each cell's row as soon as it finishes),
-    or with ``jobs`` > 1 one pack per worker (rows once its pack ends)."""
+    or with ``jobs`` > 1 one pack per worker (rows once its pack ends). A group of one
+    cell runs alone, through ``runner``."""
     groups = packs(todo, configs, pack)
     if jobs == 1 or len(groups) <= 1:
         for group in groups:
             starting(group[0])
-            for i, status, result in _pack_statuses([configs[c.key] for c in group]):
+            for i, status, result in _pack_statuses(runner, [configs[c.key] for c in group]):
                 yield group[i], status, result
         return
-    calls = [(group, run_pack, [configs[c.key] for c in group]) for group in groups]
+    calls = [(group, run_pack, runner, [configs[c.key] for c in group]) for group in groups]
     for group, results in _in_workers(jobs, calls):
         for i, status, result in results:
             yield group[i], status, result
