@@ -604,7 +604,8 @@ def _in_workers(jobs: int, calls: list[tuple]) -> Iterable[tuple[Any, Any]]:
 
 def packs(todo: Sequence[Cell], configs: Mapping[tuple, Any], pack: int) -> list[list[Cell]]:
     """``todo`` in groups of at most ``pack`` cells that can train as one
-    (``probe.train.pack.pack_key``: every setting but the seed equal), in grid order."""
+    (``probe.train.pack.pack_key``: every setting but the seed equal, and n on a
+    symbolic task), in grid order."""
     from probe.train.pack import pack_key
 
     groups: dict[str, list[Cell]] = {}
@@ -771,7 +772,7 @@ def run_sweep(
     locked for the whole sweep. A failed cell's row counts as done on
     ``resume`` unless ``retry_failed`` (which implies ``resume``). ``variants`` runs
     only those variants' cells (:func:`select_cells`). ``pack`` > 1 trains up to that
-    many cells that differ only in their seed as one vectorized step
+    many cells that differ only in their seed (or n, on regression tasks) as one vectorized step
     (:mod:`probe.train.pack`; checked for every cell before the first runs).
     """
     from probe.train.run_dir import file_lock
@@ -937,7 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="K",
-        help="train up to K cells that differ only in their seed as one vectorized step "
+        help="train up to K cells that differ only in their seed (or n, on regression tasks) as one vectorized step "
         "(decoder-only models without dropout, e.g. --model paper; default: 1, each alone)",
     )
     p.add_argument(

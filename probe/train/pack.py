@@ -1,7 +1,7 @@
 """Several cells in one process: K runs of one model shape trained as one vectorized step.
 
-``probe sweep --pack K`` hands groups of up to K cells that differ only in seed and
-``n_train`` to :func:`finetune_packed`. Each cell is set up exactly as a lone
+``probe sweep --pack K`` hands groups of up to K cells that differ only in seed (and,
+on regression tasks, ``n_train``: :func:`pack_key`) to :func:`finetune_packed`. Each cell is set up exactly as a lone
 :func:`probe.train.run.finetune` would set it up (its folder, its seed, its own
 rendered data, its model with a/b, its AdamW groups), then the K models' trainable
 tensors are stacked on a new leading dim and one step trains them all:
@@ -55,14 +55,24 @@ from torch import nn
 from probe.train.config import FinetuneConfig
 from probe.train.run_dir import RunDir
 
-# the fields cells of one pack may differ in; every other field must be equal (n too:
-# a from-scratch model's vocabulary holds its run's alphabets, which grow with n)
-PER_CELL_FIELDS = ("seed", "output_dir")
+# the fields cells of one pack may differ in; every other field must be equal. n too,
+# where the vocabulary depends on it: a task rendered by the run holds its run's
+# alphabets, which grow with n; a regression model reads no output row per symbol, so
+# its smaller input tables are padded with rows no input looks up (_Stack), which stay
+# zero (embeddings get no weight decay); symbolic labels are scored over the whole
+# vocabulary, so those cells pack only with their own n
+PER_CELL_FIELDS = ("seed", "n_train", "output_dir")
 
 
 def pack_key(config: FinetuneConfig) -> str:
-    """Cells with equal keys can share a pack: every setting but the seed and folder."""
+    """Cells with equal keys can share a pack: every setting but the seed and folder
+    equal, and n too for a symbolic task the run renders."""
+    from probe.train.setup import check_task
+
     d = {k: v for k, v in config.to_dict().items() if k not in PER_CELL_FIELDS}
+    task = check_task(config)
+    if task is not None and task.label_kind != "regression":
+        d["n_train"] = config.n_train
     return json.dumps(d, sort_keys=True, default=repr)
 
 
@@ -214,14 +224,20 @@ class _Stack:
         ]
         self.config = config
         trainable = {n for g in self.groups for n in g["params"]}
+        table = base.get_input_embeddings().weight
+        self.table = next(n for n, p in base.named_parameters() if p is table)
+        self.rows = [m.get_parameter(self.table).shape[0] for m in models]
         self.params = {
-            n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_()
+            n: _stacked(
+                n, [m.get_parameter(n).detach() for m in models], self.table
+            ).requires_grad_()
             for n, _ in base.named_parameters()
             if n in trainable
         }
         frozen = [n for n, _ in base.named_parameters() if n not in trainable]
         self.consts = {
-            n: torch.stack([m.get_parameter(n).detach() for m in models]) for n in frozen
+            n: _stacked(n, [m.get_parameter(n).detach() for m in models], self.table)
+            for n in frozen
         }
         self.consts.update(
             {n: torch.stack([m.get_buffer(n) for m in models]) for n, _ in base.named_buffers()}
@@ -242,6 +258,7 @@ class _Stack:
             n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()
         }
         self.consts = {n: c[index] for n, c in self.consts.items()}
+        self.rows = [self.rows[i] for i in alive]
         self.optimizer = self._optimizer()
         for n, p in self.params.items():
             if old[n]:  # exp_avg, exp_avg_sq: [K, ...] like the tensor; step: shared
@@ -251,8 +268,28 @@ class _Stack:
                 }
 
     def cell(self, i: int) -> dict[str, torch.Tensor]:
-        """Cell ``i``'s trained tensors (views)."""
-        return {n: p[i].detach() for n, p in self.params.items()}
+        """Cell ``i``'s trained tensors (views; its own rows of a padded input table)."""
+        own = {self.table: self.rows[i]}
+        return {
+            n: p[i, : own[n]].detach() if n in own else p[i].detach()
+            for n, p in self.params.items()
+        }
+
+
+def _stacked(name: str, tensors: list[torch.Tensor], table: str) -> torch.Tensor:
+    """``tensors`` stacked on a new dim 0; input tables of different vocabulary sizes
+    padded with zero rows to the largest (pack_key lets only regression cells differ)."""
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        if name != table or len({s[1:] for s in shapes}) > 1:
+            raise ValueError(
+                f"--pack: {name} has the shapes {sorted(shapes)} across the pack's cells; "
+                "cells pack when their models have one shape (up to the input vocabulary of "
+                "a regression task)"
+            )
+        rows = max(s[0] for s in shapes)
+        tensors = [torch.nn.functional.pad(t, (0, 0, 0, rows - t.shape[0])) for t in tensors]
+    return torch.stack(tensors)
 
 
 def _diverged(value: float, step: int) -> FloatingPointError:
@@ -263,7 +300,7 @@ def _diverged(value: float, step: int) -> FloatingPointError:
 
 
 def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, Any]]:
-    """Train ``configs`` (cells equal but for seed and folder) as one pack; yields
+    """Train ``configs`` (cells with one :func:`pack_key`) as one pack; yields
     ``(index into configs, row)`` as each cell finishes, or ``(index, exception)`` for a
     cell that failed (``FloatingPointError``: its loss stopped being finite) — the
     others go on. Each row is also appended to the cell's own ``results.jsonl``, as
@@ -276,7 +313,10 @@ def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, An
         return
     keys = {pack_key(c) for c in configs}
     if len(keys) > 1:
-        raise ValueError("finetune_packed: the cells differ in more than seed and output_dir")
+        raise ValueError(
+            "finetune_packed: the cells differ in more than seed, n (regression) and "
+            "output_dir (probe.train.pack.pack_key)"
+        )
     for c in configs:
         check_config(c)
     start = time.perf_counter()

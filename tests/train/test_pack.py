@@ -93,6 +93,26 @@ def test_cells_stopping_at_different_steps_leave_the_pack_as_alone(tmp_path):
     assert len({r["steps"] for r in packed}) > 1, [r["steps"] for r in packed]
 
 
+def test_regression_cells_of_different_n_share_a_pack(tmp_path):
+    # n sets the vocabulary (the run's alphabets): the smaller input tables are padded
+    cells = [
+        FinetuneConfig(
+            **{**TINY, "n_train": n},
+            ab="kq",
+            model_overrides=NO_DROPOUT,
+            seed=s,
+            output_dir=str(tmp_path / f"{tag}{n}-{s}"),
+        )
+        for tag in ("lone", "pack")
+        for n, s in ((24, 0), (40, 1), (56, 0))
+    ]
+    lone = [finetune(c) for c in cells[:3]]
+    packed = dict(finetune_packed(cells[3:]))
+    assert len({r["config"]["n_train"] for r in lone}) == 3
+    assert_same_runs(lone, [packed[i] for i in range(3)])
+    assert packed[0]["steps"] < packed[2]["steps"]  # 4 epochs of 24 rows end first
+
+
 def test_divergence_is_per_cell_and_cells_of_other_settings_are_refused(tmp_path):
     cells = configs(tmp_path, "pack", ab="kq")
     cells[1] = dataclasses.replace(cells[1], a_lr=0.5)
@@ -144,8 +164,8 @@ def test_sweep_pack_writes_the_rows_of_a_lone_sweep(tmp_path):
     key = lambda r: (r["n"], r["seed"])  # noqa: E731
     lone, packed = sorted(lone, key=key), sorted(packed, key=key)
     assert [key(r) for r in packed] == [key(r) for r in lone]
-    # per n: seeds 0-1 packed, then seed 2 alone (a lone run's row: no `packed`)
-    assert [r.get("packed") for r in packed] == [2, 2, None, 2, 2, None]
+    # regression: the 6 cells of both n form one group, packed two by two
+    assert [r.get("packed") for r in packed] == [2] * 6
     for a, b in zip(lone, packed, strict=True):
         assert b["cell_hash"] == a["cell_hash"] and b["status"] == "ok"
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-5)
