@@ -32,6 +32,7 @@ _EXPORTS = {
     "ab_values": "models.identity",
     "FinetuneConfig": "train.config",
     "finetune": "train.run",
+    "finetune_packed": "train.pack",
     "attn_diagonal": "analysis.diagonal",
     "plot_diagonal": "analysis.plots",
     "plot_head": "analysis.plots",
@@ -79,4 +80,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from probe.tasks.templates import Template, TemplateTask
     from probe.train.config import FinetuneConfig
     from probe.train.metrics import load_metric
+    from probe.train.pack import finetune_packed
     from probe.train.run import finetune
