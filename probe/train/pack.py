@@ -172,6 +172,78 @@ class _Cell:
     batches: Iterator | None = None
     steps_per_epoch: int = 0
 
+    def set_up(self, task, accelerator) -> _Cell:
+        """What a lone run sets up, in its order: folder, seed, data, model (a/b, fast
+        activations), loaders, loop state; the config saved."""
+        from accelerate.utils import set_seed
+
+        from probe.train.loop import (
+            LoopSettings,
+            TensorRows,
+            TrainState,
+            _stop_reason,
+            eval_loader,
+            fast_activations,
+            train_loader,
+        )
+        from probe.train.setup import build_run_model, load_run_data
+
+        config = self.config
+        self.run_dir.prepare(config.overwrite)
+        set_seed(config.seed)
+        self.data = load_run_data(config, task)
+        model, _ = build_run_model(config, self.data)
+        fast_activations(model)
+        check_model(model, config)
+        self.model = model.to(accelerator.device)
+        rows = {s: TensorRows(cols) for s, cols in self.data.splits.items()}
+        train = train_loader(rows["train"], config.batch_size, config.seed)
+        self.loaders = {"train": accelerator.prepare(train)}
+        for split in ("validation", "test"):
+            if len(rows[split]):
+                loader = eval_loader(rows[split], config.eval_batch_size)
+                self.loaders[split] = accelerator.prepare(loader)
+        self.steps_per_epoch = len(self.loaders["train"])
+        self.state = TrainState(window=config.converge_window)
+        self.settings = LoopSettings.from_config(config)
+        self.state.stopped = _stop_reason(self.state, self.settings)
+        self.run_dir.save_config(config)
+        return self
+
+    def finish(self, accelerator, trained, start: float, train_s: float, packed: int) -> dict:
+        """The cell's ``trained`` tensors (None: as built) into its model, evaluated as a
+        lone run evaluates; its row appended, its model saved where asked."""
+        from probe.models.build import readout
+        from probe.train.loop import evaluate
+        from probe.train.run import _precision_ran, finish_run, run_row
+
+        with torch.no_grad():
+            for n, t in (trained or {}).items():
+                self.model.get_parameter(n).copy_(t)
+        kind = self.data.label_kind
+        metrics: dict[str, Any] = {"val_loss": None, "val_error": None, "val_samples": 0}
+        for split, prefix in (("validation", "val"), ("test", "test")):
+            if split in self.loaders:
+                loader = self.loaders[split]
+                metrics.update(evaluate(accelerator, self.model, loader, kind, readout, prefix))
+        row = run_row(
+            self.config,
+            self.data,
+            self.model,
+            self.state,
+            metrics,
+            n_train=len(self.data.splits["train"]["labels"]),
+            steps_per_epoch=self.steps_per_epoch,
+            wall_s=time.perf_counter() - start,
+            train_s=train_s,
+            steps_timed=self.state.step,
+            processes=1,
+            mixed_precision=_precision_ran(accelerator),
+            packed=packed,
+        )
+        finish_run(self.run_dir, self.config, row, self.model, self.data.tokenizer)
+        return row
+
     def next_batch(self) -> dict[str, torch.Tensor] | None:
         """The cell's next training batch in its lone run's order, or None once a stop
         rule holds at an epoch's end (``train``'s own bookkeeping)."""
@@ -336,160 +408,114 @@ def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, An
 
 
 def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, Any]]:
+    """Set every cell up, then step the live ones together until each has stopped."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.func import functional_call, grad_and_value, vmap
 
-    from probe.models.build import readout, readout_mode
-    from probe.train.loop import (
-        LoopSettings,
-        TensorRows,
-        TrainState,
-        _stop_reason,
-        eval_loader,
-        evaluate,
-        fast_activations,
-        train_loader,
-    )
-    from probe.train.metrics import per_sample_loss
-    from probe.train.run import _has_accelerator, _precision_ran, finish_run, run_row
-    from probe.train.setup import build_run_model, load_run_data
+    from probe.train.run import _has_accelerator
 
     first = todo[0][0].config
     accelerator = Accelerator(cpu=not _has_accelerator(), mixed_precision=first.mixed_precision)
-    device = accelerator.device
-    cells: list[_Cell] = []
-    for cell, task in todo:
-        config = cell.config
-        cell.run_dir.prepare(config.overwrite)
-        set_seed(config.seed)
-        cell.data = load_run_data(config, task)
-        model, _ = build_run_model(config, cell.data)
-        fast_activations(model)
-        check_model(model, config)
-        cell.model = model.to(device)
-        rows = {s: TensorRows(cols) for s, cols in cell.data.splits.items()}
-        train = accelerator.prepare(train_loader(rows["train"], config.batch_size, config.seed))
-        cell.loaders = {"train": train}
-        for split in ("validation", "test"):
-            if len(rows[split]):
-                cell.loaders[split] = accelerator.prepare(
-                    eval_loader(rows[split], config.eval_batch_size)
-                )
-        cell.steps_per_epoch = len(train)
-        cell.state = TrainState(window=config.converge_window)
-        cell.settings = LoopSettings.from_config(config)
-        cell.state.stopped = _stop_reason(cell.state, cell.settings)
-        cell.run_dir.save_config(config)
-        cells.append(cell)
-
-    base = cells[0].model
-    mode = readout_mode(base)
-    _batchable_attention(base)
-    kind = cells[0].data.label_kind
-    stack = _Stack([c.model for c in cells], first)
-    read = _Read(base, mode)
-
-    def cell_loss(params, consts, input_ids, mask, at, labels, weight):
-        state = {f"model.{n}": t for n, t in {**params, **consts}.items()}
-        logits = functional_call(read, state, (input_ids, mask, at))
-        loss = per_sample_loss(logits, labels, kind)
-        return (loss * weight).sum() / weight.sum()
-
-    step_all = vmap(grad_and_value(cell_loss), randomness="error")
-    batch_size = first.batch_size
-    max_norm = first.max_grad_norm
+    cells = [cell.set_up(task, accelerator) for cell, task in todo]
+    step = _PackedStep(cells, accelerator)
     train_start = time.perf_counter()
-    live = [c for c in cells if not c.state.stopped]
-    done = [c for c in cells if c.state.stopped]
 
-    def finish(cell: _Cell, at_index: int | None, error: BaseException | None = None):
-        if error is not None:
+    def finish(cell: _Cell, index: int | None, error: BaseException | None = None):
+        if error is not None:  # as a lone run's: no row, its folder keeps the config
             return cell.index, error
-        train_s = time.perf_counter() - train_start
-        if at_index is not None:
-            with torch.no_grad():
-                for n, t in stack.cell(at_index).items():
-                    cell.model.get_parameter(n).copy_(t)
-        metrics: dict[str, Any] = {"val_loss": None, "val_error": None, "val_samples": 0}
-        for split, prefix in (("validation", "val"), ("test", "test")):
-            if split in cell.loaders:
-                metrics.update(
-                    evaluate(accelerator, cell.model, cell.loaders[split], kind, readout, prefix)
-                )
-        row = run_row(
-            cell.config,
-            cell.data,
-            cell.model,
-            cell.state,
-            metrics,
-            n_train=len(cell.data.splits["train"]["labels"]),
-            steps_per_epoch=cell.steps_per_epoch,
-            wall_s=time.perf_counter() - start,
-            train_s=train_s,
-            steps_timed=cell.state.step,
-            processes=1,
-            mixed_precision=_precision_ran(accelerator),
-            packed=packed,
-        )
-        finish_run(cell.run_dir, cell.config, row, cell.model, cell.data.tokenizer)
+        trained = None if index is None else step.stack.cell(index)
+        row = cell.finish(accelerator, trained, start, time.perf_counter() - train_start, packed)
         return cell.index, row
 
-    for cell in done:
-        yield finish(cell, None)
-    base.train()
+    live = [c for c in cells if not c.state.stopped]
+    for cell in cells:
+        if cell.state.stopped:  # a budget already spent (resume of a finished loop)
+            yield finish(cell, None)
     while live:
-        batches, leaving = [], []
-        for i, cell in enumerate(live):
-            batch = cell.next_batch()
-            if batch is None:
-                leaving.append(i)
-            batches.append(batch)
-        if leaving:
-            for i in leaving:
-                yield finish(live[i], i)
-            alive = [i for i in range(len(live)) if i not in leaving]
-            live = [live[i] for i in alive]
-            batches = [batches[i] for i in alive]
-            if not live:
-                break
-            stack.keep(alive)
-        inputs = _stacked_inputs(batches, mode, batch_size, base, device)
+        batches = [cell.next_batch() for cell in live]
+        ended = [i for i, b in enumerate(batches) if b is None]  # a stop at an epoch's end
+        for i in ended:
+            yield finish(live[i], i)
+        live, batches = step.keep(live, ended), [b for b in batches if b is not None]
+        if not live:
+            break
+        stopped = step(live, batches)  # index -> None (a stop rule) or the error
+        for i, error in stopped.items():
+            yield finish(live[i], i, error)
+        live = step.keep(live, list(stopped))
+    accelerator.end_training()
+
+
+class _PackedStep:
+    """One training step of the live cells: their batches stacked, K losses and K
+    gradients from one ``vmap(grad_and_value(...))`` call, clipping per cell, one AdamW
+    step over the stacked tensors, each cell's loop state advanced."""
+
+    def __init__(self, cells: list[_Cell], accelerator):
+        from torch.func import grad_and_value, vmap
+
+        from probe.models.build import readout_mode
+
+        first = cells[0]
+        self.base = first.model
+        self.mode = readout_mode(self.base)
+        _batchable_attention(self.base)
+        self.config, self.kind, self.accelerator = first.config, first.data.label_kind, accelerator
+        self.stack = _Stack([c.model for c in cells], first.config)
+        self.read = _Read(self.base, self.mode)
+        self.step_all = vmap(grad_and_value(self._loss), randomness="error")
+
+    def _loss(self, params, consts, input_ids, mask, at, labels, weight):
+        from torch.func import functional_call
+
+        from probe.train.metrics import per_sample_loss
+
+        state = {f"model.{n}": t for n, t in {**params, **consts}.items()}
+        logits = functional_call(self.read, state, (input_ids, mask, at))
+        loss = per_sample_loss(logits, labels, self.kind)
+        return (loss * weight).sum() / weight.sum()
+
+    def __call__(self, live: list[_Cell], batches: list) -> dict[int, BaseException | None]:
+        """Step every live cell on its batch; returns the cells that stopped: index ->
+        None (a stop rule holds) or the error (a non-finite loss)."""
+        from probe.train.loop import _stop_reason
+
+        inputs = _stacked_inputs(batches, self.mode, self.config.batch_size, self.base)
         # grad is a function transform: no_grad outside it only keeps autograd from
         # recording the step itself (the gradients need no graph of their own)
-        with torch.no_grad(), accelerator.autocast():
-            grads, losses = step_all(stack.params, stack.consts, *inputs)
+        with torch.no_grad(), self.accelerator.autocast():
+            grads, losses = self.step_all(self.stack.params, self.stack.consts, *inputs)
         values = losses.tolist()
         # vmap can hand back a gradient laid out [n, K, ...] in memory; the fused AdamW
         # kernel reads the gradient in its parameter's layout, so give it that layout
         grads = {n: g.contiguous() for n, g in grads.items()}
-        if max_norm:
-            _clip_per_cell(grads, max_norm)
-        for n, p in stack.params.items():
+        if self.config.max_grad_norm:
+            _clip_per_cell(grads, self.config.max_grad_norm)
+        for n, p in self.stack.params.items():
             p.grad = grads[n]
-        stack.optimizer.step()
-        stack.optimizer.zero_grad(set_to_none=True)
-        leaving, errors = [], {}
+        self.stack.optimizer.step()
+        self.stack.optimizer.zero_grad(set_to_none=True)
+        stopped: dict[int, BaseException | None] = {}
         for i, (cell, value) in enumerate(zip(live, values, strict=True)):
             s = cell.state
             if not math.isfinite(value):
-                errors[i] = _diverged(value, s.step + 1)
-                leaving.append(i)
+                stopped[i] = _diverged(value, s.step + 1)
                 continue
             s.step += 1
             s.batch_in_epoch += 1
             s.record(value)
             s.stopped = _stop_reason(s, cell.settings)
             if s.stopped:
-                leaving.append(i)
-        if leaving:
-            for i in leaving:
-                yield finish(live[i], i, errors.get(i))
-            alive = [i for i in range(len(live)) if i not in leaving]
-            live = [live[i] for i in alive]
-            if live:
-                stack.keep(alive)
-    accelerator.end_training()
+                stopped[i] = None
+        return stopped
+
+    def keep(self, live: list[_Cell], leaving: list[int]) -> list[_Cell]:
+        """The live cells without ``leaving`` (indices), the stack sliced to match."""
+        if not leaving:
+            return live
+        alive = [i for i in range(len(live)) if i not in leaving]
+        if alive:
+            self.stack.keep(alive)
+        return [live[i] for i in alive]
 
 
 def _batchable_attention(model: nn.Module) -> None:
@@ -500,13 +526,14 @@ def _batchable_attention(model: nn.Module) -> None:
         model.set_attn_implementation("eager")
 
 
-def _stacked_inputs(batches, mode, batch_size: int, base: nn.Module, device) -> tuple:
+def _stacked_inputs(batches, mode, batch_size: int, base: nn.Module) -> tuple:
     """Each live cell's batch padded to ``batch_size`` rows (weight 0) and to the longest
     row of the pack (right padding, mask 0), read by the mode's checked ``where``, then
     stacked: input_ids, 4-D additive mask, positions, labels, weights, each [K, ...]."""
     from probe.models.build import additive_mask
 
     seq = max(b["input_ids"].shape[1] for b in batches)
+    device = batches[0]["input_ids"].device
     ids, masks, ats, labels, weights = [], [], [], [], []
     for b in batches:
         n, t = b["input_ids"].shape
