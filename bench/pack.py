@@ -11,6 +11,7 @@ that the two sides reached the same test losses. Prints per width ``pack<K>/lone
 <x>``, the per-cell throughput ratio (lone time / packed time; > 1: packing pays).
 
     python bench/pack.py [--k 16] [--widths 64,128,256,512] [--steps 40] [--threads 1]
+                         [--task aba_vs_abb] [--ab kq,vo]
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from probe.train.pack import finetune_packed  # noqa: E402
 from probe.train.run import finetune  # noqa: E402
 
 
-def cells(out: str, k: int, width: int, steps: int, tag: str) -> list[FinetuneConfig]:
+def cells(
+    out: str, k: int, width: int, steps: int, tag: str, task: str = "aba_vs_abb", ab: str = "kq,vo"
+) -> list[FinetuneConfig]:
     return [
         FinetuneConfig(
             model="paper",
-            task="aba_vs_abb",
-            ab="kq,vo",
+            task=task,
+            ab=ab,
             n_layer=2,
             n_embd=width,
             n_train=1024,
@@ -51,11 +54,11 @@ def cells(out: str, k: int, width: int, steps: int, tag: str) -> list[FinetuneCo
     ]
 
 
-def measure(k: int, width: int, steps: int) -> float:
+def measure(k: int, width: int, steps: int, **task) -> float:
     """pack<k>/lone at one width: the lone runs' summed train_s over the pack's."""
     with tempfile.TemporaryDirectory() as out:
-        lone = [finetune(c) for c in cells(out, k, width, steps, "lone")]
-        packed = dict(finetune_packed(cells(out, k, width, steps, "pack")))
+        lone = [finetune(c) for c in cells(out, k, width, steps, "lone", **task)]
+        packed = dict(finetune_packed(cells(out, k, width, steps, "pack", **task)))
     gap = max(
         abs(packed[i]["test_loss"] - r["test_loss"]) / r["test_loss"] for i, r in enumerate(lone)
     )
@@ -75,10 +78,12 @@ def main() -> None:
     parser.add_argument("--widths", default="64,128,256,512")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--task", default="aba_vs_abb", help="e.g. majority_k:k=6")
+    parser.add_argument("--ab", default="kq,vo")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for width in (int(w) for w in args.widths.split(",")):
-        measure(args.k, width, args.steps)
+        measure(args.k, width, args.steps, task=args.task, ab=args.ab)
 
 
 if __name__ == "__main__":
