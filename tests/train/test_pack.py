@@ -63,8 +63,9 @@ def assert_same_runs(lone: list[dict], packed: list[dict]) -> None:
     [
         {"ab": "kq,vo"},  # GPT-2 without dropout, regression, a and b at their own lr
         {"model": "paper", "task": "copy", "ab": "vo"},  # symbolic, the input's last token
+        {"model": "llama", "ab": "kq"},  # RoPE inside vmap; no dropout by default
     ],
-    ids=["gpt2-kq,vo", "paper-copy-vo"],
+    ids=["gpt2-kq,vo", "paper-copy-vo", "llama-kq"],
 )
 def test_a_packed_cell_reaches_its_lone_runs_numbers(tmp_path, over):
     over.setdefault("task", "aba_vs_abb")
