@@ -270,12 +270,16 @@ def _codes(rows: pd.DataFrame) -> str:
 
 
 def _compute(rows: pd.DataFrame) -> str:
-    """The rows' cost: the sum of their ``wall_s`` (each cell's own process), and the
-    slowest n's mean per cell."""
+    """The rows' cost: the sum of their ``wall_s`` (each cell's own process; a cell of a
+    ``--pack K`` its pack's time over K, since K cells shared it), and the slowest n's
+    mean per cell."""
     if "wall_s" not in rows.columns or rows["wall_s"].isna().all():
         return ""
-    wall = rows["wall_s"].dropna()
-    largest = rows[rows["n"] == rows["n"].max()]["wall_s"].dropna()
+    share = rows["wall_s"]
+    if "packed" in rows.columns:
+        share = share / rows["packed"].fillna(1)
+    wall = share.dropna()
+    largest = share[rows["n"] == rows["n"].max()].dropna()
     per_cell = f"; {largest.mean():.0f} s per cell at n = {rows['n'].max()}" if len(largest) else ""
     return (
         f"{wall.sum() / 60:.0f} min of wall time over {len(wall)} cells (sum of wall_s){per_cell}"

