@@ -180,3 +180,44 @@ def test_sweep_pack_writes_the_rows_of_a_lone_sweep(tmp_path):
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-5)
     with pytest.raises(ValueError, match="--pack 0 must be a positive integer"):
         run_sweep(recipe, tmp_path / "p0", work_dir=tmp_path / "w0", progress=False, pack=0)
+
+
+def test_a_killed_pack_keeps_its_finished_cells_and_resume_runs_the_rest(tmp_path, monkeypatch):
+    import probe.train.pack as pack
+
+    recipe = SweepConfig.from_dict(
+        {
+            "name": "mini",
+            "task": "aba_vs_abb",
+            "n": [24, 40],  # 4 epochs: 8 steps at n = 24, 12 at n = 40, in one pack
+            "seeds": [0, 1],
+            "variants": {"none": {}},
+            "finetune": {
+                **{k: TINY[k] for k in ("n_layer", "n_embd", "n_head", "batch_size", "epochs")},
+                "max_steps": 0,
+                "n_val": 0,
+                "n_test": 16,
+                "checkpoints": False,
+                "model_overrides": NO_DROPOUT,
+            },
+        }
+    )
+    step, calls = pack._PackedStep.__call__, []
+
+    def killed_at_step_10(self, live, batches):
+        calls.append(len(live))
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return step(self, live, batches)
+
+    monkeypatch.setattr(pack._PackedStep, "__call__", killed_at_step_10)
+    kw = dict(work_dir=tmp_path / "w", progress=False, pack=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(recipe, tmp_path / "out", **kw)
+    kept = read_rows([tmp_path / "out" / "results.jsonl"])
+    assert sorted((r["n"], r["seed"]) for r in kept) == [(24, 0), (24, 1)]
+    assert calls[:9] == [4] * 8 + [2]  # the n = 24 cells left the stack after step 8
+    monkeypatch.setattr(pack._PackedStep, "__call__", step)
+    rest = run_sweep(recipe, tmp_path / "out", resume=True, **kw)
+    assert sorted((r["n"], r["seed"], r["packed"]) for r in rest) == [(40, 0, 2), (40, 1, 2)]
+    assert len(read_rows([tmp_path / "out" / "results.jsonl"])) == 4
