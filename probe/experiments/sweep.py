@@ -669,6 +669,20 @@ def _packed_results(
             yield group[i], status, result
 
 
+def parse_variants(text: str, known: Iterable[str]) -> list[str]:
+    """``--variants A,B``: the names, comma-separated. A recipe's own names may hold
+    commas (``kq,vo``): at each place the longest run of parts that names a variant is
+    one name; a part that names none stays alone (``select_cells`` refuses it)."""
+    known = set(known)
+    parts = [p.strip() for p in text.split(",")]
+    names, i = [], 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i, -1) if ",".join(parts[i:j]) in known), i + 1)
+        names.append(",".join(parts[i:j]))
+        i = j
+    return [n for n in names if n]
+
+
 def select_cells(
     config: SweepConfig,
     shard: tuple[int, int] | None = None,
@@ -907,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         default=None,
         metavar="A,B",
-        help="run only these variants of the recipe (comma-separated; default: all)",
+        help="run only these variants of the recipe (comma-separated; a name holding commas, like kq,vo, is read whole; default: all)",
     )
     p.add_argument(
         "--resume",
@@ -993,7 +1007,7 @@ def _main(args: argparse.Namespace) -> None:
     config = SweepConfig.from_yaml(args.recipe)
     shard = parse_shard(args.shard)
     out = Path(args.out) if args.out is not None else default_out(args.recipe, config)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    variants = parse_variants(args.variants, config.variants) if args.variants else None
     if args.dry_run:
         cells = config.cells()
         mine = select_cells(config, shard, variants)

@@ -272,6 +272,15 @@ def test_variants_runs_a_subset_and_resume_completes_the_grid(tmp_path):
     assert {r["variant"] for r in rows} == {"none"} and len(calls) == 4
 
 
+def test_variants_may_hold_commas_in_their_names():
+    from probe.experiments.sweep import parse_variants
+
+    known = ["kq", "kq,vo", "none", "vo"]
+    assert parse_variants("kq,vo", known) == ["kq,vo"]
+    assert parse_variants("none, kq,vo,vo", known) == ["none", "kq,vo", "vo"]
+    assert parse_variants("kq,nope", known) == ["kq", "nope"]
+
+
 def test_changed_recipe_does_not_mix_with_old_rows(tmp_path):
     kw = dict(runner=fake_runner([]), work_dir=tmp_path / "w", progress=False)
     run_sweep(config(), tmp_path, **kw)
