@@ -479,7 +479,7 @@ class _PackedStep:
         None (a stop rule holds) or the error (a non-finite loss)."""
         from probe.train.loop import _stop_reason
 
-        inputs = _stacked_inputs(batches, self.mode, self.config.batch_size, self.base)
+        inputs = _stacked_inputs(batches, self.mode, self.base)
         # grad is a function transform: no_grad outside it only keeps autograd from
         # recording the step itself (the gradients need no graph of their own)
         with torch.no_grad(), self.accelerator.autocast():
@@ -526,12 +526,14 @@ def _batchable_attention(model: nn.Module) -> None:
         model.set_attn_implementation("eager")
 
 
-def _stacked_inputs(batches, mode, batch_size: int, base: nn.Module) -> tuple:
-    """Each live cell's batch padded to ``batch_size`` rows (weight 0) and to the longest
-    row of the pack (right padding, mask 0), read by the mode's checked ``where``, then
-    stacked: input_ids, 4-D additive mask, positions, labels, weights, each [K, ...]."""
+def _stacked_inputs(batches, mode, base: nn.Module) -> tuple:
+    """Each live cell's batch padded to the pack's largest batch (rows of weight 0: a
+    short last batch, or n below the batch size) and to its longest row (right padding,
+    mask 0), read by the mode's checked ``where``, then stacked: input_ids, 4-D additive
+    mask, positions, labels, weights, each [K, ...]."""
     from probe.models.build import additive_mask
 
+    batch_size = max(b["input_ids"].shape[0] for b in batches)
     seq = max(b["input_ids"].shape[1] for b in batches)
     device = batches[0]["input_ids"].device
     ids, masks, ats, labels, weights = [], [], [], [], []
