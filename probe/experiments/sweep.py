@@ -386,7 +386,9 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
 
 
 def _code_version() -> str:
-    """probe's version and, in a git checkout, the commit (``+dirty`` with local edits)."""
+    """probe's version and, in a git checkout, the commit (``-dirty`` with local edits to
+    ``probe/``: :func:`uncommitted_code`; results files being written elsewhere in the
+    checkout, another sweep's say, are not the code)."""
     import subprocess
 
     from probe._version import __version__
@@ -394,13 +396,15 @@ def _code_version() -> str:
     root = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty", "--exclude", "*"],
+            ["git", "-C", str(root), "describe", "--always", "--exclude", "*"],
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = ""
+    if rev and uncommitted_code():
+        rev += "-dirty"
     return f"{__version__}+{rev}" if rev else __version__
 
 

@@ -660,4 +660,9 @@ def test_uncommitted_code_is_refused_before_any_cell_unless_allowed(tmp_path, mo
     with pytest.raises(ValueError, match=r"uncommitted changes \(probe/train/loop.py\)"):
         run_sweep(config(), tmp_path, allow_dirty=False, **kw)
     assert calls == [] and not results_path(tmp_path, None).exists()
-    assert len(run_sweep(config(), tmp_path, allow_dirty=True, **kw)) == len(calls) > 0
+    rows = run_sweep(config(), tmp_path, allow_dirty=True, **kw)
+    assert len(rows) == len(calls) > 0
+    assert rows[0]["code"].endswith("-dirty")  # a git checkout: the commit, and -dirty
+    # only probe/ counts: other files being written (results of another sweep) do not
+    monkeypatch.setattr(sweep, "uncommitted_code", lambda: [])
+    assert not sweep._code_version().endswith("-dirty")
