@@ -12,12 +12,18 @@ ratio, never a number. Writes ``paper_summary.md`` into each folder and prints i
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from probe.experiments.report import curves, load_results, markdown_table, metric_of, n_star
+from probe.experiments.report import (
+    cell_seconds,
+    curves,
+    load_results,
+    markdown_table,
+    metric_of,
+    n_star,
+)
 from probe.experiments.sweep import THRESHOLD
 
 # (task, variant) -> the paper's n* (official figure data; None: not reached up to 8192)
@@ -103,9 +109,7 @@ def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
                 "ours / paper": ratio,
                 f"mean {metric} [min-max] per n": per_n,
                 "cells": f"{int(g['count'].sum())}",
-                "wall s/cell at largest n": _fmt(
-                    largest["wall_s"].mean() if "wall_s" in df.columns else math.nan
-                ),
+                "wall s/cell at largest n": _fmt(cell_seconds(largest).mean()),
             }
         )
     return pd.DataFrame(out)

@@ -269,20 +269,34 @@ def _codes(rows: pd.DataFrame) -> str:
     return f"**mixed** — {listed}"
 
 
-def _compute(rows: pd.DataFrame) -> str:
-    """The rows' cost: the sum of their ``wall_s`` (each cell's own process; a cell of a
-    ``--pack K`` its pack's time over K, since K cells shared it), and the slowest n's
-    mean per cell."""
-    if "wall_s" not in rows.columns or rows["wall_s"].isna().all():
-        return ""
+def cell_seconds(rows: pd.DataFrame) -> pd.Series:
+    """Each row's cost in seconds: its ``wall_s`` (the cell's own process), or for a cell
+    of a ``--pack K`` its pack's time over K (K cells shared it); NaN without wall_s."""
+    if "wall_s" not in rows.columns:
+        return pd.Series(math.nan, index=rows.index)
     share = rows["wall_s"]
     if "packed" in rows.columns:
         share = share / rows["packed"].fillna(1)
+    return share
+
+
+def _packed_note(rows: pd.DataFrame) -> str:
+    packed = int((rows["packed"].fillna(1) > 1).sum()) if "packed" in rows.columns else 0
+    return f"; {packed} packed cells count their pack's over K" if packed else ""
+
+
+def _compute(rows: pd.DataFrame) -> str:
+    """The rows' cost: the sum of :func:`cell_seconds`, and the slowest n's mean per
+    cell."""
+    share = cell_seconds(rows)
+    if share.isna().all():
+        return ""
     wall = share.dropna()
     largest = share[rows["n"] == rows["n"].max()].dropna()
     per_cell = f"; {largest.mean():.0f} s per cell at n = {rows['n'].max()}" if len(largest) else ""
     return (
-        f"{wall.sum() / 60:.0f} min of wall time over {len(wall)} cells (sum of wall_s){per_cell}"
+        f"{wall.sum() / 60:.0f} min of wall time over {len(wall)} cells (sum of wall_s"
+        f"{_packed_note(rows)}){per_cell}"
     )
 
 

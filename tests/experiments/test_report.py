@@ -148,7 +148,8 @@ def test_a_packed_cell_counts_its_share_of_the_pack(tmp_path):
     main([str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rep")])
     md = (tmp_path / "rep" / "summary.md").read_text()
     total = 30.0 * len(rows) / 60
-    assert f"Compute: {total:.0f} min of wall time over {len(rows)} cells" in md
+    want = f"Compute: {total:.0f} min of wall time over {len(rows)} cells (sum of wall_s; "
+    assert want + "3 packed cells count their pack's over K)" in md
 
 
 def test_summary_names_the_model_as_the_recipe_does(tmp_path):
