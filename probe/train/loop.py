@@ -185,6 +185,17 @@ class TrainState:
         while len(self.recent) > self.window:
             self.recent.popleft()
 
+    def stepped(self, loss: float) -> None:
+        """One training step taken, with its loss."""
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.record(loss)
+
+    def next_epoch(self) -> None:
+        """The epoch's batches ran out."""
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
     @property
     def recent_loss(self) -> float:
         """Mean training loss over the last ``window`` steps (NaN before any)."""
@@ -230,7 +241,17 @@ def _loop_settings_class() -> type:
 LoopSettings = _loop_settings_class()
 
 
-def _stop_reason(state: TrainState, s: LoopSettings) -> str:
+def non_finite_loss(value: float, step: int, last_checkpoint: Any) -> FloatingPointError:
+    """The error of a run whose training loss stopped being finite at ``step``."""
+    # --resume keeps --lr and --max-grad-norm, so it would meet the same NaN
+    return FloatingPointError(
+        f"training loss is {value} at step {step}; the run stops. "
+        f"Last good checkpoint: {last_checkpoint}. Lower --lr or set --max-grad-norm "
+        "and start the run again with --overwrite"
+    )
+
+
+def stop_reason(state: TrainState, s: LoopSettings) -> str:
     if s.max_steps and state.step >= s.max_steps:
         return "max_steps"
     if s.epochs and state.epoch >= s.epochs:
@@ -283,12 +304,7 @@ def train(
         if not math.isfinite(value):
             bar.close()
             where = last_checkpoint or "none (this run saved no checkpoint yet)"
-            # --resume keeps --lr and --max-grad-norm, so it would meet the same NaN
-            raise FloatingPointError(
-                f"training loss is {value} at step {state.step + 1}; the run stops. "
-                f"Last good checkpoint: {where}. Lower --lr or set --max-grad-norm "
-                "and start the run again with --overwrite"
-            )
+            raise non_finite_loss(value, state.step + 1, where)
         accelerator.backward(loss)
         return value
 
@@ -312,13 +328,13 @@ def train(
             _set_rng_states(rng)
             return forward_backward(batch)
 
-    compiled = s.compile and not _stop_reason(state, s)
+    compiled = s.compile and not stop_reason(state, s)
     if compiled:
         _compile(model)
     step = first_compiled_step if compiled else forward_backward
     try:
         with _compiling() if compiled else contextlib.nullcontext():
-            state.stopped = _stop_reason(state, s)
+            state.stopped = stop_reason(state, s)
             model.train()
             while not state.stopped:
                 loader.set_epoch(state.epoch)
@@ -334,9 +350,7 @@ def train(
                         accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    state.step += 1
-                    state.batch_in_epoch += 1
-                    state.record(value)
+                    state.stepped(value)
                     bar.update(1)
                     if state.step % s.log_every == 0:
                         bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
@@ -347,15 +361,14 @@ def train(
                     if validate is not None and s.eval_every and state.step % s.eval_every == 0:
                         accelerator.log(validate(), step=state.step)
                         model.train()
-                    state.stopped = _stop_reason(state, s)
+                    state.stopped = stop_reason(state, s)
                     if state.stopped:
                         break
                     if s.checkpoint_every and state.step % s.checkpoint_every == 0:
                         last_checkpoint = save()
                 else:  # the epoch ran out
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                    state.stopped = _stop_reason(state, s)
+                    state.next_epoch()
+                    state.stopped = stop_reason(state, s)
     finally:
         if compiled:
             _uncompile(model)

@@ -181,7 +181,6 @@ class _Cell:
             LoopSettings,
             TensorRows,
             TrainState,
-            _stop_reason,
             eval_loader,
             fast_activations,
             train_loader,
@@ -206,19 +205,18 @@ class _Cell:
         self.steps_per_epoch = len(self.loaders["train"])
         self.state = TrainState(window=config.converge_window)
         self.settings = LoopSettings.from_config(config)
-        self.state.stopped = _stop_reason(self.state, self.settings)
         self.run_dir.save_config(config)
         return self
 
     def finish(self, accelerator, trained, start: float, train_s: float, packed: int) -> dict:
-        """The cell's ``trained`` tensors (None: as built) into its model, evaluated as a
-        lone run evaluates; its row appended, its model saved where asked."""
+        """The cell's ``trained`` tensors into its model, evaluated as a lone run
+        evaluates; its row appended, its model saved where asked."""
         from probe.models.build import readout
         from probe.train.loop import evaluate
         from probe.train.run import _precision_ran, finish_run, run_row
 
         with torch.no_grad():
-            for n, t in (trained or {}).items():
+            for n, t in trained.items():
                 self.model.get_parameter(n).copy_(t)
         kind = self.data.label_kind
         metrics: dict[str, Any] = {"val_loss": None, "val_error": None, "val_samples": 0}
@@ -247,7 +245,7 @@ class _Cell:
     def next_batch(self) -> dict[str, torch.Tensor] | None:
         """The cell's next training batch in its lone run's order, or None once a stop
         rule holds at an epoch's end (``train``'s own bookkeeping)."""
-        from probe.train.loop import _stop_reason
+        from probe.train.loop import stop_reason
 
         while True:
             if self.batches is None:
@@ -257,9 +255,8 @@ class _Cell:
             if batch is not None:
                 return batch
             self.batches = None
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
-            self.state.stopped = _stop_reason(self.state, self.settings)
+            self.state.next_epoch()
+            self.state.stopped = stop_reason(self.state, self.settings)
             if self.state.stopped:
                 return None
 
@@ -364,13 +361,6 @@ def _stacked(name: str, tensors: list[torch.Tensor], table: str) -> torch.Tensor
     return torch.stack(tensors)
 
 
-def _diverged(value: float, step: int) -> FloatingPointError:
-    return FloatingPointError(
-        f"training loss is {value} at step {step}; the run stops. Last good checkpoint: none "
-        "(packed cells keep none). Lower --lr or set --max-grad-norm and start the run again"
-    )
-
-
 def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, Any]]:
     """Train ``configs`` (cells with one :func:`pack_key`) as one pack; yields
     ``(index into configs, row)`` as each cell finishes, or ``(index, exception)`` for a
@@ -419,17 +409,14 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
     step = _PackedStep(cells, accelerator)
     train_start = time.perf_counter()
 
-    def finish(cell: _Cell, index: int | None, error: BaseException | None = None):
+    def finish(cell: _Cell, index: int, error: BaseException | None = None):
         if error is not None:  # as a lone run's: no row, its folder keeps the config
             return cell.index, error
-        trained = None if index is None else step.stack.cell(index)
+        trained = step.stack.cell(index)
         row = cell.finish(accelerator, trained, start, time.perf_counter() - train_start, packed)
         return cell.index, row
 
-    live = [c for c in cells if not c.state.stopped]
-    for cell in cells:
-        if cell.state.stopped:  # a budget already spent (resume of a finished loop)
-            yield finish(cell, None)
+    live = cells  # a fresh loop state meets no stop rule before its first step
     while live:
         batches = [cell.next_batch() for cell in live]
         ended = [i for i, b in enumerate(batches) if b is None]  # a stop at an epoch's end
@@ -477,7 +464,7 @@ class _PackedStep:
     def __call__(self, live: list[_Cell], batches: list) -> dict[int, BaseException | None]:
         """Step every live cell on its batch; returns the cells that stopped: index ->
         None (a stop rule holds) or the error (a non-finite loss)."""
-        from probe.train.loop import _stop_reason
+        from probe.train.loop import non_finite_loss, stop_reason
 
         inputs = _stacked_inputs(batches, self.mode, self.base)
         # grad is a function transform: no_grad outside it only keeps autograd from
@@ -498,12 +485,10 @@ class _PackedStep:
         for i, (cell, value) in enumerate(zip(live, values, strict=True)):
             s = cell.state
             if not math.isfinite(value):
-                stopped[i] = _diverged(value, s.step + 1)
+                stopped[i] = non_finite_loss(value, s.step + 1, "none (packed cells keep none)")
                 continue
-            s.step += 1
-            s.batch_in_epoch += 1
-            s.record(value)
-            s.stopped = _stop_reason(s, cell.settings)
+            s.stepped(value)
+            s.stopped = stop_reason(s, cell.settings)
             if s.stopped:
                 stopped[i] = None
         return stopped
