@@ -408,6 +408,33 @@ def _code_version() -> str:
     return f"{__version__}+{rev}" if rev else __version__
 
 
+def code_tree(root: str | os.PathLike | None = None) -> str | None:
+    """The git tree hash of ``probe/`` as it is on disk now, uncommitted edits included
+    (None outside a git checkout): a row that records it proves its code, since
+    ``git rev-parse COMMIT:probe`` gives the same hash for a commit holding exactly that
+    code. Hashed through a throw-away index, so the checkout's own index is untouched.
+    ``root``: the checkout (default: the one this probe is imported from)."""
+    import subprocess
+    import tempfile
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+
+        def git(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, env=env, timeout=30
+            )
+
+        try:
+            if git("add", "-A", "--", "probe").returncode != 0:
+                return None
+            tree = git("write-tree", "--prefix=probe/")
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return tree.stdout.strip() or None if tree.returncode == 0 else None
+
+
 def uncommitted_code() -> list[str]:
     """Files under ``probe/`` with uncommitted changes in this checkout (empty outside a
     git checkout): rows made with them could not be reproduced from any commit."""
@@ -691,10 +718,14 @@ def select_cells(
     config: SweepConfig,
     shard: tuple[int, int] | None = None,
     variants: Sequence[str] | None = None,
+    ns: Sequence[int] | None = None,
 ) -> list[Cell]:
     """The grid's cells this run owns: only ``variants`` (names of the recipe's, in its
-    order) if given, then every N-th from i for ``shard`` (i, N)."""
+    order) and only sample sizes ``ns`` if given, then every N-th from i for ``shard``
+    (i, N)."""
     cells = config.cells()
+    if ns is not None:
+        cells = [c for c in cells if c.n in set(ns)]
     if variants:
         unknown = [v for v in variants if v not in config.variants]
         if unknown:
@@ -759,6 +790,50 @@ def pending_cells(
     return [c for c in mine if c.key not in done or (retry_failed and is_failed(done[c.key]))]
 
 
+def n_star_skips(config: SweepConfig, out: Path) -> dict[str, int]:
+    """``--until-n-star``: per variant whose n* is settled by the rows in ``out``, the
+    n that settled it (every larger n of that variant is skipped).
+
+    A variant is settled once the mean of its metric over the recipe's seeds (every seed
+    run and ``ok``) is at or below the recipe's threshold at two consecutive sample
+    sizes of the grid: n* is the first of them, and the second confirms it."""
+    import pandas as pd
+
+    from probe.experiments.report import metric_of
+
+    existing = sorted(out.glob("results*.jsonl")) if out.is_dir() else []
+    rows = [r for r in read_rows(existing) if r.get("recipe") == config.name]
+    if not rows:
+        return {}
+    metric = metric_of(pd.DataFrame(rows))
+    values: dict[tuple[str, int], dict[int, float]] = {}
+    for r in rows:
+        ok = not is_failed(r) and r.get(metric) is not None
+        values.setdefault((r["variant"], r["n"]), {})[r["seed"]] = r[metric] if ok else None
+    settled = {}
+    ns = sorted(config.n)
+    for v in config.variants:
+        below = []
+        for n in ns:
+            seen = values.get((v, n), {})
+            full = all(seen.get(s) is not None for s in config.seeds)
+            below.append(
+                full and sum(seen[s] for s in config.seeds) / len(config.seeds) <= config.threshold
+            )
+        for i in range(len(ns) - 1):
+            if below[i] and below[i + 1]:
+                settled[v] = ns[i + 1]
+                break
+    return settled
+
+
+def skipped_cells(
+    config: SweepConfig, mine: Sequence[Cell], settled: Mapping[str, int]
+) -> list[Cell]:
+    """The cells of ``mine`` that ``--until-n-star`` skips: larger n than settled them."""
+    return [c for c in mine if c.variant in settled and c.n > settled[c.variant]]
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | os.PathLike | None = None,
@@ -774,6 +849,7 @@ def run_sweep(
     progress: bool = True,
     variants: Sequence[str] | None = None,
     pack: int = 1,
+    ns: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the (shard of the) grid; returns the rows appended by this call (failed
     cells' rows included: ``status`` says which).
@@ -789,7 +865,7 @@ def run_sweep(
     checked and both folders checked before the first run; the results file is
     locked for the whole sweep. A failed cell's row counts as done on
     ``resume`` unless ``retry_failed`` (which implies ``resume``). ``variants`` runs
-    only those variants' cells (:func:`select_cells`). ``pack`` > 1 trains up to that
+    only those variants' cells, ``ns`` only those sample sizes (:func:`select_cells`). ``pack`` > 1 trains up to that
     many cells that differ only in their seed (or n, on regression tasks) as one vectorized step
     (:mod:`probe.train.pack`; checked for every cell before the first runs).
     """
@@ -810,7 +886,7 @@ def run_sweep(
             "--resume to run the chosen variants' missing cells"
         )
     cells = config.cells()
-    mine = select_cells(config, shard, variants)
+    mine = select_cells(config, shard, variants, ns)
     settings = {c.key: config.cell_settings(c) for c in mine}
     configs = cell_configs(config, mine, work_dir)
     hashes = cell_hashes(config, mine, configs)
@@ -819,6 +895,7 @@ def run_sweep(
 
         check_packable(list(configs.values()))
     code = _code_version()
+    tree = code_tree()
     kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
     check_folder(out, "--out")
     check_folder(work_dir, "--work-dir")
@@ -876,6 +953,7 @@ def run_sweep(
                     "grid_cells": len(cells),
                     "cell_hash": hashes[c.key],
                     "code": code,
+                    "code_tree": tree,
                     "status": status,
                 }
                 if status == OK:
@@ -960,6 +1038,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(decoder-only models without dropout, e.g. --model paper; default: 1, each alone)",
     )
     p.add_argument(
+        "--until-n-star",
+        action="store_true",
+        help="run n ascending, round by round, and skip a variant's larger n once its mean "
+        "over seeds is at or below the threshold at two consecutive n (n* settled); the "
+        "skipped cells are listed, and --resume skips them too",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="check every cell's configuration, print the cells and exit",
@@ -987,6 +1072,50 @@ def main(argv: list[str] | None = None) -> None:
             "the finished cells' rows are saved — run the same command with --resume "
             "(and fewer --jobs) to run the rest\n",
         )
+
+
+def _until_n_star(
+    args: argparse.Namespace,
+    config: SweepConfig,
+    shard: tuple[int, int] | None,
+    out: Path,
+    variants: Sequence[str] | None,
+) -> None:
+    """``probe sweep --until-n-star``: one :func:`run_sweep` per sample size, ascending,
+    over the variants whose n* the rows so far leave open; then the skipped cells."""
+    work_dir = args.work_dir if args.work_dir is not None else default_work_dir(args.recipe, config)
+    chosen = list(variants or config.variants)
+    run = failed = 0
+    for i, n in enumerate(sorted(config.n)):
+        settled = {} if i == 0 and args.overwrite else n_star_skips(config, out)
+        open_variants = [v for v in chosen if v not in settled or n <= settled[v]]
+        if not open_variants:
+            continue
+        rows = run_sweep(
+            config,
+            out,
+            shard=shard,
+            variants=open_variants,
+            ns=[n],
+            resume=args.resume or i > 0,
+            overwrite=args.overwrite and i == 0,
+            retry_failed=args.retry_failed,
+            work_dir=work_dir,
+            jobs=args.jobs,
+            allow_dirty=args.allow_dirty,
+            pack=args.pack,
+        )
+        run += len(rows)
+        failed += sum(is_failed(r) for r in rows)
+    mine = select_cells(config, shard, variants)
+    skipped = skipped_cells(config, mine, n_star_skips(config, out))
+    note = f", {failed} failed (--retry-failed runs them again)" if failed else ""
+    print(
+        f"sweep {config.name}: {run} cell(s) run{note} -> {results_path(out, shard)}; "
+        f"--until-n-star skipped {len(skipped)} cell(s) past a settled n*"
+    )
+    for c in skipped:
+        print(f"  skipped {c.variant:>12}  n={c.n:<6} seed={c.seed}")
 
 
 def default_out(recipe: str | os.PathLike, config: SweepConfig) -> Path:
@@ -1032,12 +1161,26 @@ def _main(args: argparse.Namespace) -> None:
             todo = pending_cells(
                 config, out, mine, hashes, resume=resume, retry_failed=args.retry_failed
             )
+        skipped = []
+        if args.until_n_star and not args.overwrite:
+            skipped = skipped_cells(config, todo, n_star_skips(config, out))
+            todo = [c for c in todo if c not in set(skipped)]
         grouped = (
             f" in {len(packs(todo, configs, pack))} packs of at most {pack}" if pack > 1 else ""
         )
         print(f"recipe {config.name}: {len(todo)} of {len(cells)} cells to run{grouped}")
         for c in todo:
             print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}")
+        if args.until_n_star:
+            print(
+                f"--until-n-star: {len(skipped)} cell(s) skipped now (n* settled)"
+                + (", more as rounds settle n*" if todo else "")
+            )
+            for c in skipped:
+                print(f"  skipped {c.variant:>12}  n={c.n:<6} seed={c.seed}")
+        return
+    if args.until_n_star:
+        _until_n_star(args, config, shard, out, variants)
         return
     rows = run_sweep(
         config,

@@ -666,3 +666,95 @@ def test_uncommitted_code_is_refused_before_any_cell_unless_allowed(tmp_path, mo
     # only probe/ counts: other files being written (results of another sweep) do not
     monkeypatch.setattr(sweep, "uncommitted_code", lambda: [])
     assert not sweep._code_version().endswith("-dirty")
+
+
+# -- --until-n-star ---------------------------------------------------------------------
+
+
+def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_it(
+    tmp_path, monkeypatch, capsys
+):
+    """kq's mean loss (fake_runner: 1/n + 0.01 seed) is below 0.2 from n 8 on, so n 8 and
+    16 settle it and n 32, 64 are skipped; none (+0.5) never settles and runs every n."""
+    import probe.experiments.sweep as sweep
+
+    recipe = write(
+        tmp_path / "r.yaml",
+        "task: aba_vs_abb\nn: [8, 16, 32, 64]\nseeds: [0, 1]\nthreshold: 0.2\n"
+        "variants: {none: {ab: none}, kq: {ab: kq}}\n"
+        "finetune: {n_layer: 1, n_embd: 16, n_head: 2}\n",
+    )
+    calls: list = []
+    real = sweep.run_sweep
+    monkeypatch.setattr(
+        sweep,
+        "run_sweep",
+        lambda *a, **k: real(*a, **{**k, "runner": fake_runner(calls), "progress": False}),
+    )
+    out = tmp_path / "out"
+    argv = [str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--until-n-star"]
+    sweep.main(argv)
+    text = capsys.readouterr().out
+    assert sorted(c for c in calls if c[0] == "kq") == [
+        ("kq", n, s) for n in (8, 16) for s in (0, 1)
+    ]
+    assert len([c for c in calls if c[0] == "none"]) == 8
+    assert "skipped 4 cell(s)" in text
+    assert "skipped           kq  n=64     seed=1" in text
+    rows = read_rows([out / "results.jsonl"])
+    assert len(rows) == 12
+    # the dry run and --resume see the settled n*: nothing left, the skipped cells listed
+    sweep.main([*argv, "--resume", "--dry-run"])
+    text = capsys.readouterr().out
+    assert "0 of 16 cells to run" in text and "4 cell(s) skipped" in text
+    calls.clear()
+    sweep.main([*argv, "--resume"])
+    assert calls == []
+    # without --until-n-star, --resume runs the skipped cells
+    sweep.main([str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--resume"])
+    assert sorted(calls) == [("kq", n, s) for n in (32, 64) for s in (0, 1)]
+
+
+def test_until_n_star_needs_every_seed_ok(tmp_path):
+    """A failed seed leaves n* open: its variant is not settled."""
+    import probe.experiments.sweep as sweep
+
+    cfg = config(n=[8, 16, 32], threshold=0.2)
+    bad = {("kq", 16, 1): FloatingPointError("nan")}
+    kw = dict(work_dir=tmp_path / "w", progress=False)
+    run_sweep(cfg, tmp_path, runner=raising_runner([], bad), **kw)
+    assert sweep.n_star_skips(cfg, tmp_path) == {}
+    run_sweep(cfg, tmp_path, retry_failed=True, runner=fake_runner([]), **kw)
+    assert sweep.n_star_skips(cfg, tmp_path) == {"kq": 16}
+
+
+def test_code_tree_is_the_commits_tree_when_clean_and_tracks_uncommitted_edits(tmp_path):
+    import subprocess
+
+    from probe.experiments.sweep import code_tree
+
+    def git(*a):
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", *a],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "a.py").write_text("x = 1\n")
+    (tmp_path / "other.txt").write_text("not code\n")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    committed = git("rev-parse", "HEAD:probe")
+    assert code_tree(tmp_path) == committed
+    (tmp_path / "other.txt").write_text("results elsewhere do not count\n")
+    assert code_tree(tmp_path) == committed
+    (tmp_path / "probe" / "a.py").write_text("x = 2\n")
+    edited = code_tree(tmp_path)
+    assert edited not in (None, committed)
+    assert git("diff", "--cached", "--name-only") == ""  # the checkout's index untouched
+    git("commit", "-qam", "d")
+    assert git("rev-parse", "HEAD:probe") == edited
+    assert code_tree(tmp_path / "nowhere") is None
