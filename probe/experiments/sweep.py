@@ -151,16 +151,25 @@ class SweepConfig:
         ]
 
     def cell_settings(self, cell: Cell) -> dict[str, Any]:
-        """The FinetuneConfig keyword arguments of one cell (without where it is stored)."""
+        """The FinetuneConfig keyword arguments of one cell (without where it is stored):
+        the recipe's shared ``finetune`` settings, then the variant's; ``task_params`` and
+        ``model_overrides`` merge key by key (a variant's ``{readout: cls}`` keeps a shared
+        ``{init: gpt2}``)."""
         overrides = dict(self.variants[cell.variant])
         params = {
             **self.finetune.get("task_params", {}),
             **self.task_params,
             **overrides.pop("task_params", {}),
         }
+        model_overrides = {
+            **self.finetune.get("model_overrides", {}),
+            **overrides.pop("model_overrides", {}),
+        }
         settings = {"task": self.task, **self.finetune, **overrides}
         if params:
             settings["task_params"] = params
+        if model_overrides:
+            settings["model_overrides"] = model_overrides
         settings["n_train"] = cell.n
         settings["seed"] = cell.seed
         return settings

@@ -176,6 +176,17 @@ def test_cell_settings_apply_shared_then_variant_overrides():
     )
 
 
+def test_model_overrides_merge_key_by_key_shared_then_variant():
+    cfg = config(
+        finetune={"n_layer": 1, "n_embd": 16, "n_head": 2, "model_overrides": {"init": "gpt2"}},
+        variants={"none": {}, "b": {"model_overrides": {"readout": "cls", "init": "torch"}}},
+    )
+    cells = {c.variant: c for c in cfg.cells() if (c.n, c.seed) == (8, 0)}
+    assert cfg.cell_settings(cells["none"])["model_overrides"] == {"init": "gpt2"}
+    assert cfg.cell_settings(cells["b"])["model_overrides"] == {"readout": "cls", "init": "torch"}
+    assert "model_overrides" not in config().cell_settings(config().cells()[0])
+
+
 # -- running, resume, overwrite ----------------------------------------------------------
 
 
