@@ -43,6 +43,9 @@ def test_mismatch_both_ways_bounds_and_the_paper_upper_bound():
     assert ps.mismatch("aba_vs_abb", "kq", 128, False) == (4.0, ">4")  # a lower bound
     assert ps.mismatch("copy", "cls_vo_w64", 8, True) == (1.0, "1")  # paper: <= 16
     assert ps.mismatch("copy", "cls_vo_w64", 64, True) == (4.0, "4")
+    # reached at the smallest n run, below the paper's: it may lie lower still
+    assert ps.mismatch("majority_k", "len2_kq,vo", 64, True, smallest=64) == (2.0, ">=2")
+    assert ps.mismatch("majority_k", "len2_kq,vo", 64, True, smallest=32) == (2.0, "2")
 
 
 def test_settings_ranked_by_worst_row_and_incomplete_settings_left_out(tmp_path):
@@ -82,7 +85,10 @@ def test_settings_ranked_by_worst_row_and_incomplete_settings_left_out(tmp_path)
     )
     rows = ps.row_table(tmp_path)
     settings = ps.setting_table(rows)
-    assert list(zip(settings["ab_lr"], settings["init"])) == [(0.01, "gpt2"), (0.1, "torch")]
+    assert list(zip(settings["ab_lr"], settings["init"], strict=True)) == [
+        (0.01, "gpt2"),
+        (0.1, "torch"),
+    ]
     assert list(settings["worst factor"]) == [">2", "4"]
     assert list(settings["worst row"]) == ["same_different kq", "aba_vs_abb kq"]
     ps.main([str(tmp_path)])
