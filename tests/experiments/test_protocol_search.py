@@ -99,3 +99,36 @@ def test_settings_ranked_by_worst_row_and_incomplete_settings_left_out(tmp_path)
 def test_an_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit):
         ps.main([str(tmp_path)])
+
+
+def test_a_bound_ranks_above_an_exact_factor_of_its_size(tmp_path):
+    """">4" (not reached by n = 128) may be 8 or more: the setting whose worst row is
+    an exact 4 ranks first, though its geometric mean is the worse one."""
+    aba = tmp_path / "aba"
+    aba.mkdir()
+    lo, hi = 0.01, 1.0
+    rows_for(
+        aba,
+        "aba_vs_abb",
+        "regression",
+        {
+            ("kq_ab0.01_gpt2", 16): hi,  # n* 128: exactly 4
+            ("kq_ab0.01_gpt2", 64): hi,
+            ("kq_ab0.01_gpt2", 128): lo,
+            ("kq,vo_ab0.01_gpt2", 16): hi,  # n* 128: 2
+            ("kq,vo_ab0.01_gpt2", 64): hi,
+            ("kq,vo_ab0.01_gpt2", 128): lo,
+            ("kq_ab0.1_torch", 16): hi,  # not reached by 128: > 4
+            ("kq_ab0.1_torch", 64): hi,
+            ("kq_ab0.1_torch", 128): hi,
+            ("kq,vo_ab0.1_torch", 16): hi,  # n* 64: 1
+            ("kq,vo_ab0.1_torch", 64): lo,
+            ("kq,vo_ab0.1_torch", 128): lo,
+        },
+    )
+    settings = ps.setting_table(ps.row_table(tmp_path))
+    assert list(zip(settings["ab_lr"], settings["worst factor"], strict=True)) == [
+        (0.01, "4"),
+        (0.1, ">4"),
+    ]
+    assert settings["geometric mean"].iloc[0] > settings["geometric mean"].iloc[1]
