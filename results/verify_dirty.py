@@ -87,9 +87,9 @@ if cfg is None:
     how = "row config" + (f" ({how})" if how else "")
 h = S.settings_hash({**dataclasses.asdict(cfg), "model": model})
 res = dict(finetune(cfg))
-out = {k: res.get(k) for k in %r}
+out = {k: res.get(k) for k in @METRICS@}
 print("@@RESULT@@" + json.dumps({"how": how, "cell_hash": h, "metrics": out, "wall_s": res.get("wall_s")}))
-""" % (METRICS,)
+""".replace("@METRICS@", repr(METRICS))
 
 
 def commit_of(code: str) -> str:
@@ -128,7 +128,8 @@ def worktree(commit: str) -> Path:
     if not path.exists():
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
     return path
 
@@ -138,22 +139,43 @@ def rerun(folder: str, row: dict) -> dict:
     tree = worktree(commit)
     work = tempfile.mkdtemp(prefix="verify-cell-")
     args = {
-        "tree": str(tree), "variant": row["variant"], "n": row["n"], "seed": row["seed"],
-        "recipe": row["recipe"], "recipe_path": str(recipe_path(tree, folder, row["recipe"])),
-        "work": work, "config": row["config"], "model": row.get("model"),
+        "tree": str(tree),
+        "variant": row["variant"],
+        "n": row["n"],
+        "seed": row["seed"],
+        "recipe": row["recipe"],
+        "recipe_path": str(recipe_path(tree, folder, row["recipe"])),
+        "work": work,
+        "config": row["config"],
+        "model": row.get("model"),
     }
-    env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=tree, env=env,
-                       capture_output=True, text=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(tree),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(args)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     shutil.rmtree(work, ignore_errors=True)
-    line = [l for l in p.stdout.splitlines() if l.startswith("@@RESULT@@")]
+    line = [x for x in p.stdout.splitlines() if x.startswith("@@RESULT@@")]
     if p.returncode or not line:
         return {"error": (p.stderr or p.stdout)[-2000:]}
     got = json.loads(line[-1].removeprefix("@@RESULT@@"))
     same = {k: got["metrics"][k] == row.get(k) for k in METRICS if k in row}
-    return {**got, "hash_ok": got["cell_hash"] == row.get("cell_hash"), "same": same,
-            "identical": all(same.values())}
+    return {
+        **got,
+        "hash_ok": got["cell_hash"] == row.get("cell_hash"),
+        "same": same,
+        "identical": all(same.values()),
+    }
 
 
 def fmt(x) -> str:
@@ -175,7 +197,11 @@ def main() -> None:
     todo = [(k, len(rs), cheapest(rs)) for k, rs in groups(rows).items()]
     if not a.no_control:
         for folder, variant, n, seed in CONTROLS:
-            r = next(r for f, r in rows if f == folder and (r["variant"], r["n"], r["seed"]) == (variant, n, seed))
+            r = next(
+                r
+                for f, r in rows
+                if f == folder and (r["variant"], r["n"], r["seed"]) == (variant, n, seed)
+            )
             todo.append(((folder, r["code"], variant), 0, r))
     if a.only:
         todo = [t for t in todo if t[0][0].startswith(a.only)]
@@ -183,43 +209,68 @@ def main() -> None:
         todo = [t for t in todo if not t[0][0].startswith(a.skip)]
     if a.control_only:
         todo = [t for t in todo if t[1] == 0]
-    print(f"{len(todo)} cells, ≈ {sum(r.get('wall_s') or 0 for *_, r in todo) / 60:.1f} min recorded",
-          file=sys.stderr)
-    print("| folder | code | variant | rows | cell rerun (n, seed) | committed test_loss / test_error "
-          "| rerun test_loss / test_error | settings hash | identical? |")
+    print(
+        f"{len(todo)} cells, ≈ {sum(r.get('wall_s') or 0 for *_, r in todo) / 60:.1f} min recorded",
+        file=sys.stderr,
+    )
+    print(
+        "| folder | code | variant | rows | cell rerun (n, seed) | committed test_loss / test_error "
+        "| rerun test_loss / test_error | settings hash | identical? |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     used = set()
     try:
         for (folder, code, variant), count, r in todo:
             cell = f"n {r['n']}, seed {r['seed']}"
             if a.dry_run:
-                print(f"| {folder} | {code} | {variant} | {count or 'control'} | {cell} "
-                      f"({r.get('wall_s')} s) | | | | |")
+                print(
+                    f"| {folder} | {code} | {variant} | {count or 'control'} | {cell} "
+                    f"({r.get('wall_s')} s) | | | | |"
+                )
                 continue
             used.add(commit_of(code))
             res = rerun(folder, r)
             if a.json:
                 with open(a.json, "a") as fh:
-                    fh.write(json.dumps({"folder": folder, "code": code, "variant": variant,
-                                         "rows": count, "n": r["n"], "seed": r["seed"],
-                                         "committed": {k: r.get(k) for k in METRICS}, **res}) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {
+                                "folder": folder,
+                                "code": code,
+                                "variant": variant,
+                                "rows": count,
+                                "n": r["n"],
+                                "seed": r["seed"],
+                                "committed": {k: r.get(k) for k in METRICS},
+                                **res,
+                            }
+                        )
+                        + "\n"
+                    )
             if "error" in res:
-                print(f"| {folder} | {code} | {variant} | {count or 'control'} | {cell} | "
-                      f"{fmt(r['test_loss'])} / {fmt(r.get('test_error'))} | error | | no |")
+                print(
+                    f"| {folder} | {code} | {variant} | {count or 'control'} | {cell} | "
+                    f"{fmt(r['test_loss'])} / {fmt(r.get('test_error'))} | error | | no |"
+                )
                 print(res["error"], file=sys.stderr)
                 continue
             m = res["metrics"]
             diff = [k for k, ok in res["same"].items() if not ok]
             verdict = "**yes**" if res["identical"] else f"**no** ({', '.join(diff)} differ)"
-            print(f"| {folder} | `{code}` | `{variant}` | {count or 'control (clean)'} | {cell} | "
-                  f"{fmt(r['test_loss'])} / {fmt(r.get('test_error'))} | "
-                  f"{fmt(m['test_loss'])} / {fmt(m.get('test_error'))} | "
-                  f"{'same' if res['hash_ok'] else 'differs'} ({res['how']}) | {verdict} |", flush=True)
+            print(
+                f"| {folder} | `{code}` | `{variant}` | {count or 'control (clean)'} | {cell} | "
+                f"{fmt(r['test_loss'])} / {fmt(r.get('test_error'))} | "
+                f"{fmt(m['test_loss'])} / {fmt(m.get('test_error'))} | "
+                f"{'same' if res['hash_ok'] else 'differs'} ({res['how']}) | {verdict} |",
+                flush=True,
+            )
     finally:
         if not a.keep_worktrees:
             for c in used:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                                f"/tmp/verify-{c}"], capture_output=True)
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", f"/tmp/verify-{c}"],
+                    capture_output=True,
+                )
 
 
 if __name__ == "__main__":
