@@ -39,14 +39,19 @@ class MissingExtra(ProbeError, ModuleNotFoundError):
     """An optional dependency is not installed; the message says how to install it."""
 
 
+class InUse(ProbeError, FileExistsError):
+    """A folder or file another live probe process holds (its lock); names the holder."""
+
+
 class Preempted(BaseException):
     """A run (or sweep) stopped at a step boundary on a signal, its checkpoint saved.
 
     A ``BaseException`` (like ``KeyboardInterrupt``), so the per-cell ``except
     Exception`` of a sweep never records it as a failed cell. ``signal`` is the
     signal's name, ``step`` the step the run stopped after and ``checkpoint``
-    the folder saved (None for a run that keeps no checkpoints, or a sweep);
-    ``command`` (set by the entry point) the command that continues.
+    the folder saved (None for a run that keeps no checkpoints, or a sweep),
+    ``detail`` what else was kept; ``command`` (set by the entry point) the command
+    that continues.
     """
 
     def __init__(
@@ -54,14 +59,20 @@ class Preempted(BaseException):
         signal: str,
         step: int | None = None,
         checkpoint: os.PathLike | str | None = None,
-        what: str = "the run",
+        detail: str = "",
     ):
         super().__init__(signal, step, checkpoint)
-        self.signal, self.step, self.checkpoint, self.what = signal, step, checkpoint, what
+        self.signal, self.step, self.checkpoint, self.detail = signal, step, checkpoint, detail
         self.command: str | None = None
+
+    def with_command(self, command: str) -> Preempted:
+        self.command = command
+        return self
 
     def __str__(self) -> str:
         text = f"stopped by {self.signal}"
+        if self.detail:
+            text += f" ({self.detail})"
         if self.step is not None:
             text += f" after step {self.step}"
         if self.checkpoint is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.errors import one_line_errors
 from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
 from probe.jsonl import read_rows
 from probe.push import check_push, upload
@@ -510,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors("probe report"):
         if args.push_to_hub is not None:  # before any work: the push can happen
             check_push(args.push_to_hub, "--push-to-hub")
             hub_files(args.results)
@@ -526,8 +527,6 @@ def main(argv: list[str] | None = None) -> None:
         print("wrote " + ", ".join(str(p) for p in written.values()))
         if args.push_to_hub is not None:
             print(f"pushed to {push_report(args.results, written, args.push_to_hub)}")
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as e:
-        parser.exit(2, f"probe report: error: {e}\n")
 
 
 if __name__ == "__main__":

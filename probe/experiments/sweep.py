@@ -58,11 +58,17 @@ them as done unless ``--retry-failed``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
+import shlex
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -71,6 +77,8 @@ from typing import Any
 
 import yaml
 
+from probe import preempt
+from probe.errors import EXIT_PREEMPTED, InUse, Preempted, one_line_errors
 from probe.jsonl import append_row, json_default, read_rows
 from probe.tasks.templates import did_you_mean
 
@@ -480,6 +488,9 @@ def check_folder(folder: Path, flag: str) -> None:
 
 # A row's ``status``: "ok" (also a row without one), or why the cell has no metrics.
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+# A cell whose folder another live process holds (a worker of a killed sweep that is
+# still saving): no row, so the next --resume runs it.
+BUSY = "busy"
 
 
 def is_failed(row: Mapping[str, Any]) -> bool:
@@ -498,23 +509,71 @@ def run_cell(runner: Callable[[Any], Mapping[str, Any]], config: Any) -> tuple[s
     never stops a sweep. In a worker process this is what crosses back."""
     try:
         return OK, dict(runner(config))
+    except InUse as e:
+        return BUSY, _one_line(e)
     except FloatingPointError as e:
         return DIVERGED, _one_line(e)
     except Exception as e:  # any per-cell error: data, a model that cannot be built, ...
         return FAILED, _one_line(e)
 
 
-def _worker_init() -> None:
-    """A ``--jobs`` worker: one torch thread (N workers share the cores), and Ctrl-C
-    left to the parent, which stops the workers itself."""
-    import signal
-
+def _worker_init(sweep_pid: int) -> None:
+    """A ``--jobs`` worker: one torch thread (N workers share the cores), Ctrl-C left to
+    the parent, which stops the workers itself; SIGTERM / SIGUSR1 (forwarded by the
+    parent) stop its cell at the next step with a checkpoint (:mod:`probe.preempt`),
+    and so does the death of the sweep (a killed sweep leaves no orphan running a cell
+    and holding its lock)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    preempt.install()
+    _watch_sweep(sweep_pid)
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
+
+
+_busy = threading.Event()  # a worker is running a cell or pack
+
+
+def _worker_call(fn: Callable[..., Any], *args: Any) -> Any:
+    """A call in a worker process, marked busy while it runs."""
+    _busy.set()
+    try:
+        return fn(*args)
+    finally:
+        _busy.clear()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return not sys.platform.startswith("linux")  # no /proc entry on Linux: gone
+
+
+def _watch_sweep(sweep_pid: int, every: float = 1.0) -> None:
+    """A thread of the worker: once the sweep process is gone (SIGKILL, out of memory),
+    SIGTERM this worker, so its cell stops at its next step with a checkpoint, then
+    exit once the cell has ended (nobody is left to hand it another)."""
+
+    def watch() -> None:
+        while _alive(sweep_pid):
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)
+        while _busy.is_set():
+            time.sleep(0.1)
+        os._exit(EXIT_PREEMPTED)
+
+    threading.Thread(target=watch, name="probe-watch-sweep", daemon=True).start()
 
 
 # What a worker imports before its first cell: loaded once in the fork server.
@@ -574,6 +633,7 @@ def _results(
         return
     if jobs == 1 or len(todo) <= 1:
         for c in todo:
+            _check_preempted()
             starting(c)
             yield (c, *run_cell(runner, configs[c.key]))
         return
@@ -588,22 +648,47 @@ def _in_workers(jobs: int, calls: list[tuple]) -> Iterable[tuple[Any, Any]]:
     the workers; the calls they were running return nothing."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    _check_preempted()
     pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(calls)), mp_context=_worker_context(), initializer=_worker_init
+        max_workers=min(jobs, len(calls)),
+        mp_context=_worker_context(),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
     )
+
+    def forward(signum: int) -> None:  # a preempting signal: the workers stop their cells
+        for w in list((pool._processes or {}).values()):
+            with contextlib.suppress(OSError):
+                os.kill(w.pid, signum)
+
+    stopped = None
     try:
-        futures = {pool.submit(fn, *args): tag for tag, fn, *args in calls}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        with preempt.forwarding(forward):
+            futures = {pool.submit(_worker_call, fn, *args): tag for tag, fn, *args in calls}
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except Preempted as e:  # its checkpoint is saved; the others finish theirs
+                    stopped = stopped or e
+                    continue
+                yield futures[future], result
+        if stopped is not None:
+            raise stopped
     except BaseException:
         workers = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for w in workers:
-            w.terminate()
+            w.kill()  # SIGTERM would only ask it to stop at its next step
         for w in workers:
             w.join(timeout=10)
         raise
     pool.shutdown()
+
+
+def _check_preempted() -> None:
+    """Before a cell or pack starts: a preempting signal stops the sweep here."""
+    if (name := preempt.requested()) is not None:
+        raise Preempted(name)
 
 
 def packs(todo: Sequence[Cell], configs: Mapping[tuple, Any], pack: int) -> list[list[Cell]]:
@@ -622,6 +707,7 @@ def run_pack(runner: Callable[[Any], Mapping[str, Any]], configs: Sequence[Any])
     """Run one pack to its end: ``(index, status, row or error)`` per cell, as
     :func:`run_cell` gives them (a pack that fails as a whole fails every cell of it).
     In a worker process this is what crosses back."""
+    _check_preempted()
     return list(_pack_statuses(runner, configs))
 
 
@@ -663,6 +749,7 @@ def _packed_results(
     groups = packs(todo, configs, pack)
     if jobs == 1 or len(groups) <= 1:
         for group in groups:
+            _check_preempted()
             starting(group[0])
             for i, status, result in _pack_statuses(runner, [configs[c.key] for c in group]):
                 yield group[i], status, result
@@ -849,6 +936,7 @@ def run_sweep(
 
         rows = []
         failed = 0
+        busy: list[str] = []
         # one bar: cells done / total, elapsed, remaining, failures (and the running
         # cell, with one job)
         bar = tqdm(total=len(todo), desc=f"sweep {config.name}", unit="cell", disable=not progress)
@@ -862,6 +950,10 @@ def run_sweep(
         with bar:
             show()
             for c, status, result in _results(runner, todo, configs, jobs, show, pack):
+                if status == BUSY:  # no row: the next --resume runs it
+                    busy.append(result)
+                    bar.update()
+                    continue
                 row = {
                     "recipe": config.name,
                     "variant": c.variant,
@@ -894,6 +986,12 @@ def run_sweep(
                 rows.append(row)
                 show()
                 bar.update()
+    if busy:
+        raise InUse(
+            f"{len(busy)} cell(s) were not run and have no row: their folders are held by "
+            f"another probe process ({busy[0]}); once it ends, run the same command with "
+            "--resume to run them"
+        )
     return rows
 
 
@@ -968,25 +1066,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``probe sweep``: a user error is one line (exit 2); SIGTERM or SIGUSR1 stops the
+    running cells at their next step with a checkpoint (forwarded to ``--jobs``
+    workers, then waited for), keeps every finished cell's row, prints the command
+    that continues and exits 75 (``probe.errors.EXIT_PREEMPTED``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        _main(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
-        parser.exit(2, f"probe sweep: error: {e}\n")
-    except KeyboardInterrupt:
-        parser.exit(
-            130,
-            "probe sweep: interrupted; the finished cells' rows are saved — run the same "
-            "command with --resume to run the rest\n",
-        )
-    except BrokenProcessPool:
-        parser.exit(
-            1,
-            "probe sweep: error: a --jobs worker process died (killed, or out of memory?); "
-            "the finished cells' rows are saved — run the same command with --resume "
-            "(and fewer --jobs) to run the rest\n",
-        )
+    with one_line_errors("probe sweep"):
+        try:
+            with preempt.handled(interrupt=False):
+                _main(args)
+        except Preempted as stopped:
+            resumed = [a for a in argv if a != "--overwrite"]
+            resumed += [] if {"--resume", "--retry-failed"} & set(argv) else ["--resume"]
+            raise Preempted(
+                stopped.signal,
+                detail="the finished cells' rows are saved, the running ones checkpointed",
+            ).with_command(shlex.join(["probe", "sweep", *resumed])) from None
+        except KeyboardInterrupt:
+            parser.exit(
+                130,
+                "probe sweep: interrupted; the finished cells' rows are saved — run the same "
+                "command with --resume to run the rest\n",
+            )
+        except BrokenProcessPool:
+            parser.exit(
+                1,
+                "probe sweep: error: a --jobs worker process died (killed, or out of memory?); "
+                "the finished cells' rows are saved — run the same command with --resume "
+                "(and fewer --jobs) to run the rest\n",
+            )
 
 
 def default_out(recipe: str | os.PathLike, config: SweepConfig) -> Path:

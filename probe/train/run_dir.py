@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from probe.errors import ProbeError
+from probe.errors import InUse, ProbeError
 from probe.jsonl import append_row, read_rows
 from probe.train.config import RESUMABLE, FinetuneConfig, fields_with
 
@@ -301,7 +301,7 @@ def file_lock(lock_file: Path, what: str, advice: str) -> Iterator[None]:
 
 def _flock_or_refuse(fd: int, pid_file: Path, what: str, advice: str) -> bool:
     """Take an exclusive non-blocking ``flock`` on ``fd``; if another process holds
-    it, raise ``FileExistsError`` naming the pid found in ``pid_file``. False where
+    it, raise :class:`probe.errors.InUse` (a ``FileExistsError``) naming the pid found in ``pid_file``. False where
     the platform has no ``flock`` (no lock)."""
     try:
         import fcntl
@@ -314,7 +314,7 @@ def _flock_or_refuse(fd: int, pid_file: Path, what: str, advice: str) -> bool:
             holder = pid_file.read_text().strip() or "unknown"
         except OSError:
             holder = "unknown"
-        raise FileExistsError(
+        raise InUse(
             f"{what} is in use by another probe process (pid {holder}); wait for it to "
             f"finish, or {advice}"
         ) from None

@@ -666,3 +666,117 @@ def test_uncommitted_code_is_refused_before_any_cell_unless_allowed(tmp_path, mo
     # only probe/ counts: other files being written (results of another sweep) do not
     monkeypatch.setattr(sweep, "uncommitted_code", lambda: [])
     assert not sweep._code_version().endswith("-dirty")
+
+
+# -- preemption --------------------------------------------------------------------------
+
+PREEMPTED = """
+import os, sys, time
+from pathlib import Path
+from probe import preempt
+from probe.errors import Preempted, one_line_errors
+from probe.experiments.sweep import SweepConfig, run_sweep
+
+def runner(cfg):
+    # a run that checks for a preempting signal after each of its steps, like finetune
+    folder = Path(cfg.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = 20000 if (cfg.ab, cfg.n_train) == ("kq", 16) else 1
+    for step in range(1, steps + 1):
+        time.sleep(0.01)
+        if preempt.requested():
+            (folder / "stopped").write_text(f"{preempt.requested()} {step} {os.getpid()}")
+            raise Preempted(preempt.requested(), step, folder / f"step-{step}")
+    return {"test_loss": 1.0 / cfg.n_train, "test_error": 0.0, "steps": steps, "pid": os.getpid()}
+
+if __name__ == "__main__":
+    cfg = SweepConfig.from_dict({
+        "name": "mini", "task": "aba_vs_abb", "n": [8, 16], "seeds": [0, 1],
+        "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+        "finetune": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    })
+    with one_line_errors("probe sweep"), preempt.handled(interrupt=False):
+        run_sweep(cfg, sys.argv[1], work_dir=sys.argv[2], jobs=2, runner=runner, progress=False)
+"""
+
+
+def _start_preempted_sweep(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = write(tmp_path / "preempted.py", PREEMPTED)
+    out, work = tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(work)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    path = results_path(out, None)
+    deadline = time.monotonic() + 240
+    while not (path.exists() and len(read_rows(path)) == 6):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not get going"
+        time.sleep(0.2)
+    time.sleep(1)  # the two long cells are stepping
+    return proc, out, work, path
+
+
+@pytest.mark.parametrize("name", ["SIGTERM"])  # SIGUSR1: tests/test_preempt.py
+def test_a_preempted_sweep_forwards_the_signal_waits_and_exits_75(tmp_path, name):
+    import signal
+
+    proc, out, work, path = _start_preempted_sweep(tmp_path)
+    proc.send_signal(getattr(signal, name))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    (line,) = [x for x in err.strip().splitlines() if x]
+    assert line.startswith(f"probe sweep: stopped by {name}")
+    rows = read_rows(path)
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)  # no failed rows
+    stopped = sorted(work.glob("*/*/stopped"))
+    assert len(stopped) == 2 and all(p.read_text().startswith(name) for p in stopped)
+    workers = {int(p.read_text().split()[2]) for p in stopped}
+    assert not [p for p in workers if _alive(p)]
+    calls: list = []
+    again = run_sweep(config(), out, resume=True, runner=fake_runner(calls), work_dir=work)
+    assert sorted(calls) == [("kq", 16, 0), ("kq", 16, 1)] and len(again) == 2
+
+
+def test_the_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
+    import signal
+    import time
+
+    proc, out, work, path = _start_preempted_sweep(tmp_path)
+    proc.send_signal(signal.SIGKILL)  # no chance to forward anything
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while len(list(work.glob("*/*/stopped"))) < 2:
+        assert time.monotonic() < deadline, "an orphaned worker kept running"
+        time.sleep(0.2)
+    workers = {int(p.read_text().split()[2]) for p in work.glob("*/*/stopped")}
+    time.sleep(1)
+    assert not [p for p in workers if _alive(p)], "an orphaned worker outlived its sweep"
+
+
+def test_a_cell_held_by_a_live_process_gets_no_row_and_resume_runs_it(tmp_path):
+    from probe.errors import InUse
+
+    held = ("kq", 16, 1)
+    calls: list = []
+    fake = fake_runner(calls)
+
+    def runner(cfg):
+        if (cfg.ab, cfg.n_train, cfg.seed) == held:
+            raise InUse(f"--output-dir {cfg.output_dir!r} is in use by another probe process")
+        return fake(cfg)
+
+    kw = dict(work_dir=tmp_path / "w", progress=False)
+    with pytest.raises(InUse, match=r"1 cell\(s\) were not run.*--resume"):
+        run_sweep(config(), tmp_path, runner=runner, **kw)
+    rows = read_rows(results_path(tmp_path, None))
+    assert len(rows) == 7 and not any(r["status"] != "ok" for r in rows)
+    again = run_sweep(config(), tmp_path, resume=True, runner=fake_runner(calls), **kw)
+    assert [(r["variant"], r["n"], r["seed"]) for r in again] == [held]
