@@ -78,9 +78,9 @@ from typing import Any
 import yaml
 
 from probe import preempt
-from probe.errors import EXIT_PREEMPTED, InUse, Preempted, one_line_errors
+from probe.errors import EXIT_PREEMPTED, InUse, Preempted, ProbeError, one_line_errors
 from probe.jsonl import append_row, json_default, read_rows
-from probe.tasks.templates import did_you_mean
+from probe.tasks.templates import MAX_SAMPLES, did_you_mean
 
 # n* = the smallest n whose mean metric is at most this (the paper's threshold);
 # the default of a recipe's `threshold:` and of `probe report --threshold`.
@@ -282,6 +282,11 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
     includes = d.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ProbeError(
+            f"recipe {str(path)!r}: include: {includes!r} must be a file name or a list of "
+            "them, relative to the recipe, e.g. include: base.yaml"
+        )
     merged: dict[str, Any] = {}
     for inc in includes:
         merged = _merge(merged, load_recipe(path.parent / inc, (*_seen, path)))
@@ -319,6 +324,10 @@ def _check_overrides(where: str, overrides: Any, known: Iterable[str]) -> None:
         raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {accepted}")
 
 
+# A variant name is a folder name under --work-dir: nothing that leaves it.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.,+=-]*")
+
+
 def _check_config(cfg: SweepConfig) -> None:
     if not isinstance(cfg.name, str) or not cfg.name or "/" in cfg.name:
         raise ValueError(f"recipe name {cfg.name!r} must be a non-empty string without '/'")
@@ -327,6 +336,11 @@ def _check_config(cfg: SweepConfig) -> None:
     ns = cfg.n if isinstance(cfg.n, list) else [cfg.n]
     if not ns or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in ns):
         raise ValueError(f"n={cfg.n!r} must be a list of positive integers, e.g. [16, 64, 256]")
+    if too_big := [x for x in ns if x > MAX_SAMPLES]:
+        raise ProbeError(
+            f"n={cfg.n!r}: {too_big[0]} is more samples than one split can hold (at most "
+            f"{MAX_SAMPLES}); list smaller sample sizes"
+        )
     if len(set(ns)) != len(ns):
         raise ValueError(f"n={cfg.n!r} repeats a value; list each sample size once")
     cfg.n = ns
@@ -341,7 +355,34 @@ def _check_config(cfg: SweepConfig) -> None:
             f"variants={cfg.variants!r} must map labels to overrides, e.g. "
             f"{{none: {{ab: none}}, kq: {{ab: kq}}}}"
         )
+    for label, overrides in cfg.variants.items():
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ProbeError(
+                f"variant {label!r}: {overrides!r} must be a mapping of settings to values, "
+                f"e.g. {label}: {{ab: kq}}"
+            )
     cfg.variants = {str(k): dict(v or {}) for k, v in cfg.variants.items()}
+    folders: dict[str, str] = {}
+    for label in cfg.variants:
+        if not _SAFE_NAME.fullmatch(label) or len(label) > 100:
+            raise ProbeError(
+                f"variant name {label!r} is not a safe folder name: use letters, digits and "
+                "_ . , + = - (not first: . , = -), at most 100 characters, e.g. kq_rot"
+            )
+        folder = Cell(label, 0, 0).dirname().split("/")[0]
+        if folder in folders:
+            raise ProbeError(
+                f"variants {folders[folder]!r} and {label!r} would share the folder "
+                f"{folder!r} (a comma is written +); rename one of them"
+            )
+        folders[folder] = label
+    if cfg.description is None:
+        cfg.description = ""
+    if not isinstance(cfg.description, str):
+        raise ProbeError(
+            f"description={cfg.description!r} must be one line of text; quote it if it "
+            "holds commas or brackets"
+        )
     if not isinstance(cfg.task_params, Mapping):
         raise ValueError(f"task_params={cfg.task_params!r} must be a mapping, e.g. {{k: 5}}")
     if cfg.baseline is not None and cfg.baseline not in cfg.variants:
@@ -909,6 +950,11 @@ def run_sweep(
     kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
     check_folder(out, "--out")
     check_folder(work_dir, "--work-dir")
+    if path.exists() and not path.is_file():
+        raise ProbeError(
+            f"--out {str(out)!r}: {str(path)!r} is not a file (a folder?); move it away or "
+            "pass another --out"
+        )
 
     lock = file_lock(
         out / f".{path.name}.lock",

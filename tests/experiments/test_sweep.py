@@ -125,6 +125,13 @@ def test_push_to_hub_in_a_recipe_is_refused_with_what_to_push_instead():
         ({"variants": {}}, "must map labels"),
         ({"baseline": "plain"}, "baseline 'plain' is not a variant"),
         ({"threshold": 0}, "positive number"),
+        # issue 21: refused at load, not halfway through a sweep or silently
+        ({"n": [16, 99999999999999999999]}, "99999999999999999999 is more samples than"),
+        ({"variants": {"kq": ["ab", "kq"]}}, "variant 'kq': .* must be a mapping"),
+        ({"variants": {"../../escaped": {}}}, "'../../escaped' is not a safe folder name"),
+        ({"variants": {"a/b": {}}}, "not a safe folder name"),
+        ({"variants": {"kq,vo": {}, "kq+vo": {}}, "baseline": None}, r"share the folder 'kq\+vo'"),
+        ({"description": ["a", "b"]}, r"description=\['a', 'b'\] must be one line of text"),
     ],
 )
 def test_bad_values_are_refused(over, match):
@@ -321,6 +328,28 @@ def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
     assert (
         "probe sweep: error: variant 'none' has unknown key(s) ['abb']" in capsys.readouterr().err
     )
+
+
+def test_cli_refuses_bad_includes_descriptions_and_results_folders_in_one_line(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    def one_line_error(argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    recipe = "task: copy\nn: [4]\nvariants: {none: {}}\nfinetune: {n_layer: 1}\n"
+    bad = write(tmp_path / "inc.yaml", "include: [1, 2]\n" + recipe)
+    assert "include: [1, 2] must be a file name" in one_line_error([str(bad), "--dry-run"])
+    bad = write(tmp_path / "desc.yaml", "description: [a, b]\n" + recipe)
+    assert "must be one line of text" in one_line_error([str(bad), "--dry-run"])
+    good = write(tmp_path / "good.yaml", recipe)
+    out = tmp_path / "out"
+    (out / "results.jsonl").mkdir(parents=True)  # a folder where the results file goes
+    err = one_line_error([str(good), "--out", str(out), "--work-dir", str(tmp_path / "w")])
+    assert "results.jsonl' is not a file" in err
 
 
 # -- one bad cell never stops a sweep ------------------------------------------------------
