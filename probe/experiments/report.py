@@ -56,7 +56,7 @@ def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     cell keys (e.g. a bare finetune results.jsonl) are refused, naming the file.
     """
     files = _files(paths)
-    rows = read_rows(files)
+    rows = read_rows(files, required=CELL_KEYS)
     if not rows:
         raise ValueError(f"no rows in {[str(f) for f in files]}; run `probe sweep` first")
     df = pd.DataFrame(rows)

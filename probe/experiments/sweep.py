@@ -849,6 +849,10 @@ def cell_hashes(
     }
 
 
+# The fields every sweep row holds: what names its cell.
+CELL_FIELDS = ("recipe", "variant", "n", "seed")
+
+
 def pending_cells(
     config: SweepConfig,
     out: Path,
@@ -866,7 +870,7 @@ def pending_cells(
     """
     existing = sorted(out.glob("results*.jsonl")) if out.is_dir() else []
     done: dict[tuple, dict] = {}
-    for row in read_rows(existing):
+    for row in read_rows(existing, required=CELL_FIELDS):
         if row.get("recipe") == config.name:
             done[(row["variant"], row["n"], row["seed"])] = row
     mine_done = [c for c in mine if c.key in done]

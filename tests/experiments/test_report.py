@@ -91,7 +91,7 @@ def test_merge_keeps_the_last_row_of_a_cell_and_refuses_foreign_rows(tmp_path):
     assert df[(df.variant == "none") & (df.n == 16) & (df.seed == 0)]["test_loss"].item() == 0.5
     assert len(load_results([a, b])) == len(SYNTH)
     bare = rows_file(tmp_path / "bare.jsonl", [{"test_loss": 0.1}])
-    with pytest.raises(ValueError, match="lack the sweep keys"):
+    with pytest.raises(ValueError, match=r"bare.jsonl:1: the row has no 'recipe'"):
         load_results([bare])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_results([tmp_path / "nope.jsonl"])

@@ -352,6 +352,23 @@ def test_cli_refuses_bad_includes_descriptions_and_results_folders_in_one_line(t
     assert "results.jsonl' is not a file" in err
 
 
+def test_a_row_missing_a_field_names_the_file_line_and_field(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    recipe = write(tmp_path / "mini.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text(
+        '{"recipe": "mini", "variant": "none", "n": 4, "seed": 0}\n'
+        '{"recipe": "mini", "n": 4, "seed": 1}\n'
+    )
+    with pytest.raises(SystemExit) as e:
+        main([str(recipe), "--out", str(out), "--resume", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "results.jsonl:2: the row has no 'variant'" in err
+
+
 # -- one bad cell never stops a sweep ------------------------------------------------------
 
 
