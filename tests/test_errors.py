@@ -155,3 +155,17 @@ def test_an_invalid_run_config_names_the_file(tmp_path):
 def test_finished_rows_survive(tmp_path):
     finetune(tiny(tmp_path, max_steps=2))
     assert len(read_rows(Path(tmp_path / "run" / "results.jsonl"))) == 1
+
+
+def test_resume_of_a_finished_run_whose_model_save_was_cut_short_saves_it_again(tmp_path):
+    import probe
+
+    first = finetune(tiny(tmp_path, max_steps=2, save_model=True))
+    model = tmp_path / "run" / "model"
+    (model / "results.jsonl").unlink()  # a kill during the save: weights, no card nor row
+    (model / "README.md").unlink()
+    again = finetune(tiny(tmp_path, max_steps=2, save_model=True, resume=True))
+    assert again == first
+    assert (model / "results.jsonl").is_file() and (model / "README.md").is_file()
+    assert len(read_rows(tmp_path / "run" / "results.jsonl")) == 1  # no second row
+    probe.load_injected(model)

@@ -181,6 +181,7 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
     recent: deque = field(default_factory=deque)  # the last ``window`` training losses
     stopped: str = ""  # why training ended: max_steps, epochs or converged
+    compile_error: str = ""  # --compile fell back to eager: why (not checkpointed)
 
     def record(self, loss: float) -> None:
         self.recent.append(loss)
@@ -323,6 +324,7 @@ def train(
         except Exception as err:  # dynamo / inductor failures come in many classes
             _uncompile(model)
             reason = (str(err).strip().splitlines() or [""])[0][:200]
+            state.compile_error = f"{type(err).__name__}: {reason}"
             warnings.warn(
                 f"torch.compile failed ({type(err).__name__}: {reason}); training without it",
                 RuntimeWarning,

@@ -97,7 +97,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                 )
             config = dataclasses.replace(config, resume=False)
         if config.resume and (row := run_dir.finished_row(config)) is not None:
-            row = _already_finished(row, run_dir, config)
+            if config.save_model and not _model_complete(run_dir):
+                # killed while saving the model: saved again from the final checkpoint
+                row = _launch(config, task, run_dir, finished=row)
+            else:
+                row = _already_finished(row, run_dir, config)
         else:
             row = _launch(config, task, run_dir)
         if config.push_to_hub is not None and _launch_main_process():
@@ -105,7 +109,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         return row
 
 
-def _launch(config: FinetuneConfig, task, run_dir: RunDir) -> dict[str, Any]:
+def _launch(
+    config: FinetuneConfig, task, run_dir: RunDir, finished: dict | None = None
+) -> dict[str, Any]:
     """Create the accelerator, run, and always tear down trackers and process group."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -127,15 +133,23 @@ def _launch(config: FinetuneConfig, task, run_dir: RunDir) -> dict[str, Any]:
     atexit.unregister(_destroy_process_group)  # once, however many runs
     atexit.register(_destroy_process_group)
     try:
-        return _run(accelerator, config, task, run_dir, start)
+        return _run(accelerator, config, task, run_dir, start, finished)
     finally:  # also after a failed run: trackers closed, no process group left behind
         accelerator.end_training()
         _destroy_process_group()
 
 
-def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: float) -> dict:
+def _run(
+    accelerator,
+    config: FinetuneConfig,
+    task,
+    run_dir: RunDir,
+    start: float,
+    finished: dict | None = None,
+) -> dict:
     """The steps of a run once the accelerator exists: folder, data, model, optimizer,
-    loop, evaluation, results row."""
+    loop, evaluation, results row. ``finished``: the row of a finished run whose
+    ``model/`` is incomplete: its final checkpoint is loaded and saved as the model."""
     from accelerate.utils import set_seed
 
     from probe.models.build import readout
@@ -184,6 +198,13 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
     state = TrainState(window=config.converge_window)
     accelerator.register_for_checkpointing(state)
     loaded = _load_checkpoint(accelerator, run_dir) if config.resume else None
+    if finished is not None:
+        if accelerator.is_main_process:
+            if config.progress:
+                print(f"{run_dir.model_dir}: incomplete; saving it again", flush=True)
+            _save_model(run_dir, accelerator.unwrap_model(model), data.tokenizer, finished)
+        accelerator.wait_for_everyone()
+        return finished
 
     def save() -> Path | None:
         """Checkpoint step-N: every process writes its part into a hidden folder, which
@@ -241,6 +262,9 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         steps_timed=state.step - first_step,
         processes=accelerator.num_processes,
         mixed_precision=_precision_ran(accelerator),
+        # what ran: --compile may have fallen back to eager (config.compile stays true)
+        **({"compiled": not state.compile_error} if config.compile else {}),
+        **({"compile_error": state.compile_error} if state.compile_error else {}),
     )
     if accelerator.is_main_process:
         finish_run(run_dir, config, row, unwrapped, data.tokenizer)
@@ -329,11 +353,22 @@ def finish_run(run_dir: RunDir, config: FinetuneConfig, row: dict, model, tokeni
     the model saved (``save_model``: weights, tokenizer, card, row), the summary line."""
     run_dir.append_result(row)
     if config.save_model:
-        model.save_pretrained(run_dir.model_dir)
-        tokenizer.save_pretrained(run_dir.model_dir)
-        _describe_model(run_dir, row)
+        _save_model(run_dir, model, tokenizer, row)
     if config.progress:
         print(_summary(row), flush=True)
+
+
+def _save_model(run_dir: RunDir, model, tokenizer, row: dict) -> None:
+    """``OUTPUT_DIR/model``: weights, tokenizer, then the card and the row (last: their
+    presence says the folder is complete)."""
+    model.save_pretrained(run_dir.model_dir)
+    tokenizer.save_pretrained(run_dir.model_dir)
+    _describe_model(run_dir, row)
+
+
+def _model_complete(run_dir: RunDir) -> bool:
+    """Whether ``model/`` holds a whole save: its row is written last."""
+    return (run_dir.model_dir / RESULTS_FILE).is_file()
 
 
 # -- the output folder --------------------------------------------------------------
