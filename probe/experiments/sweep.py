@@ -69,7 +69,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,6 +401,68 @@ def _check_config(cfg: SweepConfig) -> None:
 
 
 # -- results files -----------------------------------------------------------------
+
+
+FOLDER_LOCK = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def results_folder_lock(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
+    """The results folder's lock, beside each results file's own: a sweep of the whole
+    grid (which may delete or merge every file with ``--overwrite``) holds it alone;
+    shards share it, but only shards of one N (shards of another N, or a whole sweep,
+    would run the same cells into other files). A refusal names a holder's pid."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    held: list[int] = []
+
+    def take(name: str, mode: int, what: str) -> None:
+        fd = os.open(out / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InUse(
+                f"--out {str(out)!r} is in use by {what} (pid {holder}); wait for it to "
+                "finish, or pass another --out"
+            ) from None
+        held.append(fd)
+        if mode == fcntl.LOCK_EX or not os.fstat(fd).st_size:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    try:
+        if shard is None:
+            take(FOLDER_LOCK, fcntl.LOCK_EX, "another sweep or shard")
+        else:
+            take(FOLDER_LOCK, fcntl.LOCK_SH, "a sweep of the whole grid")
+            n = shard[1]
+            take(f".shards-of-{n}.lock", fcntl.LOCK_SH, "shards")
+            for other in out.glob(".shards-of-*.lock"):
+                if other.name == f".shards-of-{n}.lock":
+                    continue
+                fd = os.open(other, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    raise InUse(
+                        f"--out {str(out)!r} is in use by shards of another count "
+                        f"({other.name[len('.shards-of-') : -len('.lock')]}, pid {holder}); "
+                        f"--shard i/{n} would run their cells again; use their count, or "
+                        "pass another --out"
+                    ) from None
+                finally:
+                    os.close(fd)  # free: released at once
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -965,7 +1027,7 @@ def run_sweep(
         f"results file {str(path)!r}",
         "pass another --out (to split one grid over processes, use --jobs or --shard)",
     )
-    with lock:
+    with lock, results_folder_lock(out, shard):
         if overwrite:
             for p in out.glob("results*.jsonl"):
                 if p == path or shard is None:

@@ -8,6 +8,7 @@ through the real finetune.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -687,13 +688,15 @@ def test_the_lock_names_another_process_and_dies_with_it(tmp_path):
         kw = dict(runner=fake_runner(calls), work_dir=work, progress=False)
         with pytest.raises(FileExistsError, match=f"results file .*\\(pid {proc.pid}\\)"):
             run_sweep(config(), out, resume=True, **kw)
-        run_sweep(config(), out, shard=(1, 2), **kw)  # a shard's own file is free
-        assert calls
+        # a shard's own file is free, but its cells are the running sweep's (issue 21)
+        with pytest.raises(FileExistsError, match=f"whole grid \\(pid {proc.pid}\\)"):
+            run_sweep(config(), out, shard=(1, 2), **kw)
+        assert not calls
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     rows = run_sweep(config(), out, resume=True, **kw)  # the kernel released the lock
-    assert len(rows) == 4
+    assert len(rows) == 8  # the refused shard ran nothing
 
 
 @pytest.mark.dirty_tree
@@ -712,6 +715,25 @@ def test_uncommitted_code_is_refused_before_any_cell_unless_allowed(tmp_path, mo
     # only probe/ counts: other files being written (results of another sweep) do not
     monkeypatch.setattr(sweep, "uncommitted_code", lambda: [])
     assert not sweep._code_version().endswith("-dirty")
+
+
+def test_one_lock_per_results_folder_covers_shards_and_overwrite(tmp_path):
+    from probe.errors import InUse
+    from probe.experiments.sweep import results_folder_lock
+
+    calls: list = []
+    kw = dict(runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
+    out = tmp_path / "out"
+    with results_folder_lock(out, (0, 2)):  # shard 0/2 running
+        run_sweep(config(), out, shard=(1, 2), **kw)  # shards of one N share the folder
+        for other in [dict(), dict(overwrite=True), dict(shard=(0, 3))]:
+            with pytest.raises(InUse, match=f"in use by .*pid {os.getpid()}"):
+                run_sweep(config(), out, **other, **kw)
+    assert (out / "results-shard-1-of-2.jsonl").exists()  # not deleted by --overwrite
+    with results_folder_lock(out, None):  # a whole sweep (or --overwrite) running
+        with pytest.raises(InUse, match="a sweep of the whole grid"):
+            run_sweep(config(), out, shard=(0, 2), **kw)
+    run_sweep(config(), out, shard=(0, 3), resume=True, **kw)  # free again
 
 
 # -- preemption --------------------------------------------------------------------------
