@@ -833,9 +833,10 @@ def _pack_statuses(
             else:
                 yield i, OK, dict(result)
     except Exception as e:  # the pack as a whole: every cell without a result fails
+        status = BUSY if isinstance(e, InUse) else FAILED  # a held folder: no row
         for i in range(len(configs)):
             if i not in given:
-                yield i, FAILED, _one_line(e)
+                yield i, status, _one_line(e)
 
 
 def _packed_results(

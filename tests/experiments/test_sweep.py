@@ -848,3 +848,26 @@ def test_a_cell_held_by_a_live_process_gets_no_row_and_resume_runs_it(tmp_path):
     assert len(rows) == 7 and not any(r["status"] != "ok" for r in rows)
     again = run_sweep(config(), tmp_path, resume=True, runner=fake_runner(calls), **kw)
     assert [(r["variant"], r["n"], r["seed"]) for r in again] == [held]
+
+
+def test_a_pack_with_a_cell_folder_held_elsewhere_gets_no_failed_rows(tmp_path):
+    from probe.experiments.sweep import BUSY, run_pack
+    from probe.train.config import FinetuneConfig
+    from probe.train.run_dir import folder_lock
+
+    cfgs = [
+        FinetuneConfig(
+            model="paper",
+            task="aba_vs_abb",
+            n_train=8,
+            max_steps=1,
+            seed=s,
+            checkpoints=False,
+            progress=False,
+            output_dir=str(tmp_path / f"c{s}"),
+        )
+        for s in (0, 1)
+    ]
+    with folder_lock(tmp_path / "c1", "--output-dir"):
+        statuses = run_pack(None, cfgs)
+    assert [status for _, status, _ in statuses] == [BUSY, BUSY]
