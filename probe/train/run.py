@@ -97,7 +97,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                 )
             config = dataclasses.replace(config, resume=False)
         if config.resume and (row := run_dir.finished_row(config)) is not None:
-            if config.save_model and not _model_complete(run_dir):
+            if config.save_model and run_dir.model_dir.is_dir() and not _model_complete(run_dir):
                 # killed while saving the model: saved again from the final checkpoint
                 row = _launch(config, task, run_dir, finished=row)
             else:
