@@ -68,9 +68,13 @@ def append_row(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
         os.close(fd)
 
 
-def read_rows(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+def read_rows(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], required: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """The rows of one results file or several; a broken line is skipped with a warning
-    that names the file and the line (once per process)."""
+    that names the file and the line (once per process). A row lacking one of the
+    ``required`` fields is refused (``ProbeError``) naming the file, line and field."""
+    required = tuple(required)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     rows = []
@@ -85,6 +89,13 @@ def read_rows(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[di
                 except json.JSONDecodeError:
                     row = None
                 if isinstance(row, dict):
+                    if missing := [k for k in required if row.get(k) is None]:
+                        from probe.errors import ProbeError
+
+                        raise ProbeError(
+                            f"{p}:{number}: the row has no {missing[0]!r} (a results row "
+                            f"needs {', '.join(required)}); fix or remove that line"
+                        )
                     rows.append(row)
                     continue
                 if (str(p), number) not in _WARNED:

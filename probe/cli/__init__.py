@@ -9,11 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-# Errors that mean "the input was wrong": shown as one line, not a traceback
-# (set PROBE_DEBUG=1 to see the traceback anyway).
-USER_ERRORS = (ValueError, KeyError, FileExistsError, FileNotFoundError, ConnectionError)
-USER_ERRORS += (PermissionError,)  # a folder that cannot be written
-USER_ERRORS += (ModuleNotFoundError,)  # an optional extra not installed (the error says which)
+from probe.errors import one_line_errors
 
 
 def _cmd_tasks(args: argparse.Namespace) -> None:
@@ -272,14 +268,10 @@ def main(argv: list[str] | None = None) -> None:
         args.rest = argv[argv.index(args.command) + 1 :]
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
+    # a user error (probe.errors.USER_ERRORS) is one line, exit 2; anything else is a
+    # bug and keeps its traceback
+    with one_line_errors(f"probe {args.command}"):
         args.func(args)
-    except USER_ERRORS as error:
-        if os.environ.get("PROBE_DEBUG"):
-            raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"probe {args.command}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from probe.data.render import SPLITS, dataset_tokenizer, task_info
 from probe.data.tokenizer import SymbolTokenizer, load_tokenizer_by_name
+from probe.errors import ProbeError
 from probe.locate import hub_download_hint, hub_offline, hub_unreachable, looks_like_path
 from probe.push import check_push, upload
 
@@ -394,11 +395,35 @@ def load_dataset(
             raise ValueError(f"{local} has no config {config!r}; its configs: {', '.join(configs)}")
         if config is None and len(configs) > 1:
             raise ValueError(f"{local} holds several configs; pick one of {', '.join(configs)}")
-        return _restore(datasets.load_dataset(str(local), config), str(local))
+        _check_split_files(local, config)
+        # read as the folder is now: the datasets cache keys local files by path and
+        # mtime, so a file rewritten with its old mtime (cp -p, rsync) came back stale
+        dsd = datasets.load_dataset(
+            str(local), config, download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD
+        )
+        return _restore(dsd, str(local))
     name = str(path_or_hub_id)
     if looks_like_path(name):
         raise FileNotFoundError(f"no folder {name}; pass a folder written by probe.save_dataset")
     return _load_from_hub(name, config)
+
+
+def _check_split_files(local: Path, config: str | None) -> None:
+    """Every split the card lists for ``config`` has its files (a missing one is named
+    here, not in a datasets error about inferring the format)."""
+    meta, _ = _read_card(local)
+    for entry in meta.get("configs", []) or []:
+        name = entry.get("config_name", "default")
+        if config is not None and name != config:
+            continue
+        for split in entry.get("data_files", []) or []:
+            pattern = split.get("path") if isinstance(split, dict) else None
+            if isinstance(pattern, str) and not list(local.glob(pattern)):
+                raise ProbeError(
+                    f"{local}: split {split.get('split')!r} of config {name!r} has no file "
+                    f"({pattern} matches nothing); restore it, or render the config again "
+                    "with --overwrite"
+                )
 
 
 def _unreachable(hub_id: str, why: str) -> ConnectionError:

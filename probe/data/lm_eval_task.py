@@ -53,11 +53,14 @@ MAX_ANSWER_TOKENS = 16  # generate_until's budget for one symbol (several BPE to
 
 
 def require_lm_eval() -> None:
-    """Raise ``ModuleNotFoundError`` saying how to install lm-eval when it is missing."""
+    """Raise :class:`probe.errors.MissingExtra` (a ``ModuleNotFoundError``) saying how to
+    install lm-eval when it is missing."""
+    from probe.errors import MissingExtra
+
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        raise ModuleNotFoundError(
+        raise MissingExtra(
             f"lm-evaluation-harness is not installed; install it with `{INSTALL_HINT}` "
             f"(or `pip install 'lm-eval>=0.4.13,<0.5'`)"
         ) from None

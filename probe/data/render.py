@@ -46,7 +46,7 @@ from probe.data.tokenizer import (
     symbol_range,
     tokenizer_name,
 )
-from probe.tasks.templates import TemplateTask, check_count
+from probe.tasks.templates import MAX_SAMPLES, TemplateTask, check_count
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # render's argument naming each split's alphabet
@@ -166,9 +166,9 @@ def render(
     """
     task, spec = resolve_task(task)
     sizes = {
-        "train": check_count(n_train, "n_train", low=1),
-        "validation": check_count(n_val, "n_val"),
-        "test": check_count(n_test, "n_test"),
+        "train": check_count(n_train, "n_train", low=1, high=MAX_SAMPLES),
+        "validation": check_count(n_val, "n_val", high=MAX_SAMPLES),
+        "test": check_count(n_test, "n_test", high=MAX_SAMPLES),
     }
     seed = check_count(seed, "seed")
     need = _need(task)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.errors import one_line_errors
 from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
 from probe.jsonl import read_rows
 from probe.push import check_push, upload
@@ -55,7 +56,7 @@ def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     cell keys (e.g. a bare finetune results.jsonl) are refused, naming the file.
     """
     files = _files(paths)
-    rows = read_rows(files)
+    rows = read_rows(files, required=CELL_KEYS)
     if not rows:
         raise ValueError(f"no rows in {[str(f) for f in files]}; run `probe sweep` first")
     df = pd.DataFrame(rows)
@@ -107,10 +108,16 @@ def n_star(
     baseline: str | None = "none",
     rows: pd.DataFrame | None = None,
     metric: str | None = None,
+    failed: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per (recipe, variant): n*, whether it was reached, the ratio to ``baseline``
     and, given the per-seed ``rows`` and their ``metric``, ``seeds_ok`` (``"2/3"``:
     the seeds at n* that individually reach the threshold).
+
+    ``failed`` (the rows of failed cells) counts in ``seeds_ok`` (a failed seed is
+    one that did not reach the threshold: ``"1/2"``), and an n below n* whose seeds
+    all failed was never measured, so n* is only bounded there: ``n_star_text``
+    ``"<=32"`` and ``unmeasured`` lists those n.
 
     ``curve`` is the frame :func:`curves` returns; variants keep its order. The
     numeric ``ratio`` is NaN unless both n* were reached; ``ratio_text`` bounds it
@@ -131,10 +138,19 @@ def n_star(
             "best_mean": float(g["mean"].min()),
             "seeds": int(g["count"].max()),
         }
+        lost = pd.DataFrame(columns=["n"])
+        if failed is not None and not failed.empty:
+            lost = failed[(failed["recipe"] == recipe) & (failed["variant"] == variant)]
+        if reached:
+            below = sorted({int(x) for x in lost["n"] if x < n and x not in set(g["n"])})
+            r["unmeasured"] = below
+            if below:
+                r["n_star_text"] = f"<={n}"
         if rows is not None and metric is not None:
             at = rows[(rows["recipe"] == recipe) & (rows["variant"] == variant) & (rows["n"] == n)]
             values = at[metric].dropna()
-            r["seeds_ok"] = f"{int((values <= threshold).sum())}/{len(values)}"
+            seeds = len(values) + int((lost["n"] == n).sum())
+            r["seeds_ok"] = f"{int((values <= threshold).sum())}/{seeds}"
         out.append(r)
     table = pd.DataFrame(out)
     table["ratio"] = float("nan")
@@ -348,7 +364,7 @@ def write_report(
         baseline = "none"
     out.mkdir(parents=True, exist_ok=True)
     curve = curves(df, metric)
-    table = n_star(curve, threshold, baseline, df, metric)
+    table = n_star(curve, threshold, baseline, df, metric, failed=failed_rows)
     written = {"curves.csv": out / "curves.csv", "n_star.csv": out / "n_star.csv"}
     curve.to_csv(written["curves.csv"], index=False)
     table.drop(columns=["n_star_text", "ratio_text"]).to_csv(written["n_star.csv"], index=False)
@@ -510,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors("probe report"):
         if args.push_to_hub is not None:  # before any work: the push can happen
             check_push(args.push_to_hub, "--push-to-hub")
             hub_files(args.results)
@@ -526,8 +542,6 @@ def main(argv: list[str] | None = None) -> None:
         print("wrote " + ", ".join(str(p) for p in written.values()))
         if args.push_to_hub is not None:
             print(f"pushed to {push_report(args.results, written, args.push_to_hub)}")
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as e:
-        parser.exit(2, f"probe report: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -58,12 +58,18 @@ them as done unless ``--retry-failed``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +77,10 @@ from typing import Any
 
 import yaml
 
+from probe import preempt
+from probe.errors import EXIT_PREEMPTED, InUse, Preempted, ProbeError, one_line_errors
 from probe.jsonl import append_row, json_default, read_rows
-from probe.tasks.templates import did_you_mean
+from probe.tasks.templates import MAX_SAMPLES, did_you_mean
 
 # n* = the smallest n whose mean metric is at most this (the paper's threshold);
 # the default of a recipe's `threshold:` and of `probe report --threshold`.
@@ -283,6 +291,11 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
     includes = d.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ProbeError(
+            f"recipe {str(path)!r}: include: {includes!r} must be a file name or a list of "
+            "them, relative to the recipe, e.g. include: base.yaml"
+        )
     merged: dict[str, Any] = {}
     for inc in includes:
         merged = _merge(merged, load_recipe(path.parent / inc, (*_seen, path)))
@@ -320,6 +333,10 @@ def _check_overrides(where: str, overrides: Any, known: Iterable[str]) -> None:
         raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {accepted}")
 
 
+# A variant name is a folder name under --work-dir: nothing that leaves it.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.,+=-]*")
+
+
 def _check_config(cfg: SweepConfig) -> None:
     if not isinstance(cfg.name, str) or not cfg.name or "/" in cfg.name:
         raise ValueError(f"recipe name {cfg.name!r} must be a non-empty string without '/'")
@@ -328,6 +345,11 @@ def _check_config(cfg: SweepConfig) -> None:
     ns = cfg.n if isinstance(cfg.n, list) else [cfg.n]
     if not ns or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in ns):
         raise ValueError(f"n={cfg.n!r} must be a list of positive integers, e.g. [16, 64, 256]")
+    if too_big := [x for x in ns if x > MAX_SAMPLES]:
+        raise ProbeError(
+            f"n={cfg.n!r}: {too_big[0]} is more samples than one split can hold (at most "
+            f"{MAX_SAMPLES}); list smaller sample sizes"
+        )
     if len(set(ns)) != len(ns):
         raise ValueError(f"n={cfg.n!r} repeats a value; list each sample size once")
     cfg.n = ns
@@ -342,7 +364,34 @@ def _check_config(cfg: SweepConfig) -> None:
             f"variants={cfg.variants!r} must map labels to overrides, e.g. "
             f"{{none: {{ab: none}}, kq: {{ab: kq}}}}"
         )
+    for label, overrides in cfg.variants.items():
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ProbeError(
+                f"variant {label!r}: {overrides!r} must be a mapping of settings to values, "
+                f"e.g. {label}: {{ab: kq}}"
+            )
     cfg.variants = {str(k): dict(v or {}) for k, v in cfg.variants.items()}
+    folders: dict[str, str] = {}
+    for label in cfg.variants:
+        if not _SAFE_NAME.fullmatch(label) or len(label) > 100:
+            raise ProbeError(
+                f"variant name {label!r} is not a safe folder name: use letters, digits and "
+                "_ . , + = - (not first: . , = -), at most 100 characters, e.g. kq_rot"
+            )
+        folder = Cell(label, 0, 0).dirname().split("/")[0]
+        if folder in folders:
+            raise ProbeError(
+                f"variants {folders[folder]!r} and {label!r} would share the folder "
+                f"{folder!r} (a comma is written +); rename one of them"
+            )
+        folders[folder] = label
+    if cfg.description is None:
+        cfg.description = ""
+    if not isinstance(cfg.description, str):
+        raise ProbeError(
+            f"description={cfg.description!r} must be one line of text; quote it if it "
+            "holds commas or brackets"
+        )
     if not isinstance(cfg.task_params, Mapping):
         raise ValueError(f"task_params={cfg.task_params!r} must be a mapping, e.g. {{k: 5}}")
     if cfg.baseline is not None and cfg.baseline not in cfg.variants:
@@ -361,6 +410,68 @@ def _check_config(cfg: SweepConfig) -> None:
 
 
 # -- results files -----------------------------------------------------------------
+
+
+FOLDER_LOCK = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def results_folder_lock(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
+    """The results folder's lock, beside each results file's own: a sweep of the whole
+    grid (which may delete or merge every file with ``--overwrite``) holds it alone;
+    shards share it, but only shards of one N (shards of another N, or a whole sweep,
+    would run the same cells into other files). A refusal names a holder's pid."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    held: list[int] = []
+
+    def take(name: str, mode: int, what: str) -> None:
+        fd = os.open(out / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InUse(
+                f"--out {str(out)!r} is in use by {what} (pid {holder}); wait for it to "
+                "finish, or pass another --out"
+            ) from None
+        held.append(fd)
+        if mode == fcntl.LOCK_EX or not os.fstat(fd).st_size:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    try:
+        if shard is None:
+            take(FOLDER_LOCK, fcntl.LOCK_EX, "another sweep or shard")
+        else:
+            take(FOLDER_LOCK, fcntl.LOCK_SH, "a sweep of the whole grid")
+            n = shard[1]
+            take(f".shards-of-{n}.lock", fcntl.LOCK_SH, "shards")
+            for other in out.glob(".shards-of-*.lock"):
+                if other.name == f".shards-of-{n}.lock":
+                    continue
+                fd = os.open(other, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    raise InUse(
+                        f"--out {str(out)!r} is in use by shards of another count "
+                        f"({other.name[len('.shards-of-') : -len('.lock')]}, pid {holder}); "
+                        f"--shard i/{n} would run their cells again; use their count, or "
+                        "pass another --out"
+                    ) from None
+                finally:
+                    os.close(fd)  # free: released at once
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -516,6 +627,9 @@ def check_folder(folder: Path, flag: str) -> None:
 
 # A row's ``status``: "ok" (also a row without one), or why the cell has no metrics.
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+# A cell whose folder another live process holds (a worker of a killed sweep that is
+# still saving): no row, so the next --resume runs it.
+BUSY = "busy"
 
 
 def is_failed(row: Mapping[str, Any]) -> bool:
@@ -534,23 +648,71 @@ def run_cell(runner: Callable[[Any], Mapping[str, Any]], config: Any) -> tuple[s
     never stops a sweep. In a worker process this is what crosses back."""
     try:
         return OK, dict(runner(config))
+    except InUse as e:
+        return BUSY, _one_line(e)
     except FloatingPointError as e:
         return DIVERGED, _one_line(e)
     except Exception as e:  # any per-cell error: data, a model that cannot be built, ...
         return FAILED, _one_line(e)
 
 
-def _worker_init() -> None:
-    """A ``--jobs`` worker: one torch thread (N workers share the cores), and Ctrl-C
-    left to the parent, which stops the workers itself."""
-    import signal
-
+def _worker_init(sweep_pid: int) -> None:
+    """A ``--jobs`` worker: one torch thread (N workers share the cores), Ctrl-C left to
+    the parent, which stops the workers itself; SIGTERM / SIGUSR1 (forwarded by the
+    parent) stop its cell at the next step with a checkpoint (:mod:`probe.preempt`),
+    and so does the death of the sweep (a killed sweep leaves no orphan running a cell
+    and holding its lock)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    preempt.install()
+    _watch_sweep(sweep_pid)
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
+
+
+_busy = threading.Event()  # a worker is running a cell or pack
+
+
+def _worker_call(fn: Callable[..., Any], *args: Any) -> Any:
+    """A call in a worker process, marked busy while it runs."""
+    _busy.set()
+    try:
+        return fn(*args)
+    finally:
+        _busy.clear()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return not sys.platform.startswith("linux")  # no /proc entry on Linux: gone
+
+
+def _watch_sweep(sweep_pid: int, every: float = 1.0) -> None:
+    """A thread of the worker: once the sweep process is gone (SIGKILL, out of memory),
+    SIGTERM this worker, so its cell stops at its next step with a checkpoint, then
+    exit once the cell has ended (nobody is left to hand it another)."""
+
+    def watch() -> None:
+        while _alive(sweep_pid):
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)
+        while _busy.is_set():
+            time.sleep(0.1)
+        os._exit(EXIT_PREEMPTED)
+
+    threading.Thread(target=watch, name="probe-watch-sweep", daemon=True).start()
 
 
 # What a worker imports before its first cell: loaded once in the fork server.
@@ -610,6 +772,7 @@ def _results(
         return
     if jobs == 1 or len(todo) <= 1:
         for c in todo:
+            _check_preempted()
             starting(c)
             yield (c, *run_cell(runner, configs[c.key]))
         return
@@ -624,22 +787,47 @@ def _in_workers(jobs: int, calls: list[tuple]) -> Iterable[tuple[Any, Any]]:
     the workers; the calls they were running return nothing."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    _check_preempted()
     pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(calls)), mp_context=_worker_context(), initializer=_worker_init
+        max_workers=min(jobs, len(calls)),
+        mp_context=_worker_context(),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
     )
+
+    def forward(signum: int) -> None:  # a preempting signal: the workers stop their cells
+        for w in list((pool._processes or {}).values()):
+            with contextlib.suppress(OSError):
+                os.kill(w.pid, signum)
+
+    stopped = None
     try:
-        futures = {pool.submit(fn, *args): tag for tag, fn, *args in calls}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        with preempt.forwarding(forward):
+            futures = {pool.submit(_worker_call, fn, *args): tag for tag, fn, *args in calls}
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except Preempted as e:  # its checkpoint is saved; the others finish theirs
+                    stopped = stopped or e
+                    continue
+                yield futures[future], result
+        if stopped is not None:
+            raise stopped
     except BaseException:
         workers = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for w in workers:
-            w.terminate()
+            w.kill()  # SIGTERM would only ask it to stop at its next step
         for w in workers:
             w.join(timeout=10)
         raise
     pool.shutdown()
+
+
+def _check_preempted() -> None:
+    """Before a cell or pack starts: a preempting signal stops the sweep here."""
+    if (name := preempt.requested()) is not None:
+        raise Preempted(name)
 
 
 def packs(todo: Sequence[Cell], configs: Mapping[tuple, Any], pack: int) -> list[list[Cell]]:
@@ -658,6 +846,7 @@ def run_pack(runner: Callable[[Any], Mapping[str, Any]], configs: Sequence[Any])
     """Run one pack to its end: ``(index, status, row or error)`` per cell, as
     :func:`run_cell` gives them (a pack that fails as a whole fails every cell of it).
     In a worker process this is what crosses back."""
+    _check_preempted()
     return list(_pack_statuses(runner, configs))
 
 
@@ -680,9 +869,10 @@ def _pack_statuses(
             else:
                 yield i, OK, dict(result)
     except Exception as e:  # the pack as a whole: every cell without a result fails
+        status = BUSY if isinstance(e, InUse) else FAILED  # a held folder: no row
         for i in range(len(configs)):
             if i not in given:
-                yield i, FAILED, _one_line(e)
+                yield i, status, _one_line(e)
 
 
 def _packed_results(
@@ -699,6 +889,7 @@ def _packed_results(
     groups = packs(todo, configs, pack)
     if jobs == 1 or len(groups) <= 1:
         for group in groups:
+            _check_preempted()
             starting(group[0])
             for i, status, result in _pack_statuses(runner, [configs[c.key] for c in group]):
                 yield group[i], status, result
@@ -761,6 +952,10 @@ def cell_hashes(
     }
 
 
+# The fields every sweep row holds: what names its cell.
+CELL_FIELDS = ("recipe", "variant", "n", "seed")
+
+
 def pending_cells(
     config: SweepConfig,
     out: Path,
@@ -778,7 +973,7 @@ def pending_cells(
     """
     existing = sorted(out.glob("results*.jsonl")) if out.is_dir() else []
     done: dict[tuple, dict] = {}
-    for row in read_rows(existing):
+    for row in read_rows(existing, required=CELL_FIELDS):
         if row.get("recipe") == config.name:
             done[(row["variant"], row["n"], row["seed"])] = row
     mine_done = [c for c in mine if c.key in done]
@@ -908,13 +1103,18 @@ def run_sweep(
     kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
     check_folder(out, "--out")
     check_folder(work_dir, "--work-dir")
+    if path.exists() and not path.is_file():
+        raise ProbeError(
+            f"--out {str(out)!r}: {str(path)!r} is not a file (a folder?); move it away or "
+            "pass another --out"
+        )
 
     lock = file_lock(
         out / f".{path.name}.lock",
         f"results file {str(path)!r}",
         "pass another --out (to split one grid over processes, use --jobs or --shard)",
     )
-    with lock:
+    with lock, results_folder_lock(out, shard):
         if overwrite:
             for p in out.glob("results*.jsonl"):
                 if p == path or shard is None:
@@ -935,6 +1135,7 @@ def run_sweep(
 
         rows = []
         failed = 0
+        busy: list[str] = []
         # one bar: cells done / total, elapsed, remaining, failures (and the running
         # cell, with one job)
         bar = tqdm(total=len(todo), desc=f"sweep {config.name}", unit="cell", disable=not progress)
@@ -948,6 +1149,10 @@ def run_sweep(
         with bar:
             show()
             for c, status, result in _results(runner, todo, configs, jobs, show, pack):
+                if status == BUSY:  # no row: the next --resume runs it
+                    busy.append(result)
+                    bar.update()
+                    continue
                 row = {
                     "recipe": config.name,
                     "variant": c.variant,
@@ -981,6 +1186,12 @@ def run_sweep(
                 rows.append(row)
                 show()
                 bar.update()
+    if busy:
+        raise InUse(
+            f"{len(busy)} cell(s) were not run and have no row: their folders are held by "
+            f"another probe process ({busy[0]}); once it ends, run the same command with "
+            "--resume to run them"
+        )
     return rows
 
 
@@ -1062,25 +1273,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``probe sweep``: a user error is one line (exit 2); SIGTERM or SIGUSR1 stops the
+    running cells at their next step with a checkpoint (forwarded to ``--jobs``
+    workers, then waited for), keeps every finished cell's row, prints the command
+    that continues and exits 75 (``probe.errors.EXIT_PREEMPTED``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        _main(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
-        parser.exit(2, f"probe sweep: error: {e}\n")
-    except KeyboardInterrupt:
-        parser.exit(
-            130,
-            "probe sweep: interrupted; the finished cells' rows are saved — run the same "
-            "command with --resume to run the rest\n",
-        )
-    except BrokenProcessPool:
-        parser.exit(
-            1,
-            "probe sweep: error: a --jobs worker process died (killed, or out of memory?); "
-            "the finished cells' rows are saved — run the same command with --resume "
-            "(and fewer --jobs) to run the rest\n",
-        )
+    with one_line_errors("probe sweep"):
+        try:
+            with preempt.handled(interrupt=False):
+                _main(args)
+        except Preempted as stopped:
+            resumed = [a for a in argv if a != "--overwrite"]
+            resumed += [] if {"--resume", "--retry-failed"} & set(argv) else ["--resume"]
+            raise Preempted(
+                stopped.signal,
+                detail="the finished cells' rows are saved, the running ones checkpointed",
+            ).with_command(shlex.join(["probe", "sweep", *resumed])) from None
+        except KeyboardInterrupt:
+            parser.exit(
+                130,
+                "probe sweep: interrupted; the finished cells' rows are saved — run the same "
+                "command with --resume to run the rest\n",
+            )
+        except BrokenProcessPool:
+            parser.exit(
+                1,
+                "probe sweep: error: a --jobs worker process died (killed, or out of memory?); "
+                "the finished cells' rows are saved — run the same command with --resume "
+                "(and fewer --jobs) to run the rest\n",
+            )
 
 
 def _until_n_star(

@@ -489,8 +489,14 @@ def did_you_mean(name: Any, known: Iterable[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close and close[0] != name else ""
 
 
-def check_count(value: Any, what: str, low: int = 0) -> int:
-    """``value`` as an integer >= ``low``, or a ValueError naming ``what``."""
+# The most samples one split may hold: a rendered split lives in memory, with an
+# alphabet of that many symbols, in one Arrow chunk (1e9 fails after minutes).
+MAX_SAMPLES = 10_000_000
+
+
+def check_count(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
+    """``value`` as an integer >= ``low`` (and <= ``high``), or a ValueError naming
+    ``what``."""
     try:
         if isinstance(value, bool):
             raise TypeError
@@ -499,4 +505,6 @@ def check_count(value: Any, what: str, low: int = 0) -> int:
         raise ValueError(f"{what} must be an integer, got {value!r}") from None
     if v < low:
         raise ValueError(f"{what} must be >= {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{what} must be <= {high}, got {v}; pass a smaller value")
     return v

@@ -21,6 +21,7 @@ from typing import Any
 
 # The paper's small transformer, used from scratch unless the shape is given.
 from probe.models.architectures import SMALL_SHAPE
+from probe.tasks.templates import MAX_SAMPLES
 
 AB_CHOICES = ("none", "kq", "vo", "kq,vo", "kq_rot", "kq_rot,vo")
 # the a/b scalings' own AdamW learning rates (see FinetuneConfig.a_lr)
@@ -508,6 +509,14 @@ class FinetuneConfig:
                 _check_int(name, getattr(self, name), minimum=1)
         if self.n_val is not None:
             _check_int("n_val", self.n_val, minimum=0)
+        for name in ("n_train", "n_val", "n_test"):  # before any work, not after minutes
+            value = getattr(self, name)
+            if value is not None and value > MAX_SAMPLES:
+                raise ValueError(
+                    f"--{_flag(name)} {value} is more samples than one split can hold (at "
+                    f"most {MAX_SAMPLES}: a split is rendered in memory, with an alphabet "
+                    "of that many symbols); pass a smaller value"
+                )
         for name in ("n_layer", "n_embd", "n_head"):
             value = getattr(self, name)
             if value is None:

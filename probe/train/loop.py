@@ -36,6 +36,8 @@ from accelerate import Accelerator, skip_first_batches
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from probe import preempt
+from probe.errors import Preempted
 from probe.models.identity import ab_scalars
 from probe.train.metrics import load_metric, loss_fn
 
@@ -179,6 +181,7 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
     recent: deque = field(default_factory=deque)  # the last ``window`` training losses
     stopped: str = ""  # why training ended: max_steps, epochs or converged
+    compile_error: str = ""  # --compile fell back to eager: why (not checkpointed)
 
     def record(self, loss: float) -> None:
         self.recent.append(loss)
@@ -281,7 +284,9 @@ def train(
     ``eval_every`` steps. The loss is averaged over processes each step, so every
     process takes the same decision to stop. A non-finite loss raises
     ``FloatingPointError`` before the optimizer step, naming the step and the
-    last good checkpoint (``last_checkpoint`` when this call saved none yet).
+    last good checkpoint (``last_checkpoint`` when this call saved none yet). A
+    preempting signal (:mod:`probe.preempt`) ends the loop after the step it arrived
+    in: a checkpoint is saved, then :class:`probe.errors.Preempted` raised.
     """
     s = settings
     total = s.max_steps or s.epochs * len(loader)
@@ -319,6 +324,7 @@ def train(
         except Exception as err:  # dynamo / inductor failures come in many classes
             _uncompile(model)
             reason = (str(err).strip().splitlines() or [""])[0][:200]
+            state.compile_error = f"{type(err).__name__}: {reason}"
             warnings.warn(
                 f"torch.compile failed ({type(err).__name__}: {reason}); training without it",
                 RuntimeWarning,
@@ -327,6 +333,14 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             _set_rng_states(rng)
             return forward_backward(batch)
+
+    def preempting() -> bool:
+        """A preempting signal arrived (in any process: they stop at the same step)."""
+        asked = preempt.requested() is not None
+        if distributed:
+            flag = torch.tensor(float(asked), device=accelerator.device)
+            asked = bool(accelerator.reduce(flag, "sum") > 0)
+        return asked
 
     compiled = s.compile and not stop_reason(state, s)
     if compiled:
@@ -364,8 +378,14 @@ def train(
                     state.stopped = stop_reason(state, s)
                     if state.stopped:
                         break
+                    saved = None
                     if s.checkpoint_every and state.step % s.checkpoint_every == 0:
-                        last_checkpoint = save()
+                        saved = last_checkpoint = save()
+                    if preempting():
+                        bar.close()
+                        raise Preempted(
+                            preempt.requested() or "a signal", state.step, saved or save()
+                        )
                 else:  # the epoch ran out
                     state.next_epoch()
                     state.stopped = stop_reason(state, s)

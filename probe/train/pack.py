@@ -52,6 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from probe import preempt
+from probe.errors import Preempted
 from probe.train.config import FinetuneConfig
 from probe.train.run_dir import RunDir
 
@@ -418,6 +420,11 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
 
     live = cells  # a fresh loop state meets no stop rule before its first step
     while live:
+        if (signal_name := preempt.requested()) is not None:  # a sweep's SIGTERM
+            accelerator.end_training()
+            raise Preempted(
+                signal_name, detail="a pack keeps no checkpoint: its unfinished cells start over"
+            )
         batches = [cell.next_batch() for cell in live]
         ended = [i for i, b in enumerate(batches) if b is None]  # a stop at an epoch's end
         for i in ended:

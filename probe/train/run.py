@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -38,6 +40,8 @@ from typing import Any
 
 import torch
 
+from probe import preempt
+from probe.errors import Preempted, ProbeError, one_line, one_line_errors
 from probe.jsonl import dumps
 from probe.push import upload
 from probe.train.config import FinetuneConfig, parse_config
@@ -78,10 +82,26 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
     run_dir = RunDir(config.output_dir)
     task = check_environment(config, run_dir)
-    with _main_process_lock(run_dir):
+    with preempt.handled(), _main_process_lock(run_dir):
+        if (signal_name := preempt.requested()) is not None:  # e.g. a sweep's next cell
+            raise Preempted(signal_name)
         run_dir.check(config)  # again, now that no other job can change the folder
+        if config.resume and not run_dir.checkpoints():
+            # killed before its first checkpoint: the same command can be requeued
+            if _launch_main_process():
+                print(
+                    f"probe finetune: --resume: {str(run_dir.path)!r} holds no checkpoint "
+                    "yet; starting the run from the beginning",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            config = dataclasses.replace(config, resume=False)
         if config.resume and (row := run_dir.finished_row(config)) is not None:
-            row = _already_finished(row, run_dir, config)
+            if config.save_model and run_dir.model_dir.is_dir() and not _model_complete(run_dir):
+                # killed while saving the model: saved again from the final checkpoint
+                row = _launch(config, task, run_dir, finished=row)
+            else:
+                row = _already_finished(row, run_dir, config)
         else:
             row = _launch(config, task, run_dir)
         if config.push_to_hub is not None and _launch_main_process():
@@ -89,7 +109,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         return row
 
 
-def _launch(config: FinetuneConfig, task, run_dir: RunDir) -> dict[str, Any]:
+def _launch(
+    config: FinetuneConfig, task, run_dir: RunDir, finished: dict | None = None
+) -> dict[str, Any]:
     """Create the accelerator, run, and always tear down trackers and process group."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -111,15 +133,23 @@ def _launch(config: FinetuneConfig, task, run_dir: RunDir) -> dict[str, Any]:
     atexit.unregister(_destroy_process_group)  # once, however many runs
     atexit.register(_destroy_process_group)
     try:
-        return _run(accelerator, config, task, run_dir, start)
+        return _run(accelerator, config, task, run_dir, start, finished)
     finally:  # also after a failed run: trackers closed, no process group left behind
         accelerator.end_training()
         _destroy_process_group()
 
 
-def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: float) -> dict:
+def _run(
+    accelerator,
+    config: FinetuneConfig,
+    task,
+    run_dir: RunDir,
+    start: float,
+    finished: dict | None = None,
+) -> dict:
     """The steps of a run once the accelerator exists: folder, data, model, optimizer,
-    loop, evaluation, results row."""
+    loop, evaluation, results row. ``finished``: the row of a finished run whose
+    ``model/`` is incomplete: its final checkpoint is loaded and saved as the model."""
     from accelerate.utils import set_seed
 
     from probe.models.build import readout
@@ -167,8 +197,14 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
 
     state = TrainState(window=config.converge_window)
     accelerator.register_for_checkpointing(state)
-    if config.resume:
-        accelerator.load_state(str(run_dir.checkpoints()[-1]))
+    loaded = _load_checkpoint(accelerator, run_dir) if config.resume else None
+    if finished is not None:
+        if accelerator.is_main_process:
+            if config.progress:
+                print(f"{run_dir.model_dir}: incomplete; saving it again", flush=True)
+            _save_model(run_dir, accelerator.unwrap_model(model), data.tokenizer, finished)
+        accelerator.wait_for_everyone()
+        return finished
 
     def save() -> Path | None:
         """Checkpoint step-N: every process writes its part into a hidden folder, which
@@ -189,7 +225,7 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         return evaluate(accelerator, model, loaders["validation"], label_kind, readout, "val")
 
     settings = LoopSettings.from_config(config)
-    previous = run_dir.checkpoints()
+    previous = [loaded] if loaded else []  # the checkpoint this run continues from
     first_step, train_start = state.step, time.perf_counter()
     train(
         accelerator,
@@ -226,11 +262,42 @@ def _run(accelerator, config: FinetuneConfig, task, run_dir: RunDir, start: floa
         steps_timed=state.step - first_step,
         processes=accelerator.num_processes,
         mixed_precision=_precision_ran(accelerator),
+        # what ran: --compile may have fallen back to eager (config.compile stays true)
+        **({"compiled": not state.compile_error} if config.compile else {}),
+        **({"compile_error": state.compile_error} if state.compile_error else {}),
     )
     if accelerator.is_main_process:
         finish_run(run_dir, config, row, unwrapped, data.tokenizer)
     accelerator.wait_for_everyone()
     return row
+
+
+def _load_checkpoint(accelerator, run_dir: RunDir) -> Path:
+    """Load the newest checkpoint that loads: one that is corrupt (a broken file) or of
+    another shape is passed over with a warning and renamed ``.step-N.unreadable``
+    (kept for a look, no longer listed); none that loads is a one-line error."""
+    checkpoints = run_dir.checkpoints()
+    failures = []
+    for checkpoint in reversed(checkpoints):
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as e:  # safetensors, torch and pickle errors come in many classes
+            failures.append(f"{checkpoint.name}: {type(e).__name__}: {one_line(e)[:200]}")
+            warnings.warn(
+                f"--resume: cannot load {str(checkpoint)!r} ({failures[-1]})", stacklevel=2
+            )
+            continue
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # out of the way of the next checkpoints
+            for bad in checkpoints[checkpoints.index(checkpoint) + 1 :]:
+                bad.rename(bad.with_name(f".{bad.name}.unreadable"))
+        accelerator.wait_for_everyone()
+        return checkpoint
+    raise ProbeError(
+        f"--resume: no checkpoint in {str(run_dir.checkpoint_root)!r} can be loaded "
+        f"({'; '.join(failures)}): they are corrupt or not this run's; pass --overwrite "
+        "to start the run over"
+    )
 
 
 def run_row(
@@ -286,11 +353,22 @@ def finish_run(run_dir: RunDir, config: FinetuneConfig, row: dict, model, tokeni
     the model saved (``save_model``: weights, tokenizer, card, row), the summary line."""
     run_dir.append_result(row)
     if config.save_model:
-        model.save_pretrained(run_dir.model_dir)
-        tokenizer.save_pretrained(run_dir.model_dir)
-        _describe_model(run_dir, row)
+        _save_model(run_dir, model, tokenizer, row)
     if config.progress:
         print(_summary(row), flush=True)
+
+
+def _save_model(run_dir: RunDir, model, tokenizer, row: dict) -> None:
+    """``OUTPUT_DIR/model``: weights, tokenizer, then the card and the row (last: their
+    presence says the folder is complete)."""
+    model.save_pretrained(run_dir.model_dir)
+    tokenizer.save_pretrained(run_dir.model_dir)
+    _describe_model(run_dir, row)
+
+
+def _model_complete(run_dir: RunDir) -> bool:
+    """Whether ``model/`` holds a whole save: its row is written last."""
+    return (run_dir.model_dir / RESULTS_FILE).is_file()
 
 
 # -- the output folder --------------------------------------------------------------
@@ -489,16 +567,33 @@ def _destroy_process_group() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``probe finetune`` / ``accelerate launch probe/finetune.py``: parse, run, report."""
-    config = parse_config(sys.argv[1:] if argv is None else argv, prog="probe finetune")
-    try:
-        return finetune(config)
-    except (
-        ValueError,
-        FileExistsError,
-        FileNotFoundError,
-        FloatingPointError,
-        ConnectionError,
-    ) as err:
-        print(f"probe finetune: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """``probe finetune`` / ``accelerate launch probe/finetune.py``: parse, run, report.
+    A user error is one line (exit 2); a run stopped by SIGTERM, SIGUSR1 or Ctrl-C
+    saves a checkpoint, prints the command that continues it and exits 75
+    (``probe.errors.EXIT_PREEMPTED``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with one_line_errors("probe finetune"):
+        config = parse_config(argv, prog="probe finetune")
+        try:
+            return finetune(config)
+        except Preempted as stopped:
+            stopped.command = continue_command(argv)
+            raise
+
+
+def continue_command(argv: list[str]) -> str:
+    """The command that continues a stopped run: the same one, with ``--resume``."""
+    args = [a for a in argv if a not in ("--overwrite", "--no-resume")]
+    if "--resume" not in args:
+        args.append("--resume")
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("finetune.py") else None
+    if script is None:
+        prefix = ["probe", "finetune"]
+    elif any(k.startswith("ACCELERATE_") for k in os.environ):
+        processes = os.environ.get("WORLD_SIZE", "1")
+        prefix = ["accelerate", "launch"]
+        prefix += ["--num_processes", processes] if processes != "1" else []
+        prefix.append(script)
+    else:
+        prefix = ["python", script]
+    return shlex.join(prefix + args)

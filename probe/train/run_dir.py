@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from probe.errors import InUse, ProbeError
 from probe.jsonl import append_row, read_rows
 from probe.train.config import RESUMABLE, FinetuneConfig, fields_with
 
@@ -83,7 +84,7 @@ class RunDir:
         candidates = [self.config_file] + [checkpoints[-1] / CONFIG_FILE] * bool(checkpoints)
         for path in candidates:
             if path.is_file():
-                return json.loads(path.read_text())
+                return read_config(path)
         return None
 
     def rows(self) -> list[dict[str, Any]]:
@@ -100,28 +101,29 @@ class RunDir:
             raise FileExistsError(f"--output-dir {str(out)!r} is a file; pass a folder")
         check_writable(out, "--output-dir")
         if config.resume:
-            if not self.checkpoints():
-                raise FileNotFoundError(
-                    f"--resume: no checkpoint in {str(self.checkpoint_root)!r}; start the run "
-                    "without --resume"
-                )
-            saved = self.saved_config()
-            if saved is None:
+            checkpoints = self.checkpoints()
+            if not checkpoints:
+                if self.rows() or self.model_dir.exists():
+                    raise FileExistsError(
+                        f"--resume: {str(out)!r} holds a finished run's results but no "
+                        "checkpoint to continue from; pass --overwrite to start over, or "
+                        "another --output-dir"
+                    )
+                # killed before its first checkpoint: finetune starts it from the beginning
+                if self.config_file.is_file():
+                    _check_same_run(config, read_config(self.config_file), self.config_file)
+                return
+            # the newest checkpoint's own config first: a checkpoint of another run kept
+            # beside this run's run_config.json is refused before it is loaded
+            own = checkpoints[-1] / CONFIG_FILE
+            saved = [p for p in (own, self.config_file) if p.is_file()]
+            if not saved:
                 raise FileNotFoundError(
                     f"--resume: {str(out)!r} holds checkpoints but no saved config to check "
                     "the settings against; pass --overwrite to start over"
                 )
-            resumable = fields_with(RESUMABLE)
-            mine = config.to_dict()
-            changed = sorted(
-                k for k in mine if k not in resumable and saved.get(k, mine[k]) != mine[k]
-            )
-            if changed:
-                diffs = ", ".join(f"{k}: {saved[k]!r} -> {mine[k]!r}" for k in changed)
-                raise ValueError(
-                    f"--resume continues the run in {str(out)!r}, but these settings differ "
-                    f"from it: {diffs}. Only {', '.join(resumable)} may change on resume"
-                )
+            for path in saved:
+                _check_same_run(config, read_config(path), path)
         elif self.artifacts() and not config.overwrite:
             raise FileExistsError(
                 f"--output-dir {str(out)!r} already holds a run ({', '.join(self.artifacts())}); "
@@ -191,11 +193,48 @@ class RunDir:
             yield
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A saved run config (``run_config.json``); a file that is not one is refused
+    naming it."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProbeError(
+            f"{str(path)!r} is not a valid run config ({e}); pass --overwrite to start the run over"
+        ) from None
+    if not isinstance(saved, dict):
+        raise ProbeError(
+            f"{str(path)!r} is not a valid run config (a JSON object expected, got "
+            f"{type(saved).__name__}); pass --overwrite to start the run over"
+        )
+    return saved
+
+
+def _check_same_run(config: FinetuneConfig, saved: dict[str, Any], path: Path) -> None:
+    """``--resume`` continues the run saved in ``path``: only the resumable fields may
+    differ."""
+    resumable = fields_with(RESUMABLE)
+    mine = config.to_dict()
+    changed = sorted(k for k in mine if k not in resumable and saved.get(k, mine[k]) != mine[k])
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {mine[k]!r}" for k in changed)
+        raise ValueError(
+            f"--resume continues the run in {str(config.output_dir)!r}, but these settings "
+            f"differ from it ({str(path)!r}): {diffs}. Only {', '.join(resumable)} may "
+            "change on resume"
+        )
+
+
 def check_writable(folder: Path, flag: str) -> None:
     """The nearest existing folder at or above ``folder`` must be writable."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ProbeError(
+            f"{flag} {str(folder)!r}: {str(probe)!r} is a file, not a folder; pass a folder "
+            "path that does not go through a file"
+        )
     if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(
             f"{flag} {str(folder)!r}: {str(probe)!r} is not writable; pass a folder you can "
@@ -262,7 +301,7 @@ def file_lock(lock_file: Path, what: str, advice: str) -> Iterator[None]:
 
 def _flock_or_refuse(fd: int, pid_file: Path, what: str, advice: str) -> bool:
     """Take an exclusive non-blocking ``flock`` on ``fd``; if another process holds
-    it, raise ``FileExistsError`` naming the pid found in ``pid_file``. False where
+    it, raise :class:`probe.errors.InUse` (a ``FileExistsError``) naming the pid found in ``pid_file``. False where
     the platform has no ``flock`` (no lock)."""
     try:
         import fcntl
@@ -275,7 +314,7 @@ def _flock_or_refuse(fd: int, pid_file: Path, what: str, advice: str) -> bool:
             holder = pid_file.read_text().strip() or "unknown"
         except OSError:
             holder = "unknown"
-        raise FileExistsError(
+        raise InUse(
             f"{what} is in use by another probe process (pid {holder}); wait for it to "
             f"finish, or {advice}"
         ) from None

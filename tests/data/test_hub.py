@@ -238,3 +238,28 @@ def test_save_dataset_refuses_a_push_that_cannot_work_before_writing(tmp_path):
     with pytest.raises(ValueError, match="push_to_hub 'me/a/b' is not a Hub repository id"):
         save_dataset(render("aba_vs_abb", 8, 2, 2), tmp_path / "tasks", push_to_hub="me/a/b")
     assert not (tmp_path / "tasks").exists()
+
+
+def test_a_rewritten_local_file_is_read_as_it_is_now(tmp_path):
+    """issue 21: the datasets cache keys local files by path and mtime; a file rewritten
+    with its old mtime (cp -p, rsync -t) must not come back with its old rows."""
+
+    first, second = (render("copy", 8, 2, 4, seed=s) for s in (0, 1))
+    save_dataset(first, tmp_path / "a", "copy")
+    save_dataset(second, tmp_path / "b", "copy")
+    assert load_dataset(tmp_path / "a", "copy")["train"]["text"] == first["train"]["text"]
+    (old,) = (tmp_path / "a" / "copy").glob("train-*.parquet")
+    (new,) = (tmp_path / "b" / "copy").glob("train-*.parquet")
+    stat = old.stat()
+    old.write_bytes(new.read_bytes())
+    os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_dataset(tmp_path / "a", "copy")["train"]["text"] == second["train"]["text"]
+
+
+def test_a_folder_missing_a_split_is_refused_naming_it(tmp_path):
+
+    save_dataset(render("copy", 8, 2, 4), tmp_path, "copy")
+    for f in (tmp_path / "copy").glob("validation-*.parquet"):
+        f.unlink()
+    with pytest.raises(ValueError, match=r"split 'validation' of config 'copy' has no file"):
+        load_dataset(tmp_path, "copy")

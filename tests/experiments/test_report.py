@@ -91,7 +91,7 @@ def test_merge_keeps_the_last_row_of_a_cell_and_refuses_foreign_rows(tmp_path):
     assert df[(df.variant == "none") & (df.n == 16) & (df.seed == 0)]["test_loss"].item() == 0.5
     assert len(load_results([a, b])) == len(SYNTH)
     bare = rows_file(tmp_path / "bare.jsonl", [{"test_loss": 0.1}])
-    with pytest.raises(ValueError, match="lack the sweep keys"):
+    with pytest.raises(ValueError, match=r"bare.jsonl:1: the row has no 'recipe'"):
         load_results([bare])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_results([tmp_path / "nope.jsonl"])
@@ -259,7 +259,7 @@ def test_failed_cells_are_listed_and_left_out_of_curves_and_n_star(tmp_path):
     assert "18 cells, 1 failed (left out of the curves and n*)" in md
     assert "- kq n=16 seed=0: diverged — FloatingPointError: loss is nan" in md
     t = pd.read_csv(written["n_star.csv"]).set_index("variant")
-    assert t.loc["kq", "seeds_ok"] == "1/1"
+    assert t.loc["kq", "seeds_ok"] == "1/2"  # the failed seed counts (issue 21)
 
 
 @pytest.mark.parametrize(
@@ -403,3 +403,20 @@ def test_report_refuses_a_bad_push_before_writing(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="would both be 'results.jsonl' in the repository"):
         hub_files([results, other])
+
+
+def test_failed_seeds_count_and_n_star_is_not_claimed_above_an_unmeasured_n(tmp_path):
+    def failed(variant, n, seed, vi):
+        bad = {**row(variant, n, seed, 1.0, vi), "status": "failed", "error": "X: boom"}
+        return {k: v for k, v in bad.items() if k not in ("test_loss", "test_error")}
+
+    # kq: both seeds at n=16 failed (never measured), n=64 reaches; none: at its n*
+    # (64) a third seed failed
+    rows = [r for r in SYNTH if not (r["variant"] == "kq" and r["n"] == 16)]
+    rows += [failed("kq", 16, 0, 1), failed("kq", 16, 1, 1), failed("none", 64, 2, 0)]
+    write_report([rows_file(tmp_path / "results.jsonl", rows)], tmp_path / "rep")
+    csv = pd.read_csv(tmp_path / "rep" / "n_star.csv").set_index("variant")
+    assert csv.loc["none", "seeds_ok"] == "1/3"  # not 1/2: the failed seed counts
+    assert csv.loc["kq", "n_star"] == 64 and csv.loc["kq", "unmeasured"] == "[16]"
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    assert "<=64" in summary

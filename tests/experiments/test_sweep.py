@@ -8,6 +8,7 @@ through the real finetune.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,13 @@ def test_push_to_hub_in_a_recipe_is_refused_with_what_to_push_instead():
         ({"variants": {}}, "must map labels"),
         ({"baseline": "plain"}, "baseline 'plain' is not a variant"),
         ({"threshold": 0}, "positive number"),
+        # issue 21: refused at load, not halfway through a sweep or silently
+        ({"n": [16, 99999999999999999999]}, "99999999999999999999 is more samples than"),
+        ({"variants": {"kq": ["ab", "kq"]}}, "variant 'kq': .* must be a mapping"),
+        ({"variants": {"../../escaped": {}}}, "'../../escaped' is not a safe folder name"),
+        ({"variants": {"a/b": {}}}, "not a safe folder name"),
+        ({"variants": {"kq,vo": {}, "kq+vo": {}}, "baseline": None}, r"share the folder 'kq\+vo'"),
+        ({"description": ["a", "b"]}, r"description=\['a', 'b'\] must be one line of text"),
     ],
 )
 def test_bad_values_are_refused(over, match):
@@ -332,6 +340,45 @@ def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
     assert (
         "probe sweep: error: variant 'none' has unknown key(s) ['abb']" in capsys.readouterr().err
     )
+
+
+def test_cli_refuses_bad_includes_descriptions_and_results_folders_in_one_line(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    def one_line_error(argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    recipe = "task: copy\nn: [4]\nvariants: {none: {}}\nfinetune: {n_layer: 1}\n"
+    bad = write(tmp_path / "inc.yaml", "include: [1, 2]\n" + recipe)
+    assert "include: [1, 2] must be a file name" in one_line_error([str(bad), "--dry-run"])
+    bad = write(tmp_path / "desc.yaml", "description: [a, b]\n" + recipe)
+    assert "must be one line of text" in one_line_error([str(bad), "--dry-run"])
+    good = write(tmp_path / "good.yaml", recipe)
+    out = tmp_path / "out"
+    (out / "results.jsonl").mkdir(parents=True)  # a folder where the results file goes
+    err = one_line_error([str(good), "--out", str(out), "--work-dir", str(tmp_path / "w")])
+    assert "results.jsonl' is not a file" in err
+
+
+def test_a_row_missing_a_field_names_the_file_line_and_field(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    recipe = write(tmp_path / "mini.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text(
+        '{"recipe": "mini", "variant": "none", "n": 4, "seed": 0}\n'
+        '{"recipe": "mini", "n": 4, "seed": 1}\n'
+    )
+    with pytest.raises(SystemExit) as e:
+        main([str(recipe), "--out", str(out), "--resume", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "results.jsonl:2: the row has no 'variant'" in err
 
 
 # -- one bad cell never stops a sweep ------------------------------------------------------
@@ -652,13 +699,15 @@ def test_the_lock_names_another_process_and_dies_with_it(tmp_path):
         kw = dict(runner=fake_runner(calls), work_dir=work, progress=False)
         with pytest.raises(FileExistsError, match=f"results file .*\\(pid {proc.pid}\\)"):
             run_sweep(config(), out, resume=True, **kw)
-        run_sweep(config(), out, shard=(1, 2), **kw)  # a shard's own file is free
-        assert calls
+        # a shard's own file is free, but its cells are the running sweep's (issue 21)
+        with pytest.raises(FileExistsError, match=f"whole grid \\(pid {proc.pid}\\)"):
+            run_sweep(config(), out, shard=(1, 2), **kw)
+        assert not calls
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     rows = run_sweep(config(), out, resume=True, **kw)  # the kernel released the lock
-    assert len(rows) == 4
+    assert len(rows) == 8  # the refused shard ran nothing
 
 
 @pytest.mark.dirty_tree
@@ -769,3 +818,159 @@ def test_code_tree_is_the_commits_tree_when_clean_and_tracks_uncommitted_edits(t
     git("commit", "-qam", "d")
     assert git("rev-parse", "HEAD:probe") == edited
     assert code_tree(tmp_path / "nowhere") is None
+
+
+def test_one_lock_per_results_folder_covers_shards_and_overwrite(tmp_path):
+    from probe.errors import InUse
+    from probe.experiments.sweep import results_folder_lock
+
+    calls: list = []
+    kw = dict(runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
+    out = tmp_path / "out"
+    with results_folder_lock(out, (0, 2)):  # shard 0/2 running
+        run_sweep(config(), out, shard=(1, 2), **kw)  # shards of one N share the folder
+        for other in [dict(), dict(overwrite=True), dict(shard=(0, 3))]:
+            with pytest.raises(InUse, match=f"in use by .*pid {os.getpid()}"):
+                run_sweep(config(), out, **other, **kw)
+    assert (out / "results-shard-1-of-2.jsonl").exists()  # not deleted by --overwrite
+    with results_folder_lock(out, None):  # a whole sweep (or --overwrite) running
+        with pytest.raises(InUse, match="a sweep of the whole grid"):
+            run_sweep(config(), out, shard=(0, 2), **kw)
+    run_sweep(config(), out, shard=(0, 3), resume=True, **kw)  # free again
+
+
+# -- preemption --------------------------------------------------------------------------
+
+PREEMPTED = """
+import os, sys, time
+from pathlib import Path
+from probe import preempt
+from probe.errors import Preempted, one_line_errors
+from probe.experiments.sweep import SweepConfig, run_sweep
+
+def runner(cfg):
+    # a run that checks for a preempting signal after each of its steps, like finetune
+    folder = Path(cfg.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = 20000 if (cfg.ab, cfg.n_train) == ("kq", 16) else 1
+    for step in range(1, steps + 1):
+        time.sleep(0.01)
+        if preempt.requested():
+            (folder / "stopped").write_text(f"{preempt.requested()} {step} {os.getpid()}")
+            raise Preempted(preempt.requested(), step, folder / f"step-{step}")
+    return {"test_loss": 1.0 / cfg.n_train, "test_error": 0.0, "steps": steps, "pid": os.getpid()}
+
+if __name__ == "__main__":
+    cfg = SweepConfig.from_dict({
+        "name": "mini", "task": "aba_vs_abb", "n": [8, 16], "seeds": [0, 1],
+        "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+        "finetune": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    })
+    with one_line_errors("probe sweep"), preempt.handled(interrupt=False):
+        run_sweep(cfg, sys.argv[1], work_dir=sys.argv[2], jobs=2, runner=runner, progress=False)
+"""
+
+
+def _start_preempted_sweep(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = write(tmp_path / "preempted.py", PREEMPTED)
+    out, work = tmp_path / "out", tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(work)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    path = results_path(out, None)
+    deadline = time.monotonic() + 240
+    while not (path.exists() and len(read_rows(path)) == 6):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not get going"
+        time.sleep(0.2)
+    time.sleep(1)  # the two long cells are stepping
+    return proc, out, work, path
+
+
+@pytest.mark.parametrize("name", ["SIGTERM"])  # SIGUSR1: tests/test_preempt.py
+def test_a_preempted_sweep_forwards_the_signal_waits_and_exits_75(tmp_path, name):
+    import signal
+
+    proc, out, work, path = _start_preempted_sweep(tmp_path)
+    proc.send_signal(getattr(signal, name))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    (line,) = [x for x in err.strip().splitlines() if x]
+    assert line.startswith(f"probe sweep: stopped by {name}")
+    rows = read_rows(path)
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)  # no failed rows
+    stopped = sorted(work.glob("*/*/stopped"))
+    assert len(stopped) == 2 and all(p.read_text().startswith(name) for p in stopped)
+    workers = {int(p.read_text().split()[2]) for p in stopped}
+    assert not [p for p in workers if _alive(p)]
+    calls: list = []
+    again = run_sweep(config(), out, resume=True, runner=fake_runner(calls), work_dir=work)
+    assert sorted(calls) == [("kq", 16, 0), ("kq", 16, 1)] and len(again) == 2
+
+
+def test_the_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
+    import signal
+    import time
+
+    proc, out, work, path = _start_preempted_sweep(tmp_path)
+    proc.send_signal(signal.SIGKILL)  # no chance to forward anything
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while len(list(work.glob("*/*/stopped"))) < 2:
+        assert time.monotonic() < deadline, "an orphaned worker kept running"
+        time.sleep(0.2)
+    workers = {int(p.read_text().split()[2]) for p in work.glob("*/*/stopped")}
+    time.sleep(1)
+    assert not [p for p in workers if _alive(p)], "an orphaned worker outlived its sweep"
+
+
+def test_a_cell_held_by_a_live_process_gets_no_row_and_resume_runs_it(tmp_path):
+    from probe.errors import InUse
+
+    held = ("kq", 16, 1)
+    calls: list = []
+    fake = fake_runner(calls)
+
+    def runner(cfg):
+        if (cfg.ab, cfg.n_train, cfg.seed) == held:
+            raise InUse(f"--output-dir {cfg.output_dir!r} is in use by another probe process")
+        return fake(cfg)
+
+    kw = dict(work_dir=tmp_path / "w", progress=False)
+    with pytest.raises(InUse, match=r"1 cell\(s\) were not run.*--resume"):
+        run_sweep(config(), tmp_path, runner=runner, **kw)
+    rows = read_rows(results_path(tmp_path, None))
+    assert len(rows) == 7 and not any(r["status"] != "ok" for r in rows)
+    again = run_sweep(config(), tmp_path, resume=True, runner=fake_runner(calls), **kw)
+    assert [(r["variant"], r["n"], r["seed"]) for r in again] == [held]
+
+
+def test_a_pack_with_a_cell_folder_held_elsewhere_gets_no_failed_rows(tmp_path):
+    from probe.experiments.sweep import BUSY, run_pack
+    from probe.train.config import FinetuneConfig
+    from probe.train.run_dir import folder_lock
+
+    cfgs = [
+        FinetuneConfig(
+            model="paper",
+            task="aba_vs_abb",
+            n_train=8,
+            max_steps=1,
+            seed=s,
+            checkpoints=False,
+            progress=False,
+            output_dir=str(tmp_path / f"c{s}"),
+        )
+        for s in (0, 1)
+    ]
+    with folder_lock(tmp_path / "c1", "--output-dir"):
+        statuses = run_pack(None, cfgs)
+    assert [status for _, status, _ in statuses] == [BUSY, BUSY]

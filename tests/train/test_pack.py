@@ -13,7 +13,7 @@ import pytest
 from probe.experiments.sweep import SweepConfig, run_sweep
 from probe.jsonl import read_rows
 from probe.train.config import FinetuneConfig
-from probe.train.pack import check_packable, finetune_packed
+from probe.train.pack import _PackedStep, check_packable, finetune_packed
 from probe.train.run import finetune
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -221,3 +221,25 @@ def test_a_killed_pack_keeps_its_finished_cells_and_resume_runs_the_rest(tmp_pat
     rest = run_sweep(recipe, tmp_path / "out", resume=True, **kw)
     assert sorted((r["n"], r["seed"], r["packed"]) for r in rest) == [(40, 0, 2), (40, 1, 2)]
     assert len(read_rows([tmp_path / "out" / "results.jsonl"])) == 4
+
+
+def test_a_preempting_signal_stops_a_pack_at_its_next_step(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from probe import preempt
+    from probe.errors import Preempted
+
+    calls = {"n": 0}
+    real = _PackedStep.__call__
+
+    def counting(self, live, batches):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, live, batches)
+
+    monkeypatch.setattr(_PackedStep, "__call__", counting)
+    with preempt.handled(), pytest.raises(Preempted, match="start over"):
+        list(finetune_packed(configs(tmp_path, "pack", max_steps=50)))
+    assert calls["n"] == 2  # stopped after the step the signal arrived in

@@ -101,6 +101,10 @@ def test_a_failing_compile_falls_back_to_the_plain_run(tmp_path, monkeypatch):
     ):
         fallen = run(tmp_path, "fallen", compile=True, **settings)
     assert fallen["test_loss"] == plain["test_loss"]
+    # the row says what ran (config.compile stays true): issue 21
+    assert fallen["compiled"] is False and fallen["config"]["compile"] is True
+    assert fallen["compile_error"] == "RuntimeError: backend failed"
+    assert "compiled" not in plain
 
 
 def test_the_early_stop_fires_at_the_first_step_whose_window_meets_the_threshold(
