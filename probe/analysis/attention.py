@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from probe.data.render import dataset_task, task_info
+from probe.models.build import check_ids_fit
 from probe.models.identity import ATTN_IMPLEMENTATION
 
 SCORES = ("equality_score", "readout_to_symbols")
@@ -126,6 +127,7 @@ def attention_scores(
         raise ValueError(f"max_samples={max_samples!r}: pass a positive number of rows, or None")
     rows, whole = _split(dataset, split)
     info, task = task_info(whole), dataset_task(whole)
+    check_ids_fit(model, {split: rows})
     if max_samples is not None:
         rows = rows.select(range(min(max_samples, len(rows))))
     if len(rows) == 0:
