@@ -260,14 +260,26 @@ def _read_yaml(path: Path) -> Any:
         raise ValueError(f"recipe {path}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
-def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A recipe's mapping with its ``include:`` files merged underneath it."""
+def load_recipe(
+    path: str | os.PathLike, _seen: tuple[Path, ...] = (), _include: str | None = None
+) -> dict[str, Any]:
+    """A recipe's mapping with its ``include:`` files merged underneath it (each path
+    relative to the recipe that includes it)."""
     path = Path(path).resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ValueError(f"recipe include cycle: {chain}; remove one of the includes")
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist; recipes live in recipes/")
+        if _seen:  # an include: name it, the recipe holding it, and where it was looked for
+            raise FileNotFoundError(
+                f"recipe {str(_seen[-1])!r}: its include {_include!r} does not exist as "
+                f"{str(path)!r} (an include is read relative to the recipe holding it; "
+                "copy the included file next to it, or give its path from there)"
+            )
+        raise FileNotFoundError(
+            f"recipe {str(path)!r} does not exist; the committed recipes live in recipes/ "
+            "of the clone"
+        )
     d = _read_yaml(path)
     if not isinstance(d, dict):
         raise ValueError(f"recipe {str(path)!r} is not a YAML mapping of keys to values")
@@ -276,7 +288,7 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         includes = [includes]
     merged: dict[str, Any] = {}
     for inc in includes:
-        merged = _merge(merged, load_recipe(path.parent / inc, (*_seen, path)))
+        merged = _merge(merged, load_recipe(path.parent / inc, (*_seen, path), str(inc)))
     merged.pop("name", None)  # a name never comes from an included file
     return _merge(merged, d, REPLACED_KEYS)
 

@@ -238,3 +238,26 @@ def test_save_dataset_refuses_a_push_that_cannot_work_before_writing(tmp_path):
     with pytest.raises(ValueError, match="push_to_hub 'me/a/b' is not a Hub repository id"):
         save_dataset(render("aba_vs_abb", 8, 2, 2), tmp_path / "tasks", push_to_hub="me/a/b")
     assert not (tmp_path / "tasks").exists()
+
+
+def test_a_relative_folder_missing_here_says_so_before_the_hub_id(tmp_path, monkeypatch, capsys):
+    from probe.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)  # not the root of the clone: data/template-tasks is not here
+    with pytest.raises(SystemExit):
+        cli(
+            [
+                "data",
+                "lm-eval",
+                "--dataset",
+                "data/template-tasks",
+                "--config",
+                "copy",
+                "--out",
+                "x",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"no folder 'data/template-tasks' under the current folder {tmp_path}" in err
+    assert "run from the root of the clone" in err and "read as a Hub id" in err

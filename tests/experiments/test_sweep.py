@@ -90,6 +90,22 @@ def test_include_cycle_is_an_error(tmp_path):
         load_recipe(tmp_path / "a.yaml")
 
 
+def test_a_copied_recipe_whose_include_is_missing_names_the_include_and_the_recipe(tmp_path):
+    import shutil
+
+    from probe.experiments.sweep import load_recipe as load
+
+    root = Path(__file__).resolve().parents[2]
+    copied = shutil.copy(root / "recipes" / "quickstart.yaml", tmp_path / "mine.yaml")
+    with pytest.raises(FileNotFoundError) as err:
+        load(copied)
+    message = str(err.value)
+    assert f"recipe '{tmp_path / 'mine.yaml'}': its include 'base.yaml'" in message
+    assert str(tmp_path / "base.yaml") in message and "relative to the recipe" in message
+    shutil.copy(root / "recipes" / "base.yaml", tmp_path / "base.yaml")
+    assert load(copied)["task"] == "aba_vs_abb"  # resolved next to the recipe, from anywhere
+
+
 def test_unknown_recipe_key_names_it_and_the_accepted_ones():
     with pytest.raises(
         ValueError, match=r"unknown key\(s\) \['sizes'\].*accepted keys.*'variants'"
