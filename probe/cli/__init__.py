@@ -238,13 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         default=None,
         help="a catalogue name (see `probe tasks`), with parameters as NAME:KEY=VALUE, e.g. "
-        "majority_k:k=5 (required unless --from-run)",
+        "majority_k:k=5 (required unless --from-run; default: none)",
     )
     p.add_argument(
         "--n-train",
         type=int,
         default=None,
-        help="training samples (= train alphabet size; required unless --from-run)",
+        help="training samples (= train alphabet size; required unless --from-run; default: none)",
     )
     p.add_argument(
         "--n-val",
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN",
         help="render exactly the data of a probe finetune run (its --output-dir): its task, "
-        "sizes, seed and tokenizer, the rows it trained and was tested on",
+        "sizes, seed and tokenizer, the rows it trained and was tested on (default: none)",
     )
     p.add_argument(
         "--tokenizer",

@@ -495,7 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline", default=None, help="variant of the ratios (default: none)")
     p.add_argument("--metric", default=None, help="column to read (default: by label kind)")
-    p.add_argument("--band", default="minmax", choices=["minmax", "std"])
+    p.add_argument(
+        "--band",
+        default="minmax",
+        choices=["minmax", "std"],
+        help="the shaded band around each mean curve: the seeds' min to max, or the mean "
+        "± one standard deviation over seeds (default: %(default)s)",
+    )
     p.add_argument(
         "--push-to-hub",
         default=None,

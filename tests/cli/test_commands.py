@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from probe.cli.demo import build_parser as demo_parser
+    from probe.experiments.report import build_parser as report_parser
     from probe.train.config import build_parser as finetune_parser
 
     top = cli.build_parser()
@@ -31,13 +32,16 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "data export": data.choices["export"],
         "demo": demo_parser(),
         "finetune": finetune_parser(),
+        "report": report_parser(),
     }
 
 
 FLAGS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 
 
-@pytest.mark.parametrize("command", ["tasks", "data render", "data export", "demo", "finetune"])
+@pytest.mark.parametrize(
+    "command", ["tasks", "data render", "data export", "demo", "finetune", "report"]
+)
 def test_every_option_has_help_showing_its_default(command):
     parser = _parsers()[command]
     formatter = parser._get_formatter()
