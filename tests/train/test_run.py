@@ -79,9 +79,10 @@ def _free_port() -> int:
 
 
 def test_two_processes_count_each_test_sample_once(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 probe/finetune.py` on a CPU
-    machine: gloo, and every test sample counted exactly once (13 over a total batch
-    of 8 leaves a partial last batch that accelerate pads with repeats)."""
+    """`accelerate launch --multi_gpu --num_processes 2 -m probe.finetune` on a CPU
+    machine, from a folder outside the clone (the README's launch): gloo, and every test
+    sample counted exactly once (13 over a total batch of 8 leaves a partial last batch
+    that accelerate pads with repeats)."""
     out = tmp_path / "run"
     flags = ["--n-train", "16", "--n-val", "5", "--n-test", "13", "--batch-size", "4"]
     flags += ["--eval-batch-size", "4", "--max-steps", "3", "--n-layer", "1"]
@@ -89,9 +90,10 @@ def test_two_processes_count_each_test_sample_once(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [*launch, str(ROOT / "probe" / "finetune.py"), *flags, "--output-dir", str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    cmd = [*launch, "-m", "probe.finetune", *flags, "--output-dir", str(out)]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = read_rows(out / "results.jsonl")  # one line: only the main process writes
     assert (row["processes"], row["test_samples"], row["val_samples"]) == (2, 13, 5)
