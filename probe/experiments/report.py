@@ -184,7 +184,7 @@ def plot_curves(
     # tab20 gives each pair one hue, dark and light, and the second is dashed.
     paired = len(variants) > 6
     cmap = plt.get_cmap("tab20" if paired else "tab10")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.6, 4.2), dpi=110)
     for i, v in enumerate(variants):
         g = curve[curve["variant"] == v].sort_values("n")
         color = cmap(i % cmap.N)
@@ -214,12 +214,19 @@ def plot_curves(
         ax.set_yscale("symlog", linthresh=floor)
         ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2 if len(variants) > 6 else 1)
+    # beside the axes, never over the curves
+    ax.legend(
+        fontsize=8,
+        ncol=2 if len(variants) > 12 else 1,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -401,8 +408,8 @@ def write_report(
         )
         wide.columns = [f"n={c}" for c in wide.columns]
         md += [
-            f"## {recipe}",
-            "",
+            # one recipe: the page's title already names it
+            *([f"## {recipe}", ""] if len(recipes) > 1 else []),
             *([description, ""] if description else []),
             f"Task `{task}`; metric: {metric} on unseen symbols (mean over seeds); {status}.",
             "",

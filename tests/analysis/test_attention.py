@@ -101,8 +101,12 @@ def test_plots_show_scores_and_maps(setting):
     image = fig.axes[0].images[0].get_array()
     assert image.shape == (2, 2)  # layers x heads
     assert np.allclose(image, df.pivot(index="layer", columns="head", values="equality_score"))
+    assert fig.axes[0].get_title() == "gpt2 (from scratch): equality_score on data"
     fig = plot_attention(df, layer=1, head=0)
-    assert [ax.get_title() for ax in fig.axes] == ["a b a", "a b b"]
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["a b a", "a b b"]
+    # a colour bar for the maps, and a title naming the model
+    assert fig.axes[2].get_ylabel() == "attention probability"
+    assert fig._suptitle.get_text() == "gpt2 (from scratch): layer 1, head 0: mean attention"
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "a", "out"]
     with pytest.raises(ValueError, match="outside the model's 2 layers x 2 heads"):
         plot_attention(df, layer=5, head=0)

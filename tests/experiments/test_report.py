@@ -115,6 +115,8 @@ def test_report_writes_csv_png_and_summary(tmp_path, capsys):
     assert list(table["variant"]) == ["none", "kq", "mlp"]
     md = (rep / "summary.md").read_text()
     assert "| kq | 16 | 0.25 |" in md and ">256" in md and "![r](curves.png)" in md
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    assert headings == ["# r"]  # one recipe: no second heading repeating its name
     assert "summary" not in capsys.readouterr().err
 
 
@@ -321,6 +323,10 @@ def test_curves_are_on_a_log_scale_with_the_threshold_line(tmp_path, monkeypatch
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["none", "kq", "mlp", "0.05"]
     assert list(ax.get_lines()[-1].get_ydata()) == [0.05, 0.05]
+    # the legend sits beside the axes, off the curves
+    figures[-1].canvas.draw()
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1
     positive = c.assign(mean=c["mean"] + 0.001, min=c["min"] + 0.001)
     plot_curves(positive, tmp_path / "b.png", "test_loss", threshold=0.05)
     assert figures[-1].axes[0].get_yscale() == "log"
