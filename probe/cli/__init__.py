@@ -184,6 +184,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
+    if {"-h", "--help"} & set(args.rest):  # the help without torch: at once
+        from probe.train.config import parse_config
+
+        parse_config(args.rest, prog="probe finetune")
     from probe.train.run import main as finetune_main
 
     finetune_main(args.rest)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probe.analysis.attention import SCORES
-
 
 def load_run_model(folder: str | Path):
     """The saved model (``--save-model``) of the run in ``folder`` (or its ``model/``)."""
@@ -23,8 +21,6 @@ def load_run_model(folder: str | Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from probe.analysis.plots import plot_attention, save_figure
-
     parser = argparse.ArgumentParser(
         prog="probe attention",
         description="Attention on data: per-head equality and readout scores on rendered samples.",
@@ -49,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for attention.csv and the PNGs")
     args = parser.parse_args(argv)
 
-    from probe.analysis.attention import attention_scores
+    from probe.analysis.attention import SCORES, attention_scores
+    from probe.analysis.plots import plot_attention, save_figure
     from probe.data.hub import load_dataset
     from probe.models.identity import load_injected
     from probe.train.run_dir import RunDir

@@ -27,10 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from probe.data.render import dataset_tokenizer, parse_task_spec, render, task_info
-
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 
 
@@ -145,6 +141,8 @@ def quickstart_config(args: argparse.Namespace) -> Any:
         finetune["n_test"] = args.n_test
     task, params = (config.task, config.task_params)
     if args.task:  # the task the summary shows, with its parameters (majority_k:k=5)
+        from probe.data.render import parse_task_spec
+
         task, params = parse_task_spec(args.task)
     return dataclasses.replace(
         config,
@@ -258,6 +256,10 @@ def summarize(
 ) -> None:
     """Print a rendered task's templates, a few samples per split (``n_val`` defaults to
     ``n_test``; 0: none) and the disjointness check."""
+    import numpy as np
+
+    from probe.data.render import dataset_tokenizer, render, task_info
+
     dsd = render(task, n_train, n_test if n_val is None else n_val, n_test, seed=seed)
     info = task_info(dsd)
     tok = dataset_tokenizer(dsd)

@@ -21,13 +21,15 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
 from probe.jsonl import read_rows
 from probe.push import check_push, upload
 from probe.train.config import SETTING, fields_with
+
+if TYPE_CHECKING:  # pandas waits for results: `probe report --help` answers at once
+    import pandas as pd
 
 METRIC = {"regression": "test_loss", "symbolic": "test_error"}
 CELL_KEYS = ["recipe", "variant", "n", "seed"]
@@ -58,6 +60,8 @@ def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     rows = read_rows(files)
     if not rows:
         raise ValueError(f"no rows in {[str(f) for f in files]}; run `probe sweep` first")
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     missing = [k for k in CELL_KEYS if k not in df.columns]
     if missing or df[CELL_KEYS].isna().any().any():
@@ -136,6 +140,8 @@ def n_star(
             values = at[metric].dropna()
             r["seeds_ok"] = f"{int((values <= threshold).sum())}/{len(values)}"
         out.append(r)
+    import pandas as pd
+
     table = pd.DataFrame(out)
     table["ratio"] = float("nan")
     table["ratio_text"] = ""
@@ -280,6 +286,8 @@ def cell_seconds(rows: pd.DataFrame) -> pd.Series:
     """Each row's cost in seconds: its ``wall_s`` (the cell's own process), or for a cell
     of a ``--pack K`` its pack's time over K (K cells shared it); NaN without wall_s."""
     if "wall_s" not in rows.columns:
+        import pandas as pd
+
         return pd.Series(math.nan, index=rows.index)
     share = rows["wall_s"]
     if "packed" in rows.columns:

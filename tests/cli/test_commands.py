@@ -130,3 +130,24 @@ def test_demo_summary_only_as_a_command():
     ).stdout  # fmt: skip
     assert out.startswith("task aba_vs_abb (regression labels), seed 0")
     assert "-> OK: the test uses only unseen symbols" in out
+
+
+HEAVY = ("torch", "transformers", "datasets", "pandas", "matplotlib", "accelerate")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["finetune"], ["attention"], ["diagonal"], ["sweep"], ["report"], ["demo"],
+     ["data", "render"], ["data", "lm-eval"]],
+)  # fmt: skip
+def test_help_answers_without_the_heavy_libraries(command):
+    # `probe X --help` took 5-6 s quiet, up to a minute under load, importing torch first
+    code = (
+        "import sys\nfrom probe.cli import main\n"
+        f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: probe" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]", command
