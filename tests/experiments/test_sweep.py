@@ -253,6 +253,32 @@ def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
     assert "none  n=8      seed=0" not in out
 
 
+def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    recipe = write(
+        tmp_path / "mini.yaml",
+        "task: aba_vs_abb\nn: [8, 16]\nseeds: [0, 1]\nbaseline: none\n"
+        "variants: {none: {ab: none}, kq: {ab: kq}}\n"
+        "finetune: {n_layer: 1, n_embd: 16, n_head: 2}\n",
+    )
+    args = [str(recipe), "--out", str(tmp_path / "out"), "--dry-run"]
+    main(args)  # nothing run before: says so
+    assert "estimated time: unknown" in capsys.readouterr().out
+
+    def timed(cfg) -> dict:
+        return {"test_loss": 0.5, "test_error": 0.5, "steps": 3, "wall_s": 30.0 * cfg.n_train / 8}
+
+    kw = dict(runner=timed, work_dir=tmp_path / "w", progress=True)
+    run_sweep(SweepConfig.from_yaml(recipe), tmp_path / "out", shard=(0, 2), **kw)
+    # the progress line shows the last finished cell and its metric
+    assert "last kq n=16 seed=0: test_loss 0.5" in capsys.readouterr().err
+    main([*args, "--overwrite", "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert "none  n=8      seed=1  ~30 s" in out and "kq  n=16     seed=1  ~60 s" in out
+    assert "estimated time: ~6 min of cells (~3 min with --jobs 2)" in out  # 4 x 30 + 4 x 60
+
+
 def test_default_out_keeps_a_recipe_subfolder(tmp_path):
     from probe.experiments.sweep import default_out
 
