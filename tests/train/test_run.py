@@ -607,3 +607,17 @@ def test_resume_of_a_finished_run_pushes_its_saved_model_without_training(hub, t
     finetune(tiny(tmp_path, "plain", max_steps=2))  # finished without --save-model
     with pytest.raises(FileNotFoundError, match="finished without --save-model"):
         finetune(tiny(tmp_path, "plain", max_steps=2, resume=True, push_to_hub="me/later"))
+
+
+def test_a_run_whose_steps_left_take_over_an_hour_says_so_once(tmp_path, monkeypatch):
+    import warnings
+
+    import probe.train.loop as loop
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(tiny(tmp_path, "short", max_steps=8))  # seconds: nothing said
+    assert not [w for w in caught if "steps left" in str(w.message)]
+    monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)  # as if every run were long
+    with pytest.warns(RuntimeWarning, match=r"s a step on cpu, the \d+ steps left take about"):
+        finetune(tiny(tmp_path, "long", max_steps=8))
