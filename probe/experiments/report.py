@@ -46,7 +46,14 @@ def _files(paths: Iterable[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"results file {str(p)!r} does not exist")
+            where = "" if p.is_absolute() else f" under the current folder {os.getcwd()}"
+            committed = (
+                "; the committed results live in results/ of the clone: run from its root, "
+                "or pass the full path"
+                if p.parts[:1] == ("results",)
+                else ""
+            )
+            raise FileNotFoundError(f"results file {str(p)!r} does not exist{where}{committed}")
     return files
 
 

@@ -278,7 +278,7 @@ def load_recipe(
             )
         raise FileNotFoundError(
             f"recipe {str(path)!r} does not exist; the committed recipes live in recipes/ "
-            "of the clone"
+            "of the clone: run from its root, or pass the recipe's full path"
         )
     d = _read_yaml(path)
     if not isinstance(d, dict):

@@ -409,3 +409,15 @@ def test_report_refuses_a_bad_push_before_writing(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="would both be 'results.jsonl' in the repository"):
         hub_files([results, other])
+
+
+def test_a_relative_results_path_missing_here_names_the_folder_and_the_fix(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # not the root of the clone
+    with pytest.raises(SystemExit):
+        main(["results/aba_vs_abb", "--out", "rep"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"does not exist under the current folder {tmp_path}" in err
+    assert "results/ of the clone: run from its root" in err
