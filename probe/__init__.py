@@ -33,6 +33,7 @@ _EXPORTS = {
     "FinetuneConfig": "train.config",
     "finetune": "train.run",
     "finetune_packed": "train.pack",
+    "run_folder_dataset": "train.setup",
     "attn_diagonal": "analysis.diagonal",
     "plot_diagonal": "analysis.plots",
     "plot_head": "analysis.plots",
@@ -82,3 +83,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from probe.train.metrics import load_metric
     from probe.train.pack import finetune_packed
     from probe.train.run import finetune
+    from probe.train.setup import run_folder_dataset

@@ -1,4 +1,4 @@
-"""The launch script of one training run: ``accelerate launch probe/finetune.py ...``.
+"""The launch script of one training run: ``accelerate launch -m probe.finetune ...``.
 
 The run itself is :func:`probe.train.run.finetune` (``probe finetune`` and
 ``probe.finetune(config)`` run the same code). A package attribute and a

@@ -99,21 +99,26 @@ def test_readme_python_snippets_run_twice_offline(tmp_path):
         assert "README OK" in done.stdout
 
 
+def shell_lines(text: str) -> list[str]:
+    """Every line of the README's ```bash blocks."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
 def shell_commands(text: str) -> list[list[str]]:
-    """The ``probe ...`` and ``accelerate launch probe/finetune.py ...`` lines of the
+    """The ``probe ...`` and ``accelerate launch -m probe.finetune ...`` lines of the
     README's ```bash blocks, as argument lists (comments dropped), without those
     holding placeholders (``PATH_OR_HUB_ID``, ``[--gguf FILE]``)."""
     import shlex
 
     commands = []
-    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
-        for line in block.splitlines():
-            words = shlex.split(line, comments=True)
-            if "probe/finetune.py" in words:
-                words = ["probe", "finetune", *words[words.index("probe/finetune.py") + 1 :]]
-            if words[:1] != ["probe"] or "[" in line or re.search(r"\b[A-Z_]{4,}\b", line):
-                continue
-            commands.append(words[1:])
+    for line in shell_lines(text):
+        words = shlex.split(line, comments=True)
+        if "probe.finetune" in words:
+            words = ["probe", "finetune", *words[words.index("probe.finetune") + 1 :]]
+        if words[:1] != ["probe"] or "[" in line or re.search(r"\b[A-Z_]{4,}\b", line):
+            continue
+        commands.append(words[1:])
     return commands
 
 
@@ -135,3 +140,41 @@ def test_readme_commands_parse_as_written():
             report_parser().parse_args(args[1:])
         else:
             build_parser().parse_args(args)
+
+
+# a comment that says how long a command takes: "~4 h", "5 min", "seconds", "a minute"
+DURATION = re.compile(r"(\d+(\.\d+)?\s*(s|min|minutes?|h|hours?)\b|seconds|a minute)")
+LONG = ("probe finetune", "probe sweep", "probe demo", "accelerate launch")
+
+
+def test_readme_commands_that_train_say_how_long_they_take():
+    # a newcomer on a laptop CPU must not start a 4-hour run unawares
+    lines = [x for x in shell_lines(README.read_text(encoding="utf-8")) if x.startswith(LONG)]
+    assert len(lines) >= 6
+    for line in lines:
+        comment = line.partition("#")[2]
+        assert DURATION.search(comment), f"say how long this takes on a CPU: {line}"
+
+
+def test_readme_finetune_launches_work_from_any_folder():
+    # `accelerate launch probe/finetune.py` needs the root of the clone; `-m` does not
+    text = README.read_text(encoding="utf-8")
+    assert not [x for x in shell_lines(text) if "probe/finetune.py" in x]
+    launches = [x for x in shell_lines(text) if x.startswith("accelerate launch")]
+    assert launches and all(" -m probe.finetune " in x for x in launches)
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in text
+
+
+def test_readme_clone_paths_exist_and_say_where_to_run():
+    # the commands name files of the clone; each exists there, and the README says to
+    # run such commands from the root of the clone
+    text = README.read_text(encoding="utf-8")
+    paths = set()
+    for line in shell_lines(text):
+        for word in line.partition("#")[0].split():
+            if re.match(r"^(recipes|results|data/template-tasks)\b", word):
+                paths.add(word)
+    assert paths
+    for path in paths:
+        assert (ROOT / path).exists(), path
+    assert "from the root of the clone" in text

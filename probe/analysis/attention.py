@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from probe.data.render import dataset_task, task_info
+from probe.models.build import check_ids_fit
 from probe.models.identity import ATTN_IMPLEMENTATION
 
 SCORES = ("equality_score", "readout_to_symbols")
@@ -126,6 +127,7 @@ def attention_scores(
         raise ValueError(f"max_samples={max_samples!r}: pass a positive number of rows, or None")
     rows, whole = _split(dataset, split)
     info, task = task_info(whole), dataset_task(whole)
+    check_ids_fit(model, {split: rows})
     if max_samples is not None:
         rows = rows.select(range(min(max_samples, len(rows))))
     if len(rows) == 0:
@@ -199,4 +201,15 @@ def attention_scores(
     )
     df.attrs["maps"] = {t: map_sum[t] / map_count[t] for t in sorted(map_sum)}
     df.attrs["templates"] = {t: task.templates[t].text for t in sorted(map_sum)}
+    df.attrs["model"] = _model_name(model)
     return df
+
+
+def _model_name(model: nn.Module) -> str:
+    """What the plots' titles call a model: where it was loaded from, else its architecture
+    (``gpt2 (from scratch)``), with ``+ a/b`` for an injected one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    name = str(getattr(config, "_name_or_path", "") or "")
+    name = name or f"{getattr(config, 'model_type', type(base).__name__)} (from scratch)"
+    return name + (" + a/b" if getattr(config, "probe_ab", None) else "")

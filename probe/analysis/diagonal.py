@@ -31,20 +31,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from probe.analysis import EFFECTIVE_SCORES, MATRICES, SCORES  # noqa: F401 (their home)
 from probe.models.architectures import AttentionSite, attention_sites, head_weights
 from probe.models.identity import MODULE_NAME
-
-MATRICES = ("qk", "ov")
-SCORES = (
-    "trace",
-    "fro",
-    "a_star",
-    "cos_identity",
-    "cos_identity_rel",
-    "diag_energy",
-    "copying_score",
-)
-EFFECTIVE_SCORES = ("trace", "fro", "a_star", "cos_identity", "diag_energy", "copying_score")
 
 
 @dataclass

@@ -180,7 +180,10 @@ def plot_attention(
 ) -> Figure:
     """Pictures of ``attention_scores``' table: without ``layer``/``head``, a layer × head
     heatmap of ``score``; with both, that head's mean attention map per template
-    (query rows, key columns, over the samples of the template)."""
+    (query rows, key columns, over the samples of the template), with a colour bar. The
+    default titles name the model (``df.attrs["model"]``)."""
+    model = df.attrs.get("model")
+    named = f"{model}: " if model else ""
     if layer is None and head is None:
         if score not in df.columns:
             raise ValueError(f"unknown score {score!r}; the table has {list(df.columns)}")
@@ -189,7 +192,7 @@ def plot_attention(
         fig = Figure(figsize=(1.6 + 0.32 * values.shape[1], 1.4 + 0.25 * values.shape[0]))
         ax = fig.subplots()
         image = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
-        ax.set_title(title or f"{score} on data", fontsize=9)
+        ax.set_title(title or f"{named}{score} on data", fontsize=9)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(values.shape[1]), range(values.shape[1]), fontsize=7)
@@ -207,20 +210,20 @@ def plot_attention(
         raise ValueError(
             f"layer {layer}, head {head} is outside the model's {n_layers} layers x {n_heads} heads"
         )
-    fig = Figure(figsize=(2.4 * len(maps), 2.6))
+    fig = Figure(figsize=(2.4 * len(maps) + 0.8, 2.8), layout="constrained")
     axes = fig.subplots(1, len(maps), squeeze=False)[0]
     for ax, (t, m) in zip(axes, maps.items(), strict=True):
         tokens = texts[t].split()
         size = len(tokens) + 1  # the template's tokens, then the readout token
-        ax.imshow(m[layer, head, :size, :size], cmap="viridis", vmin=0.0, vmax=1.0)
+        image = ax.imshow(m[layer, head, :size, :size], cmap="viridis", vmin=0.0, vmax=1.0)
         labels = [*tokens, "out"]
         ax.set_xticks(range(size), labels, fontsize=7)
         ax.set_yticks(range(size), labels, fontsize=7)
         ax.set_title(texts[t], fontsize=8)
         ax.set_xlabel("key")
         ax.set_ylabel("query")
-    fig.suptitle(title or f"layer {layer}, head {head}: mean attention", fontsize=9)
-    fig.tight_layout()
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="attention probability")
+    fig.suptitle(title or f"{named}layer {layer}, head {head}: mean attention", fontsize=9)
     return fig
 
 

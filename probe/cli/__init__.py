@@ -84,14 +84,67 @@ def export_catalogue(
     return folders
 
 
+def render_run_to_disk(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    config: str | None = None,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+) -> Path:
+    """``probe data render --from-run RUN``: exactly the data the run in folder ``run``
+    trained and was tested on (:func:`probe.train.setup.run_folder_dataset`), saved in Hub
+    layout as config ``config`` (default: the task's name). Returns the config folder."""
+    from probe.data.hub import check_target, default_config, push_dataset, save_dataset
+    from probe.data.render import task_info
+    from probe.push import check_push
+    from probe.train.run_dir import check_writable
+    from probe.train.setup import run_folder_dataset
+
+    if push_to_hub is not None:
+        check_push(push_to_hub, "--push-to-hub")
+    dsd = run_folder_dataset(run)  # a run's sizes: seconds
+    config = check_target(out, config or default_config(task_info(dsd)["task"]["name"]), overwrite)
+    check_writable(Path(out), "--out")
+    folder = save_dataset(dsd, out, config, overwrite=overwrite)
+    print(
+        f"wrote {folder} (the data of run {run}: "
+        f"{', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})"
+    )
+    if push_to_hub is not None:
+        print(f"pushed {out} to {push_dataset(out, push_to_hub, config, flag='--push-to-hub')}")
+    return folder
+
+
+# `probe data render` options that a run fixes: refused next to --from-run
+RUN_FIXED = ("task", "n_train", "n_val", "n_test", "seed", "tokenizer")
+
+
 def _cmd_data_render(args: argparse.Namespace) -> None:
+    if args.from_run is not None:
+        given = [f"--{k.replace('_', '-')}" for k in RUN_FIXED if getattr(args, k) is not None]
+        if given:
+            raise ValueError(
+                f"--from-run renders the run's own task, sizes, seed and tokenizer; drop "
+                f"{', '.join(given)}"
+            )
+        render_run_to_disk(
+            args.from_run,
+            args.out,
+            config=args.config,
+            overwrite=args.overwrite,
+            push_to_hub=args.push_to_hub,
+        )
+        return
+    missing = [f"--{k.replace('_', '-')}" for k in ("task", "n_train") if getattr(args, k) is None]
+    if missing:
+        raise ValueError(f"pass {' and '.join(missing)} (or --from-run RUN: a run's own data)")
     render_to_disk(
         task=args.task,
         out=args.out,
         n_train=args.n_train,
         n_val=args.n_val,
         n_test=args.n_test,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         tokenizer=args.tokenizer,
         config=args.config,
         overwrite=args.overwrite,
@@ -127,6 +180,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
+    if {"-h", "--help"} & set(args.rest):  # the help without torch: at once
+        from probe.train.config import parse_config
+
+        parse_config(args.rest, prog="probe finetune")
     from probe.train.run import main as finetune_main
 
     finetune_main(args.rest)
@@ -170,20 +227,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="render template tasks to Hub-layout datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    p = data_sub.add_parser("render", help="render one task to a Hub-layout folder")
+    p = data_sub.add_parser(
+        "render",
+        help="render one task (or a run's own data, --from-run) to a Hub-layout folder",
+        description="Render one task to a Hub-layout folder. The sizes set the vocabulary of "
+        "probe's SymbolTokenizer (it grows with n-train + n-val + n-test): data for a trained "
+        "model must be rendered as its run was, which --from-run RUN does.",
+    )
     p.add_argument(
         "--task",
-        required=True,
-        help="a catalogue name (see `probe tasks`), with parameters as NAME:KEY=VALUE, e.g. majority_k:k=5",
+        default=None,
+        help="a catalogue name (see `probe tasks`), with parameters as NAME:KEY=VALUE, e.g. "
+        "majority_k:k=5 (required unless --from-run; default: none)",
     )
     p.add_argument(
-        "--n-train", type=int, required=True, help="training samples (= train alphabet size)"
+        "--n-train",
+        type=int,
+        default=None,
+        help="training samples (= train alphabet size; required unless --from-run; default: none)",
     )
-    p.add_argument("--n-val", type=int, default=None, help="validation samples (default: 1000)")
+    p.add_argument(
+        "--n-val",
+        type=int,
+        default=None,
+        help="validation samples (default: 1000; probe finetune's default is 256)",
+    )
     p.add_argument(
         "--n-test", type=int, default=None, help="test samples, unseen symbols (default: 1000)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the draws (default: 0)")
+    p.add_argument(
+        "--from-run",
+        default=None,
+        metavar="RUN",
+        help="render exactly the data of a probe finetune run (its --output-dir): its task, "
+        "sizes, seed and tokenizer, the rows it trained and was tested on (default: none)",
+    )
     p.add_argument(
         "--tokenizer",
         default=None,

@@ -5,30 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probe.analysis.attention import SCORES
 
-
-def load_run(folder: Path):
-    """A run folder's saved model (``--save-model``) and the run's own data, rendered again
-    from its ``run_config.json`` (same task, sizes, tokenizer and seed: the same rows)."""
+def load_run_model(folder: str | Path):
+    """The saved model (``--save-model``) of the run in ``folder`` (or its ``model/``)."""
     from probe.models.identity import load_injected
-    from probe.train.config import FinetuneConfig
     from probe.train.run_dir import RunDir
-    from probe.train.setup import run_dataset
 
-    run = RunDir(folder)
+    run = RunDir.find(folder)
     if not run.model_dir.is_dir():
         raise FileNotFoundError(
-            f"--model {str(folder)!r} is a run folder without a saved model; rerun it with "
-            "--save-model, or pass the checkpoint folder"
+            f"--model {str(folder)!r}: the run {str(run.path)!r} has no saved model (model/); "
+            "rerun it with --save-model (its checkpoints hold training state, not a model)"
         )
-    config = FinetuneConfig.from_dict({**run.saved_config(), "resume": False})
-    return load_injected(run.model_dir), run_dataset(config)
+    return load_injected(run.model_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from probe.analysis.plots import plot_attention, save_figure
-
     parser = argparse.ArgumentParser(
         prog="probe attention",
         description="Attention on data: per-head equality and readout scores on rendered samples.",
@@ -37,29 +29,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="a finetune run folder saved with --save-model (its own data is rendered again), "
-        "or a checkpoint folder (then pass --dataset)",
+        help="a finetune run folder saved with --save-model, or the model/ in it (the run's "
+        "own data is rendered again: the same rows), or any saved model folder (then pass "
+        "--dataset)",
     )
-    parser.add_argument("--dataset", default=None, help="a rendered dataset folder (Hub layout)")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="a rendered dataset folder (Hub layout) whose token ids fit the model; for a "
+        "run's own rows pass the run folder as --model, or `probe data render --from-run RUN`",
+    )
     parser.add_argument("--config", default=None, help="config name inside --dataset")
     parser.add_argument("--split", default="test", help="split to run on (test: unseen symbols)")
     parser.add_argument("--max-samples", type=int, default=512, help="rows of the split used")
     parser.add_argument("--out", required=True, help="folder for attention.csv and the PNGs")
     args = parser.parse_args(argv)
 
-    from probe.analysis.attention import attention_scores
+    from probe.analysis.attention import SCORES, attention_scores
+    from probe.analysis.plots import plot_attention, save_figure
     from probe.data.hub import load_dataset
     from probe.models.identity import load_injected
-    from probe.train.run_dir import CONFIG_FILE
+    from probe.train.run_dir import RunDir
+    from probe.train.setup import run_folder_dataset
 
-    folder = Path(args.model).expanduser()
-    if (folder / CONFIG_FILE).is_file():
-        model, dsd = load_run(folder)
-        if args.dataset is not None:
+    run = RunDir.find(args.model)
+    if run is not None:  # a run folder, or the model/ in it: by default its own rows
+        model = load_run_model(args.model)
+        if args.dataset is None:
+            dsd = run_folder_dataset(run.path)
+        else:
             dsd = load_dataset(args.dataset, args.config)
     else:
         if args.dataset is None:
-            parser.error(f"--model {args.model!r} is no run folder: pass --dataset (and --config)")
+            parser.error(
+                f"--model {args.model!r} is no run folder: pass a finetune --output-dir saved "
+                "with --save-model (its own data is used), or --dataset (and --config)"
+            )
         model, dsd = load_injected(args.model), load_dataset(args.dataset, args.config)
     df = attention_scores(model, dsd, split=args.split, max_samples=args.max_samples)
     out = Path(args.out)

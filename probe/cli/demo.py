@@ -27,13 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from probe.data.render import dataset_tokenizer, parse_task_spec, render, task_info
-
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
-SUMMARY_N_TRAIN = 1024  # samples (= symbols) of the summary's training split
-SUMMARY_N_TEST = 256  # samples of its validation and test splits each
 
 
 def _count(text: str, low: int = 0) -> int:
@@ -107,13 +101,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print its table; returns the sweep's rows."""
     args = build_parser().parse_args(argv)
     one_thread()
-    config = None
-    if not args.summary_only:
-        config = quickstart_config(args)  # refuse bad options before the summary
+    config = quickstart_config(args)  # refuse bad options before the summary
+    # the data of the grid's largest run, at the sizes the runs use
+    settings = config.cell_settings(config.cells()[-1])
     summarize(
-        args.task or _recipe_task(args), SUMMARY_N_TRAIN, SUMMARY_N_TEST, args.seed, args.show
+        args.task or _task_text(config),
+        settings["n_train"],
+        settings["n_test"],
+        args.seed,
+        args.show,
+        n_val=settings["n_val"],
     )
-    if config is None:
+    if args.summary_only:
         return []
     print()
     return run_quickstart(config, args.out)
@@ -130,12 +129,6 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _recipe_task(args: argparse.Namespace) -> str:
-    from probe.experiments.sweep import load_recipe
-
-    return load_recipe(args.recipe)["task"]
-
-
 def quickstart_config(args: argparse.Namespace) -> Any:
     """The recipe as a :class:`probe.experiments.sweep.SweepConfig`, with the options applied."""
     from probe.experiments.sweep import SweepConfig
@@ -148,6 +141,8 @@ def quickstart_config(args: argparse.Namespace) -> Any:
         finetune["n_test"] = args.n_test
     task, params = (config.task, config.task_params)
     if args.task:  # the task the summary shows, with its parameters (majority_k:k=5)
+        from probe.data.render import parse_task_spec
+
         task, params = parse_task_spec(args.task)
     return dataclasses.replace(
         config,
@@ -256,9 +251,16 @@ def format_results(results: str | Path, config: Any) -> str:
     return "\n".join(lines)
 
 
-def summarize(task: str, n_train: int, n_test: int, seed: int, show: int) -> None:
-    """Print a rendered task's templates, a few samples per split and the disjointness check."""
-    dsd = render(task, n_train, n_test, n_test, seed=seed)
+def summarize(
+    task: str, n_train: int, n_test: int, seed: int, show: int, n_val: int | None = None
+) -> None:
+    """Print a rendered task's templates, a few samples per split (``n_val`` defaults to
+    ``n_test``; 0: none) and the disjointness check."""
+    import numpy as np
+
+    from probe.data.render import dataset_tokenizer, render, task_info
+
+    dsd = render(task, n_train, n_test if n_val is None else n_val, n_test, seed=seed)
     info = task_info(dsd)
     tok = dataset_tokenizer(dsd)
     task = info["task"]
@@ -274,6 +276,10 @@ def summarize(task: str, n_train: int, n_test: int, seed: int, show: int) -> Non
     ]
     symbol_sets = {}
     for split, ds in dsd.items():
+        if ds.num_rows == 0:
+            print(f"\n{split}: no samples (the runs use no {split} split)")
+            symbol_sets[split] = set()
+            continue
         alphabet = info["alphabets"][split]
         ids = np.asarray(ds["input_ids"])
         real = np.asarray(ds["attention_mask"]).astype(bool)
@@ -290,6 +296,7 @@ def summarize(task: str, n_train: int, n_test: int, seed: int, show: int) -> Non
             print(f"  {row['text']:<36} -> {label}   ids {row['input_ids']}")
 
     pairs = [("train", "validation"), ("train", "test"), ("validation", "test")]
+    pairs = [(a, b) for a, b in pairs if dsd[a].num_rows and dsd[b].num_rows]
     shared = {f"{a}/{b}": len(symbol_sets[a] & symbol_sets[b]) for a, b in pairs}
     ok = not any(shared.values())
     print(

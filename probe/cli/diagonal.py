@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from probe.analysis import EFFECTIVE_SCORES, SCORES
 
-from probe.analysis.diagonal import EFFECTIVE_SCORES, SCORES, attn_diagonal, top_heads
-from probe.models.architectures import arch_spec
+if TYPE_CHECKING:  # torch waits for a model: `probe diagonal --help` answers at once
+    from torch import nn
 
 
 def load_model(
@@ -24,8 +24,10 @@ def load_model(
     under ``torch.manual_seed(seed)`` (the global RNG state is restored afterwards). The
     architecture is checked against ``probe.models.architectures`` before any weights are read.
     """
+    import torch
     import transformers
 
+    from probe.models.architectures import arch_spec
     from probe.models.resolve import resolve_model
 
     ref = resolve_model(name_or_path, gguf, pretrained=not from_scratch)
@@ -60,8 +62,6 @@ def load_model(
 
 def main(argv: list[str] | None = None) -> None:
     """``probe diagonal``: write the per-head table and its pictures for one checkpoint."""
-    from probe.analysis.plots import save_figure
-
     parser = argparse.ArgumentParser(
         prog="probe diagonal",
         description="Identity structure (W_Q W_Kᵀ, W_V W_O ≈ a·I) of every attention head.",
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.block < 1:
         parser.error(f"--block {args.block}: pass a block size of at least 1")
 
-    from probe.analysis.plots import plot_diagonal, plot_head
+    from probe.analysis.diagonal import attn_diagonal, top_heads
+    from probe.analysis.plots import plot_diagonal, plot_head, save_figure
 
     try:
         model = load_model(args.model, args.gguf, args.from_scratch, args.seed)

@@ -426,11 +426,21 @@ def _check_split_files(local: Path, config: str | None) -> None:
                 )
 
 
+def _no_local_folder(name: str) -> str:
+    """What a Hub id that could have been a relative folder was not found as, locally."""
+    return (
+        f"there is no folder {name!r} under the current folder {os.getcwd()} (a relative path "
+        "is read from where the command runs; pass the folder's full path"
+        + (", or run from the root of the clone" if name.startswith("data/") else "")
+        + "), so it was read as a Hub id"
+    )
+
+
 def _unreachable(hub_id: str, why: str) -> ConnectionError:
     return ConnectionError(
-        f"dataset {hub_id!r} is not in the local cache and {why}. To provide it: "
-        f"{hub_download_hint(hub_id, 'dataset')} (or render it with `probe data render "
-        f"--task NAME --n-train N --out DIR`)"
+        f"{_no_local_folder(hub_id)}; dataset {hub_id!r} is not in the local cache and {why}. "
+        f"To provide it: {hub_download_hint(hub_id, 'dataset')} (or render it with `probe "
+        f"data render --task NAME --n-train N --out DIR`)"
     )
 
 
@@ -438,7 +448,10 @@ def _load_from_hub(hub_id: str, config: str | None) -> datasets.DatasetDict:
     # one quick request first: the loader retries an unreachable Hub for ~20 s
     reason = hub_unreachable(hub_id, repo_type="dataset")
     if reason is None:
-        return _restore(datasets.load_dataset(hub_id, config), hub_id)
+        try:
+            return _restore(datasets.load_dataset(hub_id, config), hub_id)
+        except datasets.exceptions.DatasetNotFoundError as e:
+            raise FileNotFoundError(f"{_no_local_folder(hub_id)}; the Hub says: {e}") from e
     if not hub_offline():
         raise _unreachable(hub_id, f"the Hub cannot be reached ({reason})")
     try:  # offline mode: the local cache only

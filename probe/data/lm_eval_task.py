@@ -48,6 +48,26 @@ LABEL_WORDS: dict[float, str] = {1.0: "yes", -1.0: "no"}
 ENCODING = ", ".join(f"{y:+g} -> {w!r}" for y, w in LABEL_WORDS.items())
 INSTALL_HINT = "pip install 'symbol-probe[lm-eval]'"
 SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}  # split -> file in the task folder
+# the loader next to the YAML (its `custom_dataset: !function LOADER.load`): it reads the
+# data files beside itself, so the folder can be moved or shared
+LOADER = "probe_data"
+LOADER_CODE = f'''"""Written by `probe data lm-eval`: this task's data, read from the files beside
+this file (lm-eval calls load() through the YAML's custom_dataset), so the folder can be
+moved or shared."""
+
+from pathlib import Path
+
+import datasets
+
+FILES = {SPLIT_FILES!r}
+
+
+def load(**kwargs):
+    here = Path(__file__).resolve().parent
+    return datasets.load_dataset(
+        "json", data_files={{split: str(here / name) for split, name in FILES.items()}}
+    )
+'''
 PROMPT = "{{input}} ->"  # doc_to_text; the answer follows after a space
 MAX_ANSWER_TOKENS = 16  # generate_until's budget for one symbol (several BPE tokens each)
 
@@ -98,14 +118,12 @@ def task_docs(dsd: datasets.DatasetDict, tokenizer: Any = None) -> dict[str, lis
     return docs
 
 
-def task_config(
-    name: str, kind: str, files: dict[str, Path], shots: int, source: str
-) -> dict[str, Any]:
-    """The lm-eval task YAML as a dict (``files``: split -> absolute data file)."""
+def task_config(name: str, kind: str, shots: int, source: str) -> dict[str, Any]:
+    """The lm-eval task YAML as a dict, but for its ``custom_dataset`` line (a YAML tag:
+    ``!function probe_data.load``, the loader beside it)."""
     config: dict[str, Any] = {
         "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {s: str(f) for s, f in files.items()}},
+        "dataset_path": "json",  # unused: custom_dataset loads the data
         "training_split": "train",
         "test_split": "test",
         "fewshot_split": "train",
@@ -165,9 +183,12 @@ def _header(name: str, kind: str, source: str) -> str:
 
 
 def _owned(folder: Path) -> bool:
-    """True when ``folder`` holds only what this module writes (a task YAML and its data)."""
+    """True when ``folder`` holds only what this module writes (a task YAML, its data and
+    its loader, and the loader's bytecode cache)."""
+    written = {*SPLIT_FILES.values(), f"{LOADER}.py"}
     return all(
-        p.is_file() and (p.suffix == ".yaml" or p.name in SPLIT_FILES.values())
+        (p.is_file() and (p.suffix == ".yaml" or p.name in written))
+        or (p.is_dir() and p.name == "__pycache__")
         for p in folder.iterdir()
     )
 
@@ -253,11 +274,12 @@ def export_lm_eval_task(
         for split, rows in docs.items():
             lines = "".join(json.dumps(row) + "\n" for row in rows)
             (staging / SPLIT_FILES[split]).write_text(lines, "utf-8")
-        files = {s: out.resolve() / f for s, f in SPLIT_FILES.items()}
+        (staging / f"{LOADER}.py").write_text(LOADER_CODE, "utf-8")
         source = f"dataset {dataset}, config {config}, seed {info['seed']}"
         body = yaml.safe_dump(
-            task_config(name, kind, files, shots, source), sort_keys=False, width=1_000_000
+            task_config(name, kind, shots, source), sort_keys=False, width=1_000_000
         )
+        body += f"custom_dataset: !function {LOADER}.load\n"
         (staging / f"{name}.yaml").write_text(_header(name, kind, source) + body, "utf-8")
         _open_up(staging)  # mkdtemp made it private
         if out.exists():

@@ -21,14 +21,16 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from probe.errors import one_line_errors
 from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
 from probe.jsonl import read_rows
 from probe.push import check_push, upload
 from probe.train.config import SETTING, fields_with
+
+if TYPE_CHECKING:  # pandas waits for results: `probe report --help` answers at once
+    import pandas as pd
 
 METRIC = {"regression": "test_loss", "symbolic": "test_error"}
 CELL_KEYS = ["recipe", "variant", "n", "seed"]
@@ -45,7 +47,14 @@ def _files(paths: Iterable[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"results file {str(p)!r} does not exist")
+            where = "" if p.is_absolute() else f" under the current folder {os.getcwd()}"
+            committed = (
+                "; the committed results live in results/ of the clone: run from its root, "
+                "or pass the full path"
+                if p.parts[:1] == ("results",)
+                else ""
+            )
+            raise FileNotFoundError(f"results file {str(p)!r} does not exist{where}{committed}")
     return files
 
 
@@ -59,6 +68,8 @@ def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     rows = read_rows(files, required=CELL_KEYS)
     if not rows:
         raise ValueError(f"no rows in {[str(f) for f in files]}; run `probe sweep` first")
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     missing = [k for k in CELL_KEYS if k not in df.columns]
     if missing or df[CELL_KEYS].isna().any().any():
@@ -123,6 +134,8 @@ def n_star(
     numeric ``ratio`` is NaN unless both n* were reached; ``ratio_text`` bounds it
     where one was not.
     """
+    import pandas as pd
+
     out = []
     for (recipe, variant), g in curve.groupby(["recipe", "variant"], sort=False):
         g = g.sort_values("n")
@@ -200,7 +213,7 @@ def plot_curves(
     # tab20 gives each pair one hue, dark and light, and the second is dashed.
     paired = len(variants) > 6
     cmap = plt.get_cmap("tab20" if paired else "tab10")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.6, 4.2), dpi=110)
     for i, v in enumerate(variants):
         g = curve[curve["variant"] == v].sort_values("n")
         color = cmap(i % cmap.N)
@@ -230,12 +243,19 @@ def plot_curves(
         ax.set_yscale("symlog", linthresh=floor)
         ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2 if len(variants) > 6 else 1)
+    # beside the axes, never over the curves
+    ax.legend(
+        fontsize=8,
+        ncol=2 if len(variants) > 12 else 1,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -289,6 +309,8 @@ def cell_seconds(rows: pd.DataFrame) -> pd.Series:
     """Each row's cost in seconds: its ``wall_s`` (the cell's own process), or for a cell
     of a ``--pack K`` its pack's time over K (K cells shared it); NaN without wall_s."""
     if "wall_s" not in rows.columns:
+        import pandas as pd
+
         return pd.Series(math.nan, index=rows.index)
     share = rows["wall_s"]
     if "packed" in rows.columns:
@@ -417,8 +439,8 @@ def write_report(
         )
         wide.columns = [f"n={c}" for c in wide.columns]
         md += [
-            f"## {recipe}",
-            "",
+            # one recipe: the page's title already names it
+            *([f"## {recipe}", ""] if len(recipes) > 1 else []),
             *([description, ""] if description else []),
             f"Task `{task}`; metric: {metric} on unseen symbols (mean over seeds); {status}.",
             "",
@@ -511,7 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline", default=None, help="variant of the ratios (default: none)")
     p.add_argument("--metric", default=None, help="column to read (default: by label kind)")
-    p.add_argument("--band", default="minmax", choices=["minmax", "std"])
+    p.add_argument(
+        "--band",
+        default="minmax",
+        choices=["minmax", "std"],
+        help="the shaded band around each mean curve: the seeds' min to max, or the mean "
+        "± one standard deviation over seeds (default: %(default)s)",
+    )
     p.add_argument(
         "--push-to-hub",
         default=None,

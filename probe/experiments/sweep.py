@@ -277,14 +277,26 @@ def _read_yaml(path: Path) -> Any:
         raise ValueError(f"recipe {path}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
-def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A recipe's mapping with its ``include:`` files merged underneath it."""
+def load_recipe(
+    path: str | os.PathLike, _seen: tuple[Path, ...] = (), _include: str | None = None
+) -> dict[str, Any]:
+    """A recipe's mapping with its ``include:`` files merged underneath it (each path
+    relative to the recipe that includes it)."""
     path = Path(path).resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ValueError(f"recipe include cycle: {chain}; remove one of the includes")
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist; recipes live in recipes/")
+        if _seen:  # an include: name it, the recipe holding it, and where it was looked for
+            raise FileNotFoundError(
+                f"recipe {str(_seen[-1])!r}: its include {_include!r} does not exist as "
+                f"{str(path)!r} (an include is read relative to the recipe holding it; "
+                "copy the included file next to it, or give its path from there)"
+            )
+        raise FileNotFoundError(
+            f"recipe {str(path)!r} does not exist; the committed recipes live in recipes/ "
+            "of the clone: run from its root, or pass the recipe's full path"
+        )
     d = _read_yaml(path)
     if not isinstance(d, dict):
         raise ValueError(f"recipe {str(path)!r} is not a YAML mapping of keys to values")
@@ -298,7 +310,7 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         )
     merged: dict[str, Any] = {}
     for inc in includes:
-        merged = _merge(merged, load_recipe(path.parent / inc, (*_seen, path)))
+        merged = _merge(merged, load_recipe(path.parent / inc, (*_seen, path), str(inc)))
     merged.pop("name", None)  # a name never comes from an included file
     return _merge(merged, d, REPLACED_KEYS)
 
@@ -1140,8 +1152,10 @@ def run_sweep(
         # cell, with one job)
         bar = tqdm(total=len(todo), desc=f"sweep {config.name}", unit="cell", disable=not progress)
 
+        last = ""  # the last finished cell and its metric
+
         def show(running: Cell | None = None) -> None:
-            text = f"failed={failed}"
+            text = f"failed={failed}" + last
             if running is not None:
                 text += f", running {running.variant} n={running.n} seed={running.seed}"
             bar.set_postfix_str(text)
@@ -1184,6 +1198,10 @@ def run_sweep(
                 row["model"] = settings[c.key].get("model") or row.get("model")
                 append_row(path, row)  # probe.jsonl: locked, on a fresh line
                 rows.append(row)
+                metric = "test_error" if kinds[c.key] == "symbolic" else "test_loss"
+                value = row.get(metric)
+                told = f"{metric} {value:.3g}" if isinstance(value, (int, float)) else status
+                last = f", last {c.variant} n={c.n} seed={c.seed}: {told}"
                 show()
                 bar.update()
     if busy:
@@ -1368,6 +1386,33 @@ def default_work_dir(recipe: str | os.PathLike, config: SweepConfig) -> Path:
     return Path("runs") / "sweep" / default_out(recipe, config).relative_to("results")
 
 
+def committed_out(recipe: str | os.PathLike, config: SweepConfig) -> Path | None:
+    """The recipe's committed results in its clone (``ROOT/results/...`` for a recipe
+    under ``ROOT/recipes/``), wherever the command runs; None for a recipe elsewhere."""
+    path = Path(recipe).resolve()
+    parents = [p.name for p in path.parents]
+    if "recipes" not in parents:
+        return None
+    return path.parents[parents.index("recipes")].parent / default_out(path, config)
+
+
+def cell_estimates(folders: Iterable[Path]) -> dict[tuple[str, int], float]:
+    """Mean ``wall_s`` per (variant, n) over the finished rows in ``folders``' results
+    files: what a cell of the same recipe took before (any seed)."""
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for folder in folders:
+        files = sorted(folder.glob("results*.jsonl")) if folder.is_dir() else []
+        for row in read_rows(files) if files else []:
+            if row.get("status", OK) == OK and isinstance(row.get("wall_s"), (int, float)):
+                seconds.setdefault((row["variant"], int(row["n"])), []).append(row["wall_s"])
+    return {k: sum(v) / len(v) for k, v in seconds.items()}
+
+
+def format_seconds(s: float) -> str:
+    """``45 s``, ``12 min``, ``3.4 h``."""
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
 def _main(args: argparse.Namespace) -> None:
     config = SweepConfig.from_yaml(args.recipe)
     shard = parse_shard(args.shard)
@@ -1401,8 +1446,32 @@ def _main(args: argparse.Namespace) -> None:
             f" in {len(packs(todo, configs, pack))} packs of at most {pack}" if pack > 1 else ""
         )
         print(f"recipe {config.name}: {len(todo)} of {len(cells)} cells to run{grouped}")
+        sources = [p for p in (out, committed_out(args.recipe, config)) if p is not None]
+        estimates = cell_estimates(sources)
         for c in todo:
-            print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}")
+            known = estimates.get((c.variant, c.n))
+            guess = f"  ~{format_seconds(known)}" if known is not None else ""
+            print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}{guess}")
+        known = [estimates[(c.variant, c.n)] for c in todo if (c.variant, c.n) in estimates]
+        if known:
+            jobs = parse_jobs(args.jobs)
+            unknown = len(todo) - len(known)
+            print(
+                f"estimated time: ~{format_seconds(sum(known))} of cells"
+                + (
+                    f" (~{format_seconds(sum(known) / jobs)} with --jobs {jobs})"
+                    if jobs > 1
+                    else ""
+                )
+                + (f", and {unknown} cells never run before" if unknown else "")
+                + f", from the wall_s of earlier rows in {', '.join(map(str, sources))} "
+                "(measured on their machine; another load or core count changes it)"
+            )
+        elif todo:
+            print(
+                "estimated time: unknown (no earlier rows of this recipe; a cell of the small "
+                "model takes up to 1000 steps, 1-4 min on a CPU core)"
+            )
         if args.until_n_star:
             print(
                 f"--until-n-star: {len(skipped)} cell(s) skipped now (n* settled)"

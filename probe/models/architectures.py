@@ -22,11 +22,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch waits for a model: `probe finetune --help` reads SMALL_SHAPE
+    import torch
+    from torch import nn
 
-Matrices = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Matrices = "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]"
 
 # The paper's small transformer at CPU scale, the from-scratch shape runs default to, in
 # GPT-2's names; ArchSpec.shape turns it into each architecture's config fields

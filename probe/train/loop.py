@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -264,6 +265,44 @@ def stop_reason(state: TrainState, s: LoopSettings) -> str:
     return ""
 
 
+LONG_RUN_S = 3600  # a run whose steps left would take longer is told so, once
+
+
+class LongRunWatch:
+    """Times a few steps after the first (warm-up) one and warns once when the steps
+    left would take over ``LONG_RUN_S`` on this device: a 135M model's 1000 default steps
+    take about 4 hours on a CPU, and nothing said so before."""
+
+    STEPS = 3  # steps timed after the warm-up step
+
+    def __init__(self, total: int, device: Any, enabled: bool = True):
+        self.total, self.device, self.enabled = total, device, enabled
+        self.start: tuple[float, int] | None = None
+        self.seen = 0
+
+    def tick(self, step: int) -> None:
+        if not self.enabled:
+            return
+        self.seen += 1
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (now, step)
+            return
+        if self.seen <= self.STEPS or step == self.start[1]:
+            return
+        self.enabled = False
+        per_step = (now - self.start[0]) / (step - self.start[1])
+        left = (self.total - step) * per_step
+        if left > LONG_RUN_S:
+            warnings.warn(
+                f"at {per_step:.3g} s a step on {self.device}, the {self.total - step} steps "
+                f"left take about {left / 3600:.1f} h (a stop rule may end it sooner); pass "
+                "--max-steps N for a shorter run",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 def train(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -299,6 +338,7 @@ def train(
         dynamic_ncols=True,
     )
     distributed = accelerator.num_processes > 1
+    watch = LongRunWatch(total, accelerator.device, enabled=accelerator.is_main_process)
 
     def forward_backward(batch: Batch) -> float:
         """One step's loss, read back, checked finite, and its gradients."""
@@ -366,6 +406,7 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                     state.stepped(value)
                     bar.update(1)
+                    watch.tick(state.step)
                     if state.step % s.log_every == 0:
                         bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
                         if accelerator.trackers:  # the loss, and a and b head by head

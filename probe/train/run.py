@@ -2,7 +2,7 @@
 
 Three doors share one :class:`~probe.train.config.FinetuneConfig`::
 
-    accelerate launch probe/finetune.py --model gpt2 --ab kq --n-train 256
+    accelerate launch -m probe.finetune --model gpt2 --ab kq --n-train 256
     probe finetune --model gpt2 --ab kq --n-train 256
     probe.finetune(probe.FinetuneConfig(model="gpt2", ab="kq", n_train=256))
 
@@ -16,7 +16,7 @@ appends one JSON line to ``OUTPUT_DIR/results.jsonl``. Checkpoints go through
 continues from the last one to the same final metrics as an uninterrupted run.
 
 The same code runs on one CPU, one GPU, several GPUs or machines: ``accelerate
-launch --multi_gpu --num_processes 2 probe/finetune.py ...`` falls back to the
+launch --multi_gpu --num_processes 2 -m probe.finetune ...`` falls back to the
 gloo backend on a machine without GPUs. ``--batch-size`` is per process. With
 several processes, run one ``finetune`` per launch: the run ends by destroying
 the process group.
@@ -567,7 +567,7 @@ def _destroy_process_group() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``probe finetune`` / ``accelerate launch probe/finetune.py``: parse, run, report.
+    """``probe finetune`` / ``accelerate launch -m probe.finetune``: parse, run, report.
     A user error is one line (exit 2); a run stopped by SIGTERM, SIGUSR1 or Ctrl-C
     saves a checkpoint, prints the command that continues it and exits 75
     (``probe.errors.EXIT_PREEMPTED``)."""

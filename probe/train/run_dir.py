@@ -62,6 +62,34 @@ class RunDir:
         self.model_dir = self.path / MODEL
         self.logs_dir = self.path / LOGS
 
+    @classmethod
+    def find(cls, path: str | os.PathLike) -> RunDir | None:
+        """The run a path names: the run folder itself, or its ``model/`` (a run folder
+        is one holding ``run_config.json`` that is not a checkpoint); None otherwise.
+        A checkpoint (``RUN/checkpoints/step-N``) is refused with what to pass instead:
+        it holds accelerate's training state, not a loadable model."""
+        path = Path(path).expanduser()
+        if _STEP_DIR.match(path.name) and path.parent.name == CHECKPOINTS:
+            run = path.parent.parent
+            raise FileNotFoundError(
+                f"{str(path)!r} is a training checkpoint (accelerate's state, not a loadable "
+                f"model); pass its run folder {str(run)!r}, saved with --save-model"
+            )
+        if (path / CONFIG_FILE).is_file():
+            return cls(path)
+        if path.name == MODEL and (path.parent / CONFIG_FILE).is_file():
+            return cls(path.parent)
+        return None
+
+    def finetune_config(self) -> FinetuneConfig:
+        """The run's saved :class:`FinetuneConfig` (``resume`` off: it is read, not run)."""
+        saved = self.saved_config()
+        if saved is None:
+            raise FileNotFoundError(
+                f"{str(self.path)!r} holds no {CONFIG_FILE}: no run started there"
+            )
+        return FinetuneConfig.from_dict({**saved, "resume": False})
+
     # -- what is there ------------------------------------------------------------
 
     def artifacts(self) -> list[str]:

@@ -7,6 +7,7 @@ model or data work. The rest builds the run's pieces from a checked config.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +235,22 @@ def run_dataset(config: FinetuneConfig, task=None):
         dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
         dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
     return dsd
+
+
+def run_folder_dataset(folder: str | os.PathLike):
+    """Exactly the data the run in ``folder`` (its ``--output-dir``, or the ``model/`` in
+    it) trained and was tested on: :func:`run_dataset` of its saved config (same task,
+    sizes, tokenizer and seed: the same rows). ``probe data render --from-run``,
+    ``probe attention --model RUN`` and ``probe.run_folder_dataset`` all come here."""
+    from probe.train.run_dir import CONFIG_FILE
+
+    run = RunDir.find(folder)
+    if run is None:
+        raise FileNotFoundError(
+            f"{str(folder)!r} is no run folder (it holds no {CONFIG_FILE}); pass the "
+            "--output-dir of a probe finetune run"
+        )
+    return run_dataset(run.finetune_config())
 
 
 def load_run_data(config: FinetuneConfig, task) -> RunData:

@@ -101,8 +101,12 @@ def test_plots_show_scores_and_maps(setting):
     image = fig.axes[0].images[0].get_array()
     assert image.shape == (2, 2)  # layers x heads
     assert np.allclose(image, df.pivot(index="layer", columns="head", values="equality_score"))
+    assert fig.axes[0].get_title() == "gpt2 (from scratch): equality_score on data"
     fig = plot_attention(df, layer=1, head=0)
-    assert [ax.get_title() for ax in fig.axes] == ["a b a", "a b b"]
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["a b a", "a b b"]
+    # a colour bar for the maps, and a title naming the model
+    assert fig.axes[2].get_ylabel() == "attention probability"
+    assert fig._suptitle.get_text() == "gpt2 (from scratch): layer 1, head 0: mean attention"
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "a", "out"]
     with pytest.raises(ValueError, match="outside the model's 2 layers x 2 heads"):
         plot_attention(df, layer=5, head=0)
@@ -137,3 +141,105 @@ def test_cli_on_a_run_folder_renders_the_runs_own_data(tmp_path, capsys):
     assert "samples" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         attention_cli(["--model", str(tmp_path / "att"), "--out", str(tmp_path / "x")])
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A run saved with --save-model at probe finetune's own sizes (n_val 4, not the
+    1000 of `probe data render`)."""
+    run = tmp_path_factory.mktemp("fit") / "run"
+    config = FinetuneConfig(
+        n_train=16,
+        n_val=4,
+        n_test=8,
+        max_steps=1,
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        save_model=True,
+        progress=False,
+        output_dir=str(run),
+    )
+    probe.finetune(config)
+    return run, config
+
+
+def test_data_that_overruns_the_models_vocabulary_is_one_line_naming_the_fix(saved_run, tmp_path):
+    run, config = saved_run
+    model = probe.load_injected(run / "model")
+    rows = model.get_input_embeddings().num_embeddings
+    # "the same task at the same n", at probe data render's default sizes
+    other = probe.render(config.task, n_train=16, n_val=1000, n_test=1000, seed=0)
+    with pytest.raises(
+        ValueError, match=rf"reach \d+ \(split 'test'\).* embeds {rows} ids.*--from-run"
+    ):
+        attention_scores(model, other)
+    probe.save_dataset(other, tmp_path / "other", "aba_vs_abb")
+    with pytest.raises(ValueError, match="probe data render --from-run RUN"):
+        attention_cli(
+            [
+                "--model",
+                str(run / "model"),
+                "--dataset",
+                str(tmp_path / "other"),
+                "--out",
+                str(tmp_path / "att"),
+            ]
+        )
+    # data that fits runs; a selection is checked on its own rows
+    attention_scores(model, probe.run_folder_dataset(run), max_samples=4)
+    attention_scores(model, other["train"].select(range(4)), max_samples=4)
+
+
+def test_render_from_run_gives_exactly_the_runs_data(saved_run, tmp_path, capsys):
+    from probe.cli import main as cli
+
+    run, config = saved_run
+    cli(["data", "render", "--from-run", str(run), "--out", str(tmp_path / "d")])
+    assert "the data of run" in capsys.readouterr().out
+    mine = probe.load_dataset(tmp_path / "d", "aba_vs_abb")
+    same = probe.run_folder_dataset(run / "model")  # the model/ folder names its run too
+    assert {s: mine[s]["input_ids"] for s in mine} == {s: same[s]["input_ids"] for s in same}
+    assert [mine[s].num_rows for s in ("train", "validation", "test")] == [16, 4, 8]
+    attention_cli(
+        [
+            "--model",
+            str(run / "model"),
+            "--dataset",
+            str(tmp_path / "d"),
+            "--max-samples",
+            "4",
+            "--out",
+            str(tmp_path / "att"),
+        ]
+    )
+    with pytest.raises(SystemExit):  # --task with --from-run: the run fixes it
+        cli(
+            [
+                "data",
+                "render",
+                "--from-run",
+                str(run),
+                "--task",
+                "copy",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+    assert "drop --task" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["data", "render", "--out", str(tmp_path / "e")])
+    assert "pass --task and --n-train (or --from-run RUN" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["data", "render", "--from-run", str(tmp_path), "--out", str(tmp_path / "e")])
+    assert "is no run folder" in capsys.readouterr().err
+
+
+def test_attention_on_a_checkpoint_names_its_run_folder(saved_run, tmp_path, capsys):
+    run, _ = saved_run
+    step = run / "checkpoints" / "step-1"
+    assert step.is_dir()
+    with pytest.raises(
+        FileNotFoundError, match=f"training checkpoint .*pass its run folder '{run}'"
+    ):
+        attention_cli(["--model", str(step), "--out", str(tmp_path / "att")])

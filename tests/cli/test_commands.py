@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from probe.cli.demo import build_parser as demo_parser
+    from probe.experiments.report import build_parser as report_parser
     from probe.train.config import build_parser as finetune_parser
 
     top = cli.build_parser()
@@ -31,13 +32,16 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "data export": data.choices["export"],
         "demo": demo_parser(),
         "finetune": finetune_parser(),
+        "report": report_parser(),
     }
 
 
 FLAGS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 
 
-@pytest.mark.parametrize("command", ["tasks", "data render", "data export", "demo", "finetune"])
+@pytest.mark.parametrize(
+    "command", ["tasks", "data render", "data export", "demo", "finetune", "report"]
+)
 def test_every_option_has_help_showing_its_default(command):
     parser = _parsers()[command]
     formatter = parser._get_formatter()
@@ -126,3 +130,24 @@ def test_demo_summary_only_as_a_command():
     ).stdout  # fmt: skip
     assert out.startswith("task aba_vs_abb (regression labels), seed 0")
     assert "-> OK: the test uses only unseen symbols" in out
+
+
+HEAVY = ("torch", "transformers", "datasets", "pandas", "matplotlib", "accelerate")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["finetune"], ["attention"], ["diagonal"], ["sweep"], ["report"], ["demo"],
+     ["data", "render"], ["data", "lm-eval"]],
+)  # fmt: skip
+def test_help_answers_without_the_heavy_libraries(command):
+    # `probe X --help` took 5-6 s quiet, up to a minute under load, importing torch first
+    code = (
+        "import sys\nfrom probe.cli import main\n"
+        f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: probe" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]", command

@@ -78,3 +78,52 @@ def test_a_tiny_run_trains_the_shown_task_through_the_sweep(capsys, tmp_path):
     assert {json.loads(x)["recipe"] for x in lines} == {"quickstart"}
     with pytest.raises(FileExistsError, match="already holds"):
         main(["--n", "8", "--max-steps", "2", "--n-test", "8", "--out", str(tmp_path)])
+
+
+ROOT = RECIPE.parents[1]
+COMMITTED = ROOT / "results" / "quickstart"  # `probe demo --out`'s results, one thread
+
+
+def readme_quickstart_table() -> str:
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text[text.index("**The quickstart**") :]
+    return re.search(r"^```\n(.*?)^```", after, flags=re.S | re.M).group(1).strip()
+
+
+def test_readme_quickstart_table_is_what_the_demo_prints_for_its_committed_rows():
+    from probe.cli.demo import format_results
+    from probe.jsonl import read_rows
+
+    config = SweepConfig.from_yaml(RECIPE)
+    rows = read_rows(COMMITTED / "results.jsonl")
+    # the committed rows are the recipe's whole grid, as the demo runs it
+    assert sorted((r["variant"], r["n"], r["seed"]) for r in rows) == sorted(
+        (v, n, 0) for v in config.variants for n in config.n
+    )
+    assert {r["test_samples"] for r in rows} == {500} and {r["val_loss"] for r in rows} == {None}
+    assert readme_quickstart_table() == format_results(COMMITTED, config).strip()
+
+
+def test_the_demo_computes_the_committed_rows(tmp_path):
+    # the cheapest cells of the grid (n = 32, both variants) again, as `make demo` runs
+    # them (one thread, a fresh process): the committed rows, hence the README's table,
+    # are what the code computes today
+    import os
+    import subprocess
+    import sys
+
+    from probe.jsonl import read_rows
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    code = "from probe.cli.demo import main; main(['--n', '32', '--show', '0', '--out', 'out'])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = {r["variant"]: r for r in read_rows(tmp_path / "out" / "results" / "results.jsonl")}
+    committed = {r["variant"]: r for r in read_rows(COMMITTED / "results.jsonl") if r["n"] == 32}
+    for variant, row in committed.items():
+        assert f"{fresh[variant]['test_loss']:.3f}" == f"{row['test_loss']:.3f}", variant
+        assert fresh[variant]["steps"] == row["steps"], variant

@@ -263,3 +263,26 @@ def test_a_folder_missing_a_split_is_refused_naming_it(tmp_path):
         f.unlink()
     with pytest.raises(ValueError, match=r"split 'validation' of config 'copy' has no file"):
         load_dataset(tmp_path, "copy")
+
+
+def test_a_relative_folder_missing_here_says_so_before_the_hub_id(tmp_path, monkeypatch, capsys):
+    from probe.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)  # not the root of the clone: data/template-tasks is not here
+    with pytest.raises(SystemExit):
+        cli(
+            [
+                "data",
+                "lm-eval",
+                "--dataset",
+                "data/template-tasks",
+                "--config",
+                "copy",
+                "--out",
+                "x",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"no folder 'data/template-tasks' under the current folder {tmp_path}" in err
+    assert "run from the root of the clone" in err and "read as a Hub id" in err

@@ -27,11 +27,20 @@ def dataset(tmp_path_factory):
     return folder
 
 
+class _Loader(yaml.SafeLoader):
+    """lm-eval's YAML: its ``!function NAME`` tags read as the text ``!function NAME``."""
+
+
+_Loader.add_constructor("!function", lambda ld, node: f"!function {ld.construct_scalar(node)}")
+
+
 def _read_yaml(path):
-    return yaml.safe_load(path.read_text())
+    return yaml.load(path.read_text(), Loader=_Loader)
 
 
 def test_lm_eval_runs_the_exported_tasks_offline(dataset, tmp_path, smollm2_tokenizer):
+    import shutil
+
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -39,7 +48,9 @@ def test_lm_eval_runs_the_exported_tasks_offline(dataset, tmp_path, smollm2_toke
     from transformers import GPT2Config, GPT2LMHeadModel
 
     for task in ("copy", "same_different"):
-        export_lm_eval_task(dataset, task, tmp_path / "tasks" / task)
+        export_lm_eval_task(dataset, task, tmp_path / "written" / task)
+    # the folder moves (shared, copied elsewhere): its YAML still finds its data
+    shutil.move(tmp_path / "written", tmp_path / "tasks")
     torch.manual_seed(0)
     config = GPT2Config(
         n_layer=1, n_head=2, n_embd=16, n_positions=256, vocab_size=len(smollm2_tokenizer)
@@ -87,13 +98,17 @@ def test_lm_eval_runs_the_exported_tasks_offline(dataset, tmp_path, smollm2_toke
 def test_the_task_file_states_the_prompt_and_the_scoring(dataset, tmp_path):
     path = export_lm_eval_task(dataset, "same_different", tmp_path / "sd", shots=3)
     assert path == tmp_path / "sd" / "probe_same_different.yaml"
-    assert sorted(os.listdir(tmp_path / "sd")) == [path.name, "test.jsonl", "train.jsonl"]
+    listed = sorted(os.listdir(tmp_path / "sd"))
+    assert listed == ["probe_data.py", path.name, "test.jsonl", "train.jsonl"]
     text = path.read_text()
     assert "+1 -> 'yes', -1 -> 'no'" in text  # the encoding, in the header comment
     config = _read_yaml(path)
     assert config["num_fewshot"] == 3 and config["fewshot_split"] == "train"
     assert config["test_split"] == "test" and config["output_type"] == "multiple_choice"
     assert config["doc_to_choice"] == ["yes", "no"]
+    # no absolute path: the data is found beside the YAML, wherever the folder moves
+    assert config["custom_dataset"] == "!function probe_data.load"
+    assert str(tmp_path) not in text
     rows = [json.loads(line) for line in (tmp_path / "sd" / "test.jsonl").open()]
     labels = load_dataset(dataset, "same_different")["test"]["labels"]
     assert [r["answer"] for r in rows] == [LABEL_WORDS[float(y)] for y in labels]
@@ -142,7 +157,12 @@ def test_bad_input_is_refused_before_anything_is_written(dataset, tmp_path, monk
     with pytest.raises(OSError, match="disk full"):
         export_lm_eval_task(dataset, "same_different", out, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["task"]
-    assert sorted(os.listdir(out)) == ["probe_copy.yaml", "test.jsonl", "train.jsonl"]
+    assert sorted(os.listdir(out)) == [
+        "probe_copy.yaml",
+        "probe_data.py",
+        "test.jsonl",
+        "train.jsonl",
+    ]
 
 
 def test_cli_writes_the_task(dataset, tmp_path, capsys):

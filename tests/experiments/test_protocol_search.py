@@ -102,7 +102,7 @@ def test_an_empty_folder_is_a_clear_error(tmp_path):
 
 
 def test_a_bound_ranks_above_an_exact_factor_of_its_size(tmp_path):
-    """">4" (not reached by n = 128) may be 8 or more: the setting whose worst row is
+    """ ">4" (not reached by n = 128) may be 8 or more: the setting whose worst row is
     an exact 4 ranks first, though its geometric mean is the worse one."""
     aba = tmp_path / "aba"
     aba.mkdir()

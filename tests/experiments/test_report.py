@@ -115,6 +115,8 @@ def test_report_writes_csv_png_and_summary(tmp_path, capsys):
     assert list(table["variant"]) == ["none", "kq", "mlp"]
     md = (rep / "summary.md").read_text()
     assert "| kq | 16 | 0.25 |" in md and ">256" in md and "![r](curves.png)" in md
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    assert headings == ["# r"]  # one recipe: no second heading repeating its name
     assert "summary" not in capsys.readouterr().err
 
 
@@ -321,6 +323,10 @@ def test_curves_are_on_a_log_scale_with_the_threshold_line(tmp_path, monkeypatch
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["none", "kq", "mlp", "0.05"]
     assert list(ax.get_lines()[-1].get_ydata()) == [0.05, 0.05]
+    # the legend sits beside the axes, off the curves
+    figures[-1].canvas.draw()
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1
     positive = c.assign(mean=c["mean"] + 0.001, min=c["min"] + 0.001)
     plot_curves(positive, tmp_path / "b.png", "test_loss", threshold=0.05)
     assert figures[-1].axes[0].get_yscale() == "log"
@@ -420,3 +426,15 @@ def test_failed_seeds_count_and_n_star_is_not_claimed_above_an_unmeasured_n(tmp_
     assert csv.loc["kq", "n_star"] == 64 and csv.loc["kq", "unmeasured"] == "[16]"
     summary = (tmp_path / "rep" / "summary.md").read_text()
     assert "<=64" in summary
+
+
+def test_a_relative_results_path_missing_here_names_the_folder_and_the_fix(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # not the root of the clone
+    with pytest.raises(SystemExit):
+        main(["results/aba_vs_abb", "--out", "rep"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"does not exist under the current folder {tmp_path}" in err
+    assert "results/ of the clone: run from its root" in err

@@ -91,6 +91,22 @@ def test_include_cycle_is_an_error(tmp_path):
         load_recipe(tmp_path / "a.yaml")
 
 
+def test_a_copied_recipe_whose_include_is_missing_names_the_include_and_the_recipe(tmp_path):
+    import shutil
+
+    from probe.experiments.sweep import load_recipe as load
+
+    root = Path(__file__).resolve().parents[2]
+    copied = shutil.copy(root / "recipes" / "quickstart.yaml", tmp_path / "mine.yaml")
+    with pytest.raises(FileNotFoundError) as err:
+        load(copied)
+    message = str(err.value)
+    assert f"recipe '{tmp_path / 'mine.yaml'}': its include 'base.yaml'" in message
+    assert str(tmp_path / "base.yaml") in message and "relative to the recipe" in message
+    shutil.copy(root / "recipes" / "base.yaml", tmp_path / "base.yaml")
+    assert load(copied)["task"] == "aba_vs_abb"  # resolved next to the recipe, from anywhere
+
+
 def test_unknown_recipe_key_names_it_and_the_accepted_ones():
     with pytest.raises(
         ValueError, match=r"unknown key\(s\) \['sizes'\].*accepted keys.*'variants'"
@@ -254,6 +270,32 @@ def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mini: 4 of 8 cells to run" in out and "kq  n=16     seed=1" in out
     assert "none  n=8      seed=0" not in out
+
+
+def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, capsys):
+    from probe.experiments.sweep import main
+
+    recipe = write(
+        tmp_path / "mini.yaml",
+        "task: aba_vs_abb\nn: [8, 16]\nseeds: [0, 1]\nbaseline: none\n"
+        "variants: {none: {ab: none}, kq: {ab: kq}}\n"
+        "finetune: {n_layer: 1, n_embd: 16, n_head: 2}\n",
+    )
+    args = [str(recipe), "--out", str(tmp_path / "out"), "--dry-run"]
+    main(args)  # nothing run before: says so
+    assert "estimated time: unknown" in capsys.readouterr().out
+
+    def timed(cfg) -> dict:
+        return {"test_loss": 0.5, "test_error": 0.5, "steps": 3, "wall_s": 30.0 * cfg.n_train / 8}
+
+    kw = dict(runner=timed, work_dir=tmp_path / "w", progress=True)
+    run_sweep(SweepConfig.from_yaml(recipe), tmp_path / "out", shard=(0, 2), **kw)
+    # the progress line shows the last finished cell and its metric
+    assert "last kq n=16 seed=0: test_loss 0.5" in capsys.readouterr().err
+    main([*args, "--overwrite", "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert "none  n=8      seed=1  ~30 s" in out and "kq  n=16     seed=1  ~60 s" in out
+    assert "estimated time: ~6 min of cells (~3 min with --jobs 2)" in out  # 4 x 30 + 4 x 60
 
 
 def test_default_out_keeps_a_recipe_subfolder(tmp_path):

@@ -79,9 +79,10 @@ def _free_port() -> int:
 
 
 def test_two_processes_count_each_test_sample_once(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 probe/finetune.py` on a CPU
-    machine: gloo, and every test sample counted exactly once (13 over a total batch
-    of 8 leaves a partial last batch that accelerate pads with repeats)."""
+    """`accelerate launch --multi_gpu --num_processes 2 -m probe.finetune` on a CPU
+    machine, from a folder outside the clone (the README's launch): gloo, and every test
+    sample counted exactly once (13 over a total batch of 8 leaves a partial last batch
+    that accelerate pads with repeats)."""
     out = tmp_path / "run"
     flags = ["--n-train", "16", "--n-val", "5", "--n-test", "13", "--batch-size", "4"]
     flags += ["--eval-batch-size", "4", "--max-steps", "3", "--n-layer", "1"]
@@ -89,9 +90,10 @@ def test_two_processes_count_each_test_sample_once(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [*launch, str(ROOT / "probe" / "finetune.py"), *flags, "--output-dir", str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    cmd = [*launch, "-m", "probe.finetune", *flags, "--output-dir", str(out)]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = read_rows(out / "results.jsonl")  # one line: only the main process writes
     assert (row["processes"], row["test_samples"], row["val_samples"]) == (2, 13, 5)
@@ -604,3 +606,17 @@ def test_resume_of_a_finished_run_pushes_its_saved_model_without_training(hub, t
     finetune(tiny(tmp_path, "plain", max_steps=2))  # finished without --save-model
     with pytest.raises(FileNotFoundError, match="finished without --save-model"):
         finetune(tiny(tmp_path, "plain", max_steps=2, resume=True, push_to_hub="me/later"))
+
+
+def test_a_run_whose_steps_left_take_over_an_hour_says_so_once(tmp_path, monkeypatch):
+    import warnings
+
+    import probe.train.loop as loop
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(tiny(tmp_path, "short", max_steps=8))  # seconds: nothing said
+    assert not [w for w in caught if "steps left" in str(w.message)]
+    monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)  # as if every run were long
+    with pytest.warns(RuntimeWarning, match=r"s a step on cpu, the \d+ steps left take about"):
+        finetune(tiny(tmp_path, "long", max_steps=8))
