@@ -60,9 +60,9 @@ from probe.data.render import dataset_task, task_info
 
 POSITIONS = ("readout", "mean")
 CONTROLS = ("random", "shuffle")
-CS = 7  # regularization strengths LogisticRegressionCV tries (log-spaced 1e-4..1e4)
+CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths LogisticRegressionCV tries
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
-CV_FOLDS = 5
+CV_FOLDS = 3
 SPLITS = ("train", "test")
 
 # model -> {(split fingerprint, rows, position, twin seed or None): [rows, layers, width]}

@@ -5,7 +5,7 @@ Each task is rendered with SmolLM2's own tokenizer (every symbol one token of it
 vocabulary; train and test alphabets disjoint), ``n_train`` training and ``n_test`` test
 rows, for each rendering seed. ``probe.linear_probe`` then fits, for every layer (0: the
 embeddings, 1..30: after each block), a logistic-regression probe
-(scikit-learn's ``LogisticRegressionCV``, standardized features, its own 5-fold CV for the
+(scikit-learn's ``LogisticRegressionCV``, standardized features, its own 3-fold CV for the
 L2 strength) on the hidden state at the readout token (the last token of each row) of
 the training rows, and scores it on the test rows:
 
