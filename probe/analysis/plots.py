@@ -255,7 +255,7 @@ def plot_linear_probe(df: pd.DataFrame, ax=None, title: str | None = None) -> Fi
             ax.fill_between(
                 stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15
             )
-    ax.axhline(df["chance"].mean(), color="grey", lw=0.8, label="chance")
+    ax.axhline(df["chance"].mean(), color="grey", lw=0.8, label="chance (majority class)")
     metric = df["metric"].iloc[0]
     ax.set_xlabel("layer (0: embeddings)")
     ax.set_ylabel("test R²" if metric == "r2" else "test accuracy (unseen symbols)")

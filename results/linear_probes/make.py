@@ -47,6 +47,31 @@ KEY = ("task", "seed")
 SUMMARY = ["test", "random_test", "control_test", "selectivity", "random_selectivity", "train"]
 
 
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task: the layer whose mean test score over seeds is highest, the scores there
+    (mean and range over seeds), the random twin's best layer and the mean control."""
+    rows = []
+    for task, d in df.groupby("task", sort=False):
+        mean = d.groupby("layer")[["test", "random_test", "control_test", "selectivity"]].mean()
+        best = int(mean["test"].idxmax())
+        at = d[d["layer"] == best]
+        rows.append(
+            {
+                "task": task,
+                "seeds": d["seed"].nunique(),
+                "chance": round(d["chance"].mean(), 3),
+                "best layer": best,
+                "test there": round(mean.loc[best, "test"], 3),
+                "seed range": f"{at['test'].min():.3f}–{at['test'].max():.3f}",
+                "selectivity there": round(mean.loc[best, "selectivity"], 3),
+                "random: best layer": int(mean["random_test"].idxmax()),
+                "random: its test": round(mean["random_test"].max(), 3),
+                "control (mean over layers)": round(mean["control_test"].mean(), 3),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def write_outputs(df: pd.DataFrame, out: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -54,11 +79,13 @@ def write_outputs(df: pd.DataFrame, out: Path) -> None:
     from probe.experiments.report import markdown_table
 
     tasks = list(dict.fromkeys(df["task"]))
-    parts = []
+    parts = [
+        f"# Linear probes of SmolLM2-135M-Instruct, per layer\n\n{markdown_table(summary(df))}\n"
+    ]
     for task in tasks:
         d = df[df["task"] == task]
         mean = d.groupby("layer")[["chance", *SUMMARY]].mean().round(3).reset_index()
-        seeds = sorted(d["seed"].unique())
+        seeds = sorted(int(s) for s in d["seed"].unique())
         parts.append(
             f"## {task}\n\nmean over rendering seeds {seeds}; n_train {d['n_train'].iloc[0]}, "
             f"n_test {d['n_test'].iloc[0]}\n\n{markdown_table(mean)}\n"
