@@ -172,3 +172,20 @@ def test_cli_errors_name_the_value_and_the_fix(tmp_path):
         linear_probe_cli(f"--model small-gpt2 --task copy --n-train 0 --out {tmp_path}".split())
     with pytest.raises(SystemExit):  # argparse: a choice it does not know
         linear_probe_cli(f"--model small-gpt2 --task copy --control none --out {tmp_path}".split())
+
+
+SHAPES = {
+    "bert": dict(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32),
+    "t5": dict(num_layers=1, d_model=16, num_heads=2, d_kv=8, d_ff=32),
+    "llama": dict(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+def test_every_architecture_gives_a_row_per_layer(arch, same_different):
+    dsd, tok = same_different
+    task = probe.get_task("same_different")
+    model = probe.build_model(arch, task=task, tokenizer=tok, pretrained=False, **SHAPES[arch])
+    df = linear_probe(model, dsd, control="random", n_train=64)
+    assert list(df["layer"]) == [0, 1]  # an encoder-decoder: its encoder's states
+    assert df[["test", "random_test"]].notna().all().all()
