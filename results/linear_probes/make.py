@@ -92,11 +92,13 @@ def write_outputs(df: pd.DataFrame, out: Path) -> None:
         )
     (out / "linear_probes.md").write_text("\n".join(parts), encoding="utf-8")
 
-    fig = Figure(figsize=(5.2 * len(tasks), 3.6))
+    cols = min(2, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig = Figure(figsize=(5.2 * cols, 3.4 * rows))
     for i, task in enumerate(tasks):
-        ax = fig.add_subplot(1, len(tasks), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         plot_linear_probe(df[df["task"] == task], ax=ax, title=task)
-        if i:
+        if i % cols:
             ax.set_ylabel("")
     fig.suptitle(
         "Linear probes of SmolLM2-135M-Instruct at the readout token, unseen symbols",
