@@ -38,6 +38,8 @@ _EXPORTS = {
     "plot_diagonal": "analysis.plots",
     "plot_head": "analysis.plots",
     "attention_scores": "analysis.attention",
+    "linear_probe": "analysis.linear_probe",
+    "plot_linear_probe": "analysis.plots",
     "load_metric": "train.metrics",
     "plot_attention": "analysis.plots",
     "load_injected": "models.identity",
@@ -70,7 +72,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from probe.analysis.attention import attention_scores
     from probe.analysis.diagonal import attn_diagonal
-    from probe.analysis.plots import plot_attention, plot_diagonal, plot_head
+    from probe.analysis.linear_probe import linear_probe
+    from probe.analysis.plots import plot_attention, plot_diagonal, plot_head, plot_linear_probe
     from probe.data.hub import load_dataset, save_dataset
     from probe.data.render import dataset_tokenizer, render, task_info
     from probe.data.tokenizer import SymbolTokenizer

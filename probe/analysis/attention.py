@@ -90,18 +90,23 @@ def _symbol_mask(ids: np.ndarray, real: np.ndarray, info: dict[str, Any]) -> np.
     return real & ~np.isin(ids, not_symbols)
 
 
+def run_on_rows(model: nn.Module, input_ids, attention_mask, output: str) -> tuple:
+    """Run ``model`` on rendered rows and return its per-layer ``output``
+    (``"attentions"`` or ``"hidden_states"``): a decoder-only or encoder model's own,
+    an encoder-decoder's encoder's (its encoder run alone: a classification head would
+    need the whole input again in the decoder)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        model = base.get_encoder()
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **{f"output_{output}": True})
+    return getattr(out, output, None)
+
+
 def _layer_attentions(model: nn.Module, input_ids, attention_mask) -> list[torch.Tensor]:
     """[batch, heads, seq, seq] per layer: the self-attention of a decoder-only or
     encoder model, the encoder's for an encoder-decoder."""
-    kwargs: dict[str, Any] = {}
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        start = config.decoder_start_token_id
-        kwargs["decoder_input_ids"] = torch.full_like(input_ids[:, :1], start)
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, output_attentions=True, **kwargs
-    )
-    attentions = getattr(out, "encoder_attentions", None) or out.attentions
+    attentions = run_on_rows(model, input_ids, attention_mask, "attentions")
     if not attentions or attentions[0] is None:
         raise ValueError(
             f"{type(model).__name__} returned no attention probabilities; probe.attention_scores "

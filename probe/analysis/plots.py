@@ -233,3 +233,38 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+# curves of probe.linear_probe's table: column -> (legend, line style)
+PROBE_CURVES = {
+    "test": ("model", "-"),
+    "random_test": ("random weights", "--"),
+    "control_test": ("control labels", ":"),
+}
+
+
+def plot_linear_probe(df: pd.DataFrame, ax=None, title: str | None = None) -> Figure:
+    """Test score per layer of ``probe.linear_probe``'s table: the model, its random-weight
+    twin and the control labels (the curves present), chance as a grey line. Rows of
+    several seeds (a ``seed`` column) are drawn as their mean with a min-max band."""
+    fig = ax.figure if ax is not None else Figure(figsize=(5.5, 3.4))
+    ax = ax if ax is not None else fig.add_subplot()
+    for column, (label, style) in PROBE_CURVES.items():
+        if column not in df:
+            continue
+        stats = df.groupby("layer")[column].agg(["mean", "min", "max"])
+        (line,) = ax.plot(stats.index, stats["mean"], style, marker=".", label=label)
+        if len(df) > len(stats):
+            ax.fill_between(
+                stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15
+            )
+    ax.axhline(df["chance"].mean(), color="grey", lw=0.8, label="chance (majority class)")
+    metric = df["metric"].iloc[0]
+    ax.set_xlabel("layer (0: embeddings)")
+    ax.set_ylabel("test R²" if metric == "r2" else "test accuracy (unseen symbols)")
+    if metric != "r2":
+        ax.set_ylim(0.3, 1.02)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return fig

@@ -201,6 +201,12 @@ def _cmd_attention(args: argparse.Namespace) -> None:
     attention_main(args.rest)
 
 
+def _cmd_linear_probe(args: argparse.Namespace) -> None:
+    from probe.cli.linear_probe import main as linear_probe_main
+
+    linear_probe_main(args.rest)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from probe.experiments.sweep import main as sweep_main
 
@@ -328,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
         ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
         ("attention", _cmd_attention, "what every head attends to on rendered samples"),
+        (
+            "linear-probe",
+            _cmd_linear_probe,
+            "per-layer linear probes of hidden states on unseen symbols, with controls",
+        ),
         ("sweep", _cmd_sweep, "run a recipe's grid of runs"),
         ("report", _cmd_report, "tables and curves from sweep results"),
     ]:

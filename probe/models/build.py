@@ -260,6 +260,33 @@ def label_kind_of(model: nn.Module) -> str:
     return kind
 
 
+def fresh_weights(model: nn.Module, seed: int | None = None) -> nn.Module:
+    """The same architecture as ``model`` with fresh weights, drawn as
+    ``build_model(..., pretrained=False, seed=seed)`` draws them: ``from_config`` under
+    the seed, token and position embeddings from N(0, 1); a ``paper`` model gets its
+    init and constraints, a model with absolute positions (``probe.models.positions``)
+    its table. The random-weight control of ``probe.linear_probe``."""
+    import copy
+
+    base = _unwrapped(model)
+    config = copy.deepcopy(base.config)
+    positions = getattr(config, "probe_absolute_positions", None)
+    if positions is not None:
+        del config.probe_absolute_positions
+    with _seeded(seed):
+        twin = type(base)._from_config(config)
+        unit_scale_embeddings(twin, arch_spec(twin.config))
+        if paper.is_paper_model(base) and getattr(config, "probe_init", "torch") == "torch":
+            paper._torch_default_init(twin)
+        if positions is not None:
+            add_absolute_positions(twin, positions)
+    if paper.is_paper_model(twin):
+        paper.apply_constraints(twin)
+    twin.to(next(base.parameters()).device)
+    kind = getattr(base, "probe_label_kind", None)
+    return _record_label_kind(twin, kind) if kind else twin
+
+
 def unit_scale_embeddings(model: nn.Module, spec: ArchSpec) -> None:
     """Redraw token and learned position embeddings from N(0, 1), in place.
 
