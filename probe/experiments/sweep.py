@@ -608,13 +608,16 @@ def _in_workers(jobs: int, calls: list[tuple]) -> Iterable[tuple[Any, Any]]:
 
 def packs(todo: Sequence[Cell], configs: Mapping[tuple, Any], pack: int) -> list[list[Cell]]:
     """``todo`` in groups of at most ``pack`` cells that can train as one
-    (``probe.train.pack.pack_key``: every setting but the seed equal, and n on a
-    symbolic task), in grid order."""
+    (``probe.train.pack.pack_key``: every setting but the seed, the a/b variant and
+    its learning rates equal, and n on a symbolic task), n by n (cells of one n train
+    for as many steps, so a pack stays full to its end), otherwise in grid order: the
+    4 variants × 3 seeds of one n make one pack of 12."""
     from probe.train.pack import pack_key
 
     groups: dict[str, list[Cell]] = {}
     for c in todo:
         groups.setdefault(pack_key(configs[c.key]), []).append(c)
+    groups = {k: sorted(g, key=lambda c: c.n) for k, g in groups.items()}  # stable
     return [g[i : i + pack] for g in groups.values() for i in range(0, len(g), pack)]
 
 

@@ -1,14 +1,20 @@
 """Several cells in one process: K runs of one model shape trained as one vectorized step.
 
-``probe sweep --pack K`` hands groups of up to K cells that differ only in seed (and,
-on regression tasks, ``n_train``: :func:`pack_key`) to :func:`finetune_packed`. Each cell is set up exactly as a lone
+``probe sweep --pack K`` hands groups of up to K cells that differ only in seed, in
+their identity scalings and the scalings' learning rates (``ab``: plain / + KQ / + VO /
++ KQ,VO; ``a_lr``, ``b_lr``) and, on regression tasks, in ``n_train``
+(:func:`pack_key`) to :func:`finetune_packed`. Each cell is set up exactly as a lone
 :func:`probe.train.run.finetune` would set it up (its folder, its seed, its own
 rendered data, its model with a/b, its AdamW groups), then the K models' trainable
 tensors are stacked on a new leading dim and one step trains them all:
 ``torch.func.vmap(grad_and_value(loss))`` over ``functional_call`` of the first
 model computes K losses and K gradients in one call, and one AdamW steps the
 stacked tensors. AdamW is elementwise with per-group settings, and every cell has
-the same groups, so that is K AdamWs. What stays per cell: the data order
+the same groups, so that is K AdamWs. Cells of other a/b variants share the step: the
+pack's model carries every term some cell has (:func:`union_ab`), a cell without a term
+holds it at exactly 0 (its gradient zeroed; a zero a or b adds nothing to the plain
+model's numbers), and a group whose learning rate differs across cells (the scalings')
+is split into one AdamW group per learning rate. What stays per cell: the data order
 (``EpochSampler`` of its own seed), the loop's position and stop rules
 (``TrainState``: max steps, epochs, early stop, a non-finite loss), gradient
 clipping (the norm of its own slice), evaluation and the results row, which is a
@@ -619,19 +625,21 @@ def _batchable_attention(model: nn.Module) -> None:
 def _stacked_inputs(batches, mode, base: nn.Module) -> tuple:
     """Each live cell's batch padded to the pack's largest batch (rows of weight 0: a
     short last batch, or n below the batch size) and to its longest row (right padding,
-    mask 0), read by the mode's checked ``where``, then stacked: input_ids, 4-D additive
-    mask, positions, labels, weights, each [K, ...]."""
+    mask 0), then stacked and read by the mode's checked ``where`` in one call (it works
+    row by row): input_ids, 4-D additive mask, positions, labels, weights, each [K, ...]."""
     from probe.models.build import additive_mask
 
     batch_size = max(b["input_ids"].shape[0] for b in batches)
     seq = max(b["input_ids"].shape[1] for b in batches)
     device = batches[0]["input_ids"].device
-    ids, masks, ats, labels, weights = [], [], [], [], []
+    ids, masks, labels, weights = [], [], [], []
     for b in batches:
         n, t = b["input_ids"].shape
         pad_rows, pad_cols = batch_size - n, seq - t
-        x = torch.nn.functional.pad(b["input_ids"], (0, pad_cols))
-        m = torch.nn.functional.pad(b["attention_mask"], (0, pad_cols))
+        x, m = b["input_ids"], b["attention_mask"]
+        if pad_cols:
+            x = torch.nn.functional.pad(x, (0, pad_cols))
+            m = torch.nn.functional.pad(m, (0, pad_cols))
         y = b["labels"]
         w = torch.ones(n, device=device)
         if pad_rows:  # a short last batch: copies of its first row that weigh nothing
@@ -639,13 +647,20 @@ def _stacked_inputs(batches, mode, base: nn.Module) -> tuple:
             m = torch.cat([m, m[:1].expand(pad_rows, -1)])
             y = torch.cat([y, y[:1].expand(pad_rows)])
             w = torch.cat([w, torch.zeros(pad_rows, device=device)])
-        mask, at = mode.where(m)
         ids.append(x)
-        masks.append(additive_mask(base, mask))
-        ats.append(at)
+        masks.append(m)
         labels.append(y)
         weights.append(w)
-    return tuple(torch.stack(t) for t in (ids, masks, ats, labels, weights))
+    k = len(batches)
+    mask, at = mode.where(torch.cat(masks))
+    mask = additive_mask(base, mask)
+    return (
+        torch.stack(ids),
+        mask.view(k, batch_size, *mask.shape[1:]),
+        at.view(k, batch_size),
+        torch.stack(labels),
+        torch.stack(weights),
+    )
 
 
 def _clip_per_cell(grads: dict[str, torch.Tensor], max_norm: float) -> None:

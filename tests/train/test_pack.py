@@ -265,3 +265,22 @@ def test_a_killed_pack_keeps_its_finished_cells_and_resume_runs_the_rest(tmp_pat
     rest = run_sweep(recipe, tmp_path / "out", resume=True, **kw)
     assert sorted((r["n"], r["seed"], r["packed"]) for r in rest) == [(40, 0, 2), (40, 1, 2)]
     assert len(read_rows([tmp_path / "out" / "results.jsonl"])) == 4
+
+
+def test_a_sweep_packs_the_variants_of_one_n_together(tmp_path):
+    from probe.experiments.sweep import cell_configs, packs
+
+    recipe = SweepConfig.from_dict(
+        {
+            "name": "grid",
+            "task": "aba_vs_abb",
+            "n": [16, 32],
+            "seeds": [0, 1, 2],
+            "variants": {v: {"ab": v} for v in ("none", "kq", "vo", "kq,vo")},
+            "finetune": {"model": "paper", "checkpoints": False, "a_lr": 1e-3, "b_lr": 1e-3},
+        }
+    )
+    cells = recipe.cells()
+    groups = packs(cells, cell_configs(recipe, cells, tmp_path), 12)
+    assert [sorted({c.n for c in g}) for g in groups] == [[16], [32]]
+    assert all(len({(c.variant, c.seed) for c in g}) == 12 for g in groups)
