@@ -959,8 +959,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="K",
-        help="train up to K cells that differ only in their seed (or n, on regression tasks) as one vectorized step "
-        "(decoder-only models without dropout, e.g. --model paper; default: 1, each alone)",
+        help="train up to K cells that differ only in their seed, a/b variant, a/b learning rates (or n, on "
+        "regression tasks) as one vectorized step, n by n (decoder-only models without dropout, e.g. "
+        "--model paper; default: 1, each alone)",
     )
     p.add_argument(
         "--dry-run",

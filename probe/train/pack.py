@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from probe.train.config import FinetuneConfig
+from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RunDir
 
 # the fields cells of one pack may differ in; every other field must be equal. n too,
@@ -475,6 +476,7 @@ def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, An
         )
     for c in configs:
         check_config(c)
+    tune_malloc()
     start = time.perf_counter()
     cells = [_Cell(i, c, RunDir(c.output_dir)) for i, c in enumerate(configs)]
     tasks = [check_environment(c.config, c.run_dir) for c in cells]

@@ -41,6 +41,7 @@ import torch
 from probe.jsonl import dumps
 from probe.push import upload
 from probe.train.config import FinetuneConfig, parse_config
+from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RESULTS_FILE, RunDir, write_atomic
 from probe.train.setup import (
     ab_summary,
@@ -78,6 +79,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
     run_dir = RunDir(config.output_dir)
     task = check_environment(config, run_dir)
+    tune_malloc()  # once per process: wide models stop paying fresh pages every step
     with _main_process_lock(run_dir):
         run_dir.check(config)  # again, now that no other job can change the folder
         if config.resume and (row := run_dir.finished_row(config)) is not None:
