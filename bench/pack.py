@@ -1,89 +1,191 @@
 """Several cells in one step: ``probe sweep --pack K`` (``probe.train.pack``) against K
-lone runs, through the real code on both sides.
+lone runs, through the real code on both sides, in CPU time.
 
 The paper's model (``--model paper``: GPT-2 made the official template-task
 transformer, dropout 0, d_head 64) at each ``--widths`` (2 layers, batch 64,
-``aba_vs_abb``), K seeds. Lone: K ``finetune`` runs of ``--steps`` steps each; packed:
-one ``finetune_packed`` of the same K cells. Each side's time is its training loop's
-(the rows' ``train_s``: the lone runs' sum, the pack's longest), so set-up and
-evaluation, the same on both sides, are left out. Before timing, the bench checks
-that the two sides reached the same test losses. Prints per width ``pack<K>/lone:
-<x>``, the per-cell throughput ratio (lone time / packed time; > 1: packing pays).
+``aba_vs_abb``, the paper protocol's lr 1e-3 for every tensor, a and b included).
+Two grids: ``--grid seeds`` (K seeds of one ``--ab`` variant) and ``--grid variants``
+(the default: the paper's 4 variants, plain / + KQ / + VO / + KQ,VO, × ``--seeds``
+seeds, K = 4 × seeds, one pack: the cells lacking a term hold it at 0). Lone: K
+``finetune`` runs of ``--steps`` steps each; packed: one ``finetune_packed`` of the same
+K cells.
 
-    python bench/pack.py [--k 16] [--widths 64,128,256,512] [--steps 40] [--threads 1]
-                         [--task aba_vs_abb] [--ab kq,vo]
+Each side is timed over its training loop only (lone: ``probe.train.loop.train``;
+packed: the pack's step, its cells' batches and the stack's slicing), set-up and
+evaluation, the same on both sides, left out, in the calling thread's CPU time
+(``time.thread_time``, one thread) beside wall time: on a machine shared with other
+work the CPU time of one's own thread barely moves while wall time does. The sides
+alternate (lone first, then packed first) over ``--repeat`` rounds and the best round
+of each counts. Before timing, the bench checks that the two sides reached the same
+test losses. Prints per width ``pack<K>/lone: <x>`` (lone CPU time / packed CPU time,
+per cell; > 1: packing pays) and the same ratio in wall time.
+
+    python bench/pack.py [--grid variants] [--seeds 3] [--k 16] [--widths 128]
+                         [--steps 40] [--repeat 3] [--threads 1] [--task aba_vs_abb]
+                         [--ab kq,vo]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from probe.train import loop  # noqa: E402
+from probe.train import pack as pack_module  # noqa: E402
 from probe.train.config import FinetuneConfig  # noqa: E402
 from probe.train.pack import finetune_packed  # noqa: E402
 from probe.train.run import finetune  # noqa: E402
 
+VARIANTS = ("none", "kq", "vo", "kq,vo")  # the paper's four
+
 
 def cells(
-    out: str, k: int, width: int, steps: int, tag: str, task: str = "aba_vs_abb", ab: str = "kq,vo"
+    out: str,
+    k: int,
+    width: int,
+    steps: int,
+    tag: str,
+    task: str = "aba_vs_abb",
+    ab: str = "kq,vo",
+    variants: tuple[str, ...] | None = None,
 ) -> list[FinetuneConfig]:
+    """K cells: K seeds of ``ab``, or with ``variants`` each variant × K // len seeds."""
+    grid = (
+        [(ab, seed) for seed in range(k)]
+        if variants is None
+        else [(v, seed) for v in variants for seed in range(k // len(variants))]
+    )
     return [
         FinetuneConfig(
             model="paper",
             task=task,
-            ab=ab,
+            ab=variant,
             n_layer=2,
             n_embd=width,
             n_train=1024,
             n_val=0,
             n_test=64,
             batch_size=64,
+            lr=1e-3,
+            a_lr=1e-3,
+            b_lr=1e-3,
             max_steps=steps,
             converge_loss=0.0,
             seed=seed,
             progress=False,
             checkpoints=False,
-            output_dir=os.path.join(out, f"{tag}{width}-{seed}"),
+            output_dir=os.path.join(out, f"{tag}{width}-{variant}-{seed}"),
         )
-        for seed in range(k)
+        for variant, seed in grid
     ]
 
 
-def measure(k: int, width: int, steps: int, **task) -> float:
-    """pack<k>/lone at one width: the lone runs' summed train_s over the pack's."""
+class Clock:
+    """CPU time (this thread) and wall time spent inside the wrapped calls."""
+
+    def __init__(self):
+        self.cpu = self.wall = 0.0
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            c, w = time.thread_time(), time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.cpu += time.thread_time() - c
+                self.wall += time.perf_counter() - w
+
+        return timed
+
+
+@contextlib.contextmanager
+def timing(clock: Clock, *targets: tuple[object, str]):
+    """Every ``(owner, name)`` replaced by its timed version for the block."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in targets]
+    for owner, name, fn in saved:
+        setattr(owner, name, clock.wrap(fn))
+    try:
+        yield clock
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
+def run_lone(configs) -> tuple[list[dict], Clock]:
+    with timing(Clock(), (loop, "train")) as clock:
+        rows = [finetune(c) for c in configs]
+    return rows, clock
+
+
+def run_packed(configs) -> tuple[dict, Clock]:
+    targets = (
+        (pack_module._PackedStep, "__call__"),
+        (pack_module._PackedStep, "keep"),
+        (pack_module._Cell, "next_batch"),
+    )
+    with timing(Clock(), *targets) as clock:
+        rows = dict(finetune_packed(configs))
+    return rows, clock
+
+
+def measure(k: int, width: int, steps: int, repeat: int = 1, variants=None, **task) -> float:
+    """pack<k>/lone at one width: the lone runs' summed loop CPU time over the pack's,
+    best round of each side."""
+    best = {"lone": (float("inf"), float("inf")), "pack": (float("inf"), float("inf"))}
+    gap = 0.0
     with tempfile.TemporaryDirectory() as out:
-        lone = [finetune(c) for c in cells(out, k, width, steps, "lone", **task)]
-        packed = dict(finetune_packed(cells(out, k, width, steps, "pack", **task)))
-    gap = max(
-        abs(packed[i]["test_loss"] - r["test_loss"]) / r["test_loss"] for i, r in enumerate(lone)
-    )
-    lone_s = sum(r["train_s"] for r in lone)
-    pack_s = max(r["train_s"] for r in packed.values())
+        for r in range(repeat):
+            order = ("lone", "pack") if r % 2 == 0 else ("pack", "lone")
+            for side in order:
+                configs = cells(out, k, width, steps, f"{side}{r}-", variants=variants, **task)
+                if side == "lone":
+                    lone, clock = run_lone(configs)
+                else:
+                    packed, clock = run_packed(configs)
+                best[side] = min(best[side], (clock.cpu, clock.wall))
+            gap = max(
+                gap,
+                max(
+                    abs(packed[i]["test_loss"] - row["test_loss"]) / row["test_loss"]
+                    for i, row in enumerate(lone)
+                ),
+            )
+    (lone_cpu, lone_wall), (pack_cpu, pack_wall) = best["lone"], best["pack"]
+    grid = f"{len(variants)} variants x {k // len(variants)} seeds" if variants else f"{k} seeds"
     print(
-        f"width {width}: lone {1e3 * lone_s / (k * steps):.2f} ms/step per cell, packed "
-        f"{1e3 * pack_s / (k * steps):.2f} ms/step per cell (test losses within {gap:.1e})"
+        f"width {width} ({grid}): lone {1e3 * lone_cpu / (k * steps):.2f} ms CPU/step per "
+        f"cell, packed {1e3 * pack_cpu / (k * steps):.2f} ms CPU/step per cell, best of "
+        f"{repeat} alternated rounds (test losses within {gap:.1e})"
     )
-    print(f"pack{k}/lone: {lone_s / pack_s:.2f}  (width {width})")
-    return lone_s / pack_s
+    print(f"pack{k}/lone: {lone_cpu / pack_cpu:.2f}  (width {width}, cpu time)")
+    print(f"pack{k}/lone (wall): {lone_wall / pack_wall:.2f}")
+    return lone_cpu / pack_cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--widths", default="64,128,256,512")
+    parser.add_argument("--grid", choices=("variants", "seeds"), default="variants")
+    parser.add_argument("--seeds", type=int, default=3, help="--grid variants: seeds each")
+    parser.add_argument("--k", type=int, default=16, help="--grid seeds: cells")
+    parser.add_argument("--widths", default="128")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--task", default="aba_vs_abb", help="e.g. majority_k:k=6")
-    parser.add_argument("--ab", default="kq,vo")
+    parser.add_argument("--ab", default="kq,vo", help="--grid seeds: the variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    variants = VARIANTS if args.grid == "variants" else None
+    k = len(VARIANTS) * args.seeds if variants else args.k
     for width in (int(w) for w in args.widths.split(",")):
-        measure(args.k, width, args.steps, task=args.task, ab=args.ab)
+        measure(k, width, args.steps, args.repeat, variants, task=args.task, ab=args.ab)
 
 
 if __name__ == "__main__":

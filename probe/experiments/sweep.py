@@ -844,13 +844,16 @@ def _check_preempted() -> None:
 
 def packs(todo: Sequence[Cell], configs: Mapping[tuple, Any], pack: int) -> list[list[Cell]]:
     """``todo`` in groups of at most ``pack`` cells that can train as one
-    (``probe.train.pack.pack_key``: every setting but the seed equal, and n on a
-    symbolic task), in grid order."""
+    (``probe.train.pack.pack_key``: every setting but the seed, the a/b variant and
+    its learning rates equal, and n on a symbolic task), n by n (cells of one n train
+    for as many steps, so a pack stays full to its end), otherwise in grid order: the
+    4 variants × 3 seeds of one n make one pack of 12."""
     from probe.train.pack import pack_key
 
     groups: dict[str, list[Cell]] = {}
     for c in todo:
         groups.setdefault(pack_key(configs[c.key]), []).append(c)
+    groups = {k: sorted(g, key=lambda c: c.n) for k, g in groups.items()}  # stable
     return [g[i : i + pack] for g in groups.values() for i in range(0, len(g), pack)]
 
 
@@ -1272,8 +1275,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="K",
-        help="train up to K cells that differ only in their seed (or n, on regression tasks) as one vectorized step "
-        "(decoder-only models without dropout, e.g. --model paper; default: 1, each alone)",
+        help="train up to K cells that differ only in their seed, a/b variant, a/b learning rates (or n, on "
+        "regression tasks) as one vectorized step, n by n (decoder-only models without dropout, e.g. "
+        "--model paper; default: 1, each alone)",
     )
     p.add_argument(
         "--until-n-star",

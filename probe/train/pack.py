@@ -1,14 +1,20 @@
 """Several cells in one process: K runs of one model shape trained as one vectorized step.
 
-``probe sweep --pack K`` hands groups of up to K cells that differ only in seed (and,
-on regression tasks, ``n_train``: :func:`pack_key`) to :func:`finetune_packed`. Each cell is set up exactly as a lone
+``probe sweep --pack K`` hands groups of up to K cells that differ only in seed, in
+their identity scalings and the scalings' learning rates (``ab``: plain / + KQ / + VO /
++ KQ,VO; ``a_lr``, ``b_lr``) and, on regression tasks, in ``n_train``
+(:func:`pack_key`) to :func:`finetune_packed`. Each cell is set up exactly as a lone
 :func:`probe.train.run.finetune` would set it up (its folder, its seed, its own
 rendered data, its model with a/b, its AdamW groups), then the K models' trainable
 tensors are stacked on a new leading dim and one step trains them all:
 ``torch.func.vmap(grad_and_value(loss))`` over ``functional_call`` of the first
 model computes K losses and K gradients in one call, and one AdamW steps the
 stacked tensors. AdamW is elementwise with per-group settings, and every cell has
-the same groups, so that is K AdamWs. What stays per cell: the data order
+the same groups, so that is K AdamWs. Cells of other a/b variants share the step: the
+pack's model carries every term some cell has (:func:`union_ab`), a cell without a term
+holds it at exactly 0 (its gradient zeroed; a zero a or b adds nothing to the plain
+model's numbers), and a group whose learning rate differs across cells (the scalings')
+is split into one AdamW group per learning rate. What stays per cell: the data order
 (``EpochSampler`` of its own seed), the loop's position and stop rules
 (``TrainState``: max steps, epochs, early stop, a non-finite loss), gradient
 clipping (the norm of its own slice), evaluation and the results row, which is a
@@ -55,6 +61,7 @@ from torch import nn
 from probe import preempt
 from probe.errors import Preempted
 from probe.train.config import FinetuneConfig
+from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RunDir
 
 # the fields cells of one pack may differ in; every other field must be equal. n too,
@@ -62,20 +69,34 @@ from probe.train.run_dir import RunDir
 # alphabets, which grow with n; a regression model reads no output row per symbol, so
 # its smaller input tables are padded with rows no input looks up (_Stack), which stay
 # zero (embeddings get no weight decay); symbolic labels are scored over the whole
-# vocabulary, so those cells pack only with their own n
-PER_CELL_FIELDS = ("seed", "n_train", "output_dir")
+# vocabulary, so those cells pack only with their own n. The identity scalings (ab) and
+# their learning rates differ freely: the pack's model carries every term some cell
+# has, a cell without a term holds it at 0 (its gradient zeroed, so AdamW never moves
+# it; a zero a or b adds exactly nothing), and the scalings' AdamW groups are split by
+# learning rate (_Stack). Only kq against kq_rot (two different terms) stays apart.
+PER_CELL_FIELDS = ("seed", "n_train", "output_dir", "ab", "a_lr", "b_lr")
 
 
 def pack_key(config: FinetuneConfig) -> str:
-    """Cells with equal keys can share a pack: every setting but the seed and folder
-    equal, and n too for a symbolic task the run renders."""
+    """Cells with equal keys can share a pack: every setting but the seed, folder, a/b
+    variant and a/b learning rates equal (kq and kq_rot apart), and n too for a
+    symbolic task the run renders."""
     from probe.train.setup import check_task
 
     d = {k: v for k, v in config.to_dict().items() if k not in PER_CELL_FIELDS}
+    d["kq_rotated"] = config.kq == "rotated"
     task = check_task(config)
     if task is not None and task.label_kind != "regression":
         d["n_train"] = config.n_train
     return json.dumps(d, sort_keys=True, default=repr)
+
+
+def union_ab(configs: Sequence[FinetuneConfig]) -> str:
+    """The ``ab`` of a model carrying every identity term some of ``configs`` has."""
+    kq = {c.kq for c in configs} - {False}
+    parts = ["kq_rot" if "rotated" in kq else "kq"] if kq else []
+    parts += ["vo"] if any(c.vo for c in configs) else []
+    return ",".join(parts) or "none"
 
 
 def check_config(config: FinetuneConfig) -> None:
@@ -278,56 +299,123 @@ class _Read(nn.Module):
 class _Stack:
     """The live cells' trainable tensors stacked on dim 0 (``params``), their frozen
     tensors and buffers likewise (``consts``), and one AdamW over the stacked tensors
-    with the cells' own groups (``probe.train.setup.optimizer_groups``)."""
+    with the cells' own groups (``probe.train.setup.optimizer_groups``).
 
-    def __init__(self, models: list[nn.Module], config: FinetuneConfig):
+    ``base`` is the pack's model: it carries every identity term some cell has
+    (:func:`union_ab`). A cell whose own model lacks a term gets zeros in its slice of
+    that tensor (``absent``: its gradient is zeroed every step, so AdamW, with no
+    weight decay on the scalings, keeps it at exactly 0, and a zero a or b adds exactly
+    nothing). A group whose learning rate differs across cells (the scalings' ``a_lr``,
+    ``b_lr``) holds one leaf per cell (``split``), in one AdamW group per learning rate;
+    its stacked tensor is restacked from them before each step."""
+
+    def __init__(self, base: nn.Module, models: list[nn.Module], configs: list[FinetuneConfig]):
         from probe.train.setup import optimizer_groups
 
-        base = models[0]
-        name_of = {id(p): n for n, p in base.named_parameters()}
-        # the groups with names for tensors: the same groups on every cell's model
-        self.groups = [
-            {
-                **{k: v for k, v in g.items() if k != "params"},
-                "params": [name_of[id(p)] for p in g["params"]],
-            }
-            for g in optimizer_groups(base, config)
+        def named(model, config):
+            name_of = {id(p): n for n, p in model.named_parameters()}
+            return [
+                {
+                    **{k: v for k, v in g.items() if k != "params"},
+                    "params": [name_of[id(p)] for p in g["params"]],
+                }
+                for g in optimizer_groups(model, config)
+            ]
+
+        # the groups with names for tensors: the base model's, and each cell's own lrs
+        self.groups = named(base, configs[0])
+        self.config = configs[0]
+        lr_of = [
+            {n: g.get("lr", c.lr) for g in named(m, c) for n in g["params"]}
+            for m, c in zip(models, configs, strict=True)
         ]
-        self.config = config
         trainable = {n for g in self.groups for n in g["params"]}
         table = base.get_input_embeddings().weight
+        self.device = table.device
         self.table = next(n for n, p in base.named_parameters() if p is table)
         self.rows = [m.get_parameter(self.table).shape[0] for m in models]
+        owned = [dict(m.named_parameters()) for m in models]
+        base_params = dict(base.named_parameters())
+
+        def of(i: int, n: str) -> torch.Tensor:
+            t = owned[i].get(n)
+            return torch.zeros_like(base_params[n]) if t is None else t.detach()
+
+        k = len(models)
+        # names some cell lacks -> [K] 1 where the cell has it (its gradient mask)
+        self.absent = {
+            n: torch.tensor([float(n in o) for o in owned], device=table.device)
+            for n in trainable
+            if not all(n in o for o in owned)
+        }
+        # per group, each cell's learning rate (None: the cell has none of its tensors)
+        self.lrs = [
+            [next((lr_of[i][n] for n in g["params"] if n in lr_of[i]), None) for i in range(k)]
+            for g in self.groups
+        ]
+        self.split: dict[str, list[torch.Tensor]] = {}
+        for g, lrs in zip(self.groups, self.lrs, strict=True):
+            if len({lr for lr in lrs if lr is not None}) > 1:
+                for n in g["params"]:
+                    self.split[n] = [of(i, n).clone().requires_grad_() for i in range(k)]
         self.params = {
-            n: _stacked(
-                n, [m.get_parameter(n).detach() for m in models], self.table
-            ).requires_grad_()
-            for n, _ in base.named_parameters()
-            if n in trainable
+            n: _stacked(n, [of(i, n) for i in range(k)], self.table).requires_grad_()
+            for n in base_params
+            if n in trainable and n not in self.split
         }
-        frozen = [n for n, _ in base.named_parameters() if n not in trainable]
-        self.consts = {
-            n: _stacked(n, [m.get_parameter(n).detach() for m in models], self.table)
-            for n in frozen
-        }
+        frozen = [n for n in base_params if n not in trainable]
+        self.consts = {n: _stacked(n, [of(i, n) for i in range(k)], self.table) for n in frozen}
         self.consts.update(
             {n: torch.stack([m.get_buffer(n) for m in models]) for n, _ in base.named_buffers()}
         )
         self.optimizer = self._optimizer()
 
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor stacked [K, ...]: the step's input."""
+        with torch.no_grad():
+            split = {n: torch.stack(rows) for n, rows in self.split.items()}
+        return {**self.params, **split}
+
+    def set_grads(self, grads: dict[str, torch.Tensor]) -> None:
+        for n, p in self.params.items():
+            p.grad = grads[n]
+        for n, rows in self.split.items():
+            for leaf, g in zip(rows, grads[n], strict=True):
+                leaf.grad = g
+
+    def mask_absent(self, grads: dict[str, torch.Tensor]) -> None:
+        """Zero the gradient of every cell's slice of a term its own model lacks."""
+        for n, keep in self.absent.items():
+            grads[n].mul_(keep.view(-1, *([1] * (grads[n].dim() - 1))))
+
     def _optimizer(self) -> torch.optim.Optimizer:
         from probe.train.setup import adamw
 
-        groups = [{**g, "params": [self.params[n] for n in g["params"]]} for g in self.groups]
+        groups = []
+        for g, lrs in zip(self.groups, self.lrs, strict=True):
+            if not any(n in self.split for n in g["params"]):
+                groups.append({**g, "params": [self.params[n] for n in g["params"]]})
+                continue
+            present = [lr for lr in lrs if lr is not None]
+            for lr in dict.fromkeys(present):  # one group per learning rate, cells in order
+                cells = [
+                    i for i, x in enumerate(lrs) if x == lr or (x is None and lr == present[0])
+                ]
+                rows = [self.split[n][i] for n in g["params"] for i in cells]
+                groups.append({**g, "lr": lr, "params": rows})
         return adamw(groups, self.config)
 
     def keep(self, alive: list[int]) -> None:
         """Slice the stack (tensors and AdamW's state) down to the cells ``alive``."""
-        index = torch.tensor(alive, device=next(iter(self.params.values())).device)
-        old = {n: self.optimizer.state.get(p, {}) for n, p in self.params.items()}
+        index = torch.tensor(alive, device=self.device)
+        old_state = self.optimizer.state
+        old = {n: old_state.get(p, {}) for n, p in self.params.items()}
         self.params = {
             n: p.detach()[index].clone().requires_grad_() for n, p in self.params.items()
         }
+        self.split = {n: [rows[i] for i in alive] for n, rows in self.split.items()}
+        self.absent = {n: keep[index] for n, keep in self.absent.items()}
+        self.lrs = [[lrs[i] for i in alive] for lrs in self.lrs]
         self.consts = {n: c[index] for n, c in self.consts.items()}
         self.rows = [self.rows[i] for i in alive]
         self.optimizer = self._optimizer()
@@ -337,14 +425,21 @@ class _Stack:
                     k: (v[index] if v.dim() else v).clone() if torch.is_tensor(v) else v
                     for k, v in old[n].items()
                 }
+        for rows in self.split.values():  # a cell's own leaves keep their own state
+            for leaf in rows:
+                if leaf in old_state:
+                    self.optimizer.state[leaf] = old_state[leaf]
 
     def cell(self, i: int) -> dict[str, torch.Tensor]:
-        """Cell ``i``'s trained tensors (views; its own rows of a padded input table)."""
+        """Cell ``i``'s trained tensors (views; its own rows of a padded input table),
+        only those its own model has."""
         own = {self.table: self.rows[i]}
-        return {
+        out = {
             n: p[i, : own[n]].detach() if n in own else p[i].detach()
             for n, p in self.params.items()
         }
+        out.update({n: rows[i].detach() for n, rows in self.split.items()})
+        return {n: t for n, t in out.items() if n not in self.absent or self.absent[n][i]}
 
 
 def _stacked(name: str, tensors: list[torch.Tensor], table: str) -> torch.Tensor:
@@ -378,11 +473,12 @@ def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, An
     keys = {pack_key(c) for c in configs}
     if len(keys) > 1:
         raise ValueError(
-            "finetune_packed: the cells differ in more than seed, n (regression) and "
-            "output_dir (probe.train.pack.pack_key)"
+            "finetune_packed: the cells differ in more than seed, n (regression), ab, "
+            "a_lr, b_lr and output_dir (probe.train.pack.pack_key)"
         )
     for c in configs:
         check_config(c)
+    tune_malloc()
     start = time.perf_counter()
     cells = [_Cell(i, c, RunDir(c.output_dir)) for i, c in enumerate(configs)]
     tasks = [check_environment(c.config, c.run_dir) for c in cells]
@@ -450,11 +546,11 @@ class _PackedStep:
         from probe.models.build import readout_mode
 
         first = cells[0]
-        self.base = first.model
+        self.base = _pack_model(cells).to(accelerator.device)
         self.mode = readout_mode(self.base)
         _batchable_attention(self.base)
         self.config, self.kind, self.accelerator = first.config, first.data.label_kind, accelerator
-        self.stack = _Stack([c.model for c in cells], first.config)
+        self.stack = _Stack(self.base, [c.model for c in cells], [c.config for c in cells])
         self.read = _Read(self.base, self.mode)
         self.step_all = vmap(grad_and_value(self._loss), randomness="error")
 
@@ -477,15 +573,15 @@ class _PackedStep:
         # grad is a function transform: no_grad outside it only keeps autograd from
         # recording the step itself (the gradients need no graph of their own)
         with torch.no_grad(), self.accelerator.autocast():
-            grads, losses = self.step_all(self.stack.params, self.stack.consts, *inputs)
+            grads, losses = self.step_all(self.stack.inputs(), self.stack.consts, *inputs)
         values = losses.tolist()
         # vmap can hand back a gradient laid out [n, K, ...] in memory; the fused AdamW
         # kernel reads the gradient in its parameter's layout, so give it that layout
         grads = {n: g.contiguous() for n, g in grads.items()}
+        self.stack.mask_absent(grads)  # before clipping: a lone run has no such gradient
         if self.config.max_grad_norm:
             _clip_per_cell(grads, self.config.max_grad_norm)
-        for n, p in self.stack.params.items():
-            p.grad = grads[n]
+        self.stack.set_grads(grads)
         self.stack.optimizer.step()
         self.stack.optimizer.zero_grad(set_to_none=True)
         stopped: dict[int, BaseException | None] = {}
@@ -510,6 +606,23 @@ class _PackedStep:
         return [live[i] for i in alive]
 
 
+def _pack_model(cells: list[_Cell]) -> nn.Module:
+    """The model the pack's step calls (only its structure counts: every tensor comes
+    from the stack): the first cell's whose identity terms are every cell's
+    (:func:`union_ab`), or one built with them."""
+    from probe.train.loop import fast_activations
+    from probe.train.setup import build_run_model
+
+    union = union_ab([c.config for c in cells])
+    for cell in cells:
+        if cell.config.ab == union:
+            return cell.model
+    first = cells[0]
+    model, _ = build_run_model(dataclasses.replace(first.config, ab=union), first.data)
+    fast_activations(model)
+    return model
+
+
 def _batchable_attention(model: nn.Module) -> None:
     """Eager attention (matmuls and a softmax, which vmap batches) in place of sdpa, whose
     CPU kernels have no batching rule (vmap would loop over the cells); the a/b
@@ -521,19 +634,21 @@ def _batchable_attention(model: nn.Module) -> None:
 def _stacked_inputs(batches, mode, base: nn.Module) -> tuple:
     """Each live cell's batch padded to the pack's largest batch (rows of weight 0: a
     short last batch, or n below the batch size) and to its longest row (right padding,
-    mask 0), read by the mode's checked ``where``, then stacked: input_ids, 4-D additive
-    mask, positions, labels, weights, each [K, ...]."""
+    mask 0), then stacked and read by the mode's checked ``where`` in one call (it works
+    row by row): input_ids, 4-D additive mask, positions, labels, weights, each [K, ...]."""
     from probe.models.build import additive_mask
 
     batch_size = max(b["input_ids"].shape[0] for b in batches)
     seq = max(b["input_ids"].shape[1] for b in batches)
     device = batches[0]["input_ids"].device
-    ids, masks, ats, labels, weights = [], [], [], [], []
+    ids, masks, labels, weights = [], [], [], []
     for b in batches:
         n, t = b["input_ids"].shape
         pad_rows, pad_cols = batch_size - n, seq - t
-        x = torch.nn.functional.pad(b["input_ids"], (0, pad_cols))
-        m = torch.nn.functional.pad(b["attention_mask"], (0, pad_cols))
+        x, m = b["input_ids"], b["attention_mask"]
+        if pad_cols:
+            x = torch.nn.functional.pad(x, (0, pad_cols))
+            m = torch.nn.functional.pad(m, (0, pad_cols))
         y = b["labels"]
         w = torch.ones(n, device=device)
         if pad_rows:  # a short last batch: copies of its first row that weigh nothing
@@ -541,13 +656,20 @@ def _stacked_inputs(batches, mode, base: nn.Module) -> tuple:
             m = torch.cat([m, m[:1].expand(pad_rows, -1)])
             y = torch.cat([y, y[:1].expand(pad_rows)])
             w = torch.cat([w, torch.zeros(pad_rows, device=device)])
-        mask, at = mode.where(m)
         ids.append(x)
-        masks.append(additive_mask(base, mask))
-        ats.append(at)
+        masks.append(m)
         labels.append(y)
         weights.append(w)
-    return tuple(torch.stack(t) for t in (ids, masks, ats, labels, weights))
+    k = len(batches)
+    mask, at = mode.where(torch.cat(masks))
+    mask = additive_mask(base, mask)
+    return (
+        torch.stack(ids),
+        mask.view(k, batch_size, *mask.shape[1:]),
+        at.view(k, batch_size),
+        torch.stack(labels),
+        torch.stack(weights),
+    )
 
 
 def _clip_per_cell(grads: dict[str, torch.Tensor], max_norm: float) -> None:

@@ -45,6 +45,7 @@ from probe.errors import Preempted, ProbeError, one_line, one_line_errors
 from probe.jsonl import dumps
 from probe.push import upload
 from probe.train.config import FinetuneConfig, parse_config
+from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RESULTS_FILE, RunDir, write_atomic
 from probe.train.setup import (
     ab_summary,
@@ -82,6 +83,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
     run_dir = RunDir(config.output_dir)
     task = check_environment(config, run_dir)
+    tune_malloc()  # once per process: wide models stop paying fresh pages every step
     with preempt.handled(), _main_process_lock(run_dir):
         if (signal_name := preempt.requested()) is not None:  # e.g. a sweep's next cell
             raise Preempted(signal_name)

@@ -13,7 +13,7 @@ import pytest
 from probe.experiments.sweep import SweepConfig, run_sweep
 from probe.jsonl import read_rows
 from probe.train.config import FinetuneConfig
-from probe.train.pack import _PackedStep, check_packable, finetune_packed
+from probe.train.pack import _PackedStep, check_packable, finetune_packed, pack_key
 from probe.train.run import finetune
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -114,9 +114,53 @@ def test_regression_cells_of_different_n_share_a_pack(tmp_path):
     assert packed[0]["steps"] < packed[2]["steps"]  # 4 epochs of 24 rows end first
 
 
+@pytest.mark.parametrize(
+    "variants",
+    [
+        # the pack's model is the kq,vo cell's; plain, + KQ and + VO cells hold the terms
+        # they lack at 0; a and b at three learning rates each
+        [{}, {"ab": "kq", "a_lr": 0.02}, {"ab": "vo", "b_lr": 0.005}, {"ab": "kq,vo"}],
+        # no cell has both terms: the pack builds its own model with both
+        [{"ab": "kq", "a_lr": 0.02}, {"ab": "kq", "a_lr": 0.005}, {"ab": "vo"}],
+    ],
+    ids=["4-variants", "built-union"],
+)
+def test_cells_of_other_variants_and_scaling_lrs_share_a_pack(tmp_path, variants):
+    def cells(tag):
+        return [
+            FinetuneConfig(
+                **TINY,
+                **v,
+                task="aba_vs_abb",
+                model_overrides=NO_DROPOUT,
+                seed=i % 2,
+                output_dir=str(tmp_path / f"{tag}{i}"),
+            )
+            for i, v in enumerate(variants)
+        ]
+
+    assert len({pack_key(c) for c in cells("pack")}) == 1
+    lone = [finetune(c) for c in cells("lone")]
+    packed = dict(finetune_packed(cells("pack")))
+    assert_same_runs(lone, [packed[i] for i in range(len(lone))])
+    for a, b in zip(lone, (packed[i] for i in range(len(lone))), strict=True):
+        assert b["trainable_params"] == a["trainable_params"]
+        assert (b["ab"] is None) == (a["ab"] is None)
+        if a["ab"]:
+            assert b["ab"]["modules"] == a["ab"]["modules"]
+            assert set(b["ab"]) == set(a["ab"])  # no b of a + KQ cell, no a of a + VO one
+
+
+def test_kq_and_rotated_kq_cells_stay_apart():
+    kw = dict(model="llama", task="aba_vs_abb", output_dir="x")
+    keys = {pack_key(FinetuneConfig(**kw, ab=ab)) for ab in ("none", "kq", "vo", "kq,vo")}
+    rotated = {pack_key(FinetuneConfig(**kw, ab=ab)) for ab in ("kq_rot", "kq_rot,vo")}
+    assert len(keys) == 1 and len(rotated) == 1 and keys != rotated
+
+
 def test_divergence_is_per_cell_and_cells_of_other_settings_are_refused(tmp_path):
     cells = configs(tmp_path, "pack", ab="kq")
-    cells[1] = dataclasses.replace(cells[1], a_lr=0.5)
+    cells[1] = dataclasses.replace(cells[1], lr=0.5)
     with pytest.raises(ValueError, match="differ in more than seed"):
         dict(finetune_packed(cells))
     results = dict(finetune_packed(configs(tmp_path, "nan", ab="kq", lr=1e38)))
@@ -243,3 +287,22 @@ def test_a_preempting_signal_stops_a_pack_at_its_next_step(tmp_path, monkeypatch
     with preempt.handled(), pytest.raises(Preempted, match="start over"):
         list(finetune_packed(configs(tmp_path, "pack", max_steps=50)))
     assert calls["n"] == 2  # stopped after the step the signal arrived in
+
+
+def test_a_sweep_packs_the_variants_of_one_n_together(tmp_path):
+    from probe.experiments.sweep import cell_configs, packs
+
+    recipe = SweepConfig.from_dict(
+        {
+            "name": "grid",
+            "task": "aba_vs_abb",
+            "n": [16, 32],
+            "seeds": [0, 1, 2],
+            "variants": {v: {"ab": v} for v in ("none", "kq", "vo", "kq,vo")},
+            "finetune": {"model": "paper", "checkpoints": False, "a_lr": 1e-3, "b_lr": 1e-3},
+        }
+    )
+    cells = recipe.cells()
+    groups = packs(cells, cell_configs(recipe, cells, tmp_path), 12)
+    assert [sorted({c.n for c in g}) for g in groups] == [[16], [32]]
+    assert all(len({(c.variant, c.seed) for c in g}) == 12 for g in groups)
