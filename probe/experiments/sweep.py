@@ -107,6 +107,13 @@ class SweepConfig:
         default=THRESHOLD, metadata={"help": "n* = smallest n whose mean metric is <= threshold"}
     )
     description: str = field(default="", metadata={"help": "one line on what the recipe shows"})
+    launcher: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "where units run (probe.experiments.launchers.LauncherSpec), e.g. "
+            "{kind: slurm, partition: gpu, time: 120}; probe sweep's flags win"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -774,6 +781,7 @@ def run_sweep(
     progress: bool = True,
     variants: Sequence[str] | None = None,
     pack: int = 1,
+    launcher: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the (shard of the) grid; returns the rows appended by this call (failed
     cells' rows included: ``status`` says which).
@@ -792,6 +800,9 @@ def run_sweep(
     only those variants' cells (:func:`select_cells`). ``pack`` > 1 trains up to that
     many cells that differ only in their seed (or n, on regression tasks) as one vectorized step
     (:mod:`probe.train.pack`; checked for every cell before the first runs).
+    ``launcher`` (a :class:`probe.experiments.launchers.LauncherSpec`, ``"ray"`` /
+    ``"slurm"``, or a launcher made by ``launchers.make_launcher``; default: local)
+    runs the units elsewhere; this process still writes every row.
     """
     from probe.train.run_dir import file_lock
 
@@ -802,6 +813,9 @@ def run_sweep(
         raise ValueError("pass --resume (or --retry-failed) or --overwrite, not both")
     jobs = parse_jobs(jobs)
     pack = parse_pack(pack)
+    from probe.experiments.launchers import make_launcher
+
+    launcher = make_launcher(launcher)
     path = results_path(out, shard)
 
     if variants and overwrite:
@@ -861,7 +875,13 @@ def run_sweep(
 
         with bar:
             show()
-            for c, status, result in _results(runner, todo, configs, jobs, show, pack):
+            if launcher is None:
+                source = _results(runner, todo, configs, jobs, show, pack)
+            else:  # probe.experiments.launchers: ray, slurm
+                source = launcher.results(
+                    runner, todo, configs, hashes, pack, work_dir, config.name
+                )
+            for c, status, result in source:
                 row = {
                     "recipe": config.name,
                     "variant": c.variant,
@@ -959,6 +979,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train up to K cells that differ only in their seed (or n, on regression tasks) as one vectorized step "
         "(decoder-only models without dropout, e.g. --model paper; default: 1, each alone)",
     )
+    from probe.experiments.launchers import add_arguments
+
+    add_arguments(p)
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -1012,6 +1035,9 @@ def _main(args: argparse.Namespace) -> None:
     shard = parse_shard(args.shard)
     out = Path(args.out) if args.out is not None else default_out(args.recipe, config)
     variants = parse_variants(args.variants, config.variants) if args.variants else None
+    from probe.experiments.launchers import make_launcher, spec_from_args
+
+    launcher = make_launcher(spec_from_args(args, config.launcher))
     if args.dry_run:
         cells = config.cells()
         mine = select_cells(config, shard, variants)
@@ -1053,6 +1079,7 @@ def _main(args: argparse.Namespace) -> None:
         jobs=args.jobs,
         allow_dirty=args.allow_dirty,
         pack=args.pack,
+        launcher=launcher,
     )
     failed = sum(is_failed(r) for r in rows)
     note = (
@@ -1061,6 +1088,8 @@ def _main(args: argparse.Namespace) -> None:
         else ""
     )
     print(f"sweep {config.name}: {len(rows)} cell(s) run{note} -> {results_path(out, shard)}")
+    if launcher is not None and launcher.note:
+        print(launcher.note)
 
 
 if __name__ == "__main__":
