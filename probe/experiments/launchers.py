@@ -196,11 +196,13 @@ def run_unit(
     threads: int = 1,
 ) -> list[tuple[int, str, Any]]:
     """One unit in a worker: :func:`probe.experiments.sweep.run_pack`'s
-    ``(index, status, row or error)`` per cell."""
+    ``(index, status, row or error)`` per cell. A lone cell whose folder holds a
+    checkpoint (a retry after its worker died) goes on from it (:func:`_resumable`)."""
     from probe.experiments.sweep import run_pack
 
     _in_unit_process(cwd, threads)
-    return run_pack(runner, list(configs))
+    configs = list(configs)
+    return run_pack(runner, configs if len(configs) > 1 else [_resumable(configs[0])])
 
 
 def _failed_unit(group: Sequence[Any], error: BaseException) -> Iterable[tuple[Any, str, Any]]:
@@ -295,12 +297,19 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _resumable(config: Any) -> Any:
-    """A cell cut short (preempted, killed) goes on from its newest checkpoint."""
+    """A cell cut short (preempted, killed, its worker lost) goes on from its newest
+    checkpoint, where ``probe finetune --resume`` would accept it; else it starts over."""
     from probe.train.run_dir import RunDir
 
-    if config.checkpoints and RunDir(config.output_dir).checkpoints():
-        return replace(config, resume=True, overwrite=False)
-    return config
+    run = RunDir(config.output_dir)
+    if not (config.checkpoints and run.checkpoints()):
+        return config
+    resumed = replace(config, resume=True, overwrite=False)
+    try:
+        run.check(resumed)
+    except (ValueError, OSError):  # other settings than the checkpoint's: start over
+        return config
+    return resumed
 
 
 class SlurmTask(_Checkpointable):
