@@ -226,6 +226,23 @@ def _require(module: str, extra: str) -> Any:
         ) from None
 
 
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """A Ray on this machine with ``num_cpus`` (default: every core this process may use).
+    Its workers run at this process's priority: Ray's default (nice 15, so its own
+    daemons come first) starves them on a machine busy with other work, and here the
+    workers are the work."""
+    import ray
+
+    from probe.experiments.sweep import parse_jobs
+
+    ray.init(
+        num_cpus=num_cpus or parse_jobs(0),
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config={"worker_niceness": 0},
+    )
+
+
 def ray_results(
     spec: LauncherSpec,
     runner: Callable[[Any], Mapping[str, Any]],
@@ -236,13 +253,10 @@ def ray_results(
     ray = _require("ray", "ray")
     own = False
     if not ray.is_initialized():
-        options = {"include_dashboard": False, "log_to_driver": False}
         if spec.address:
-            ray.init(address=spec.address, **options)
+            ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
         else:
-            from probe.experiments.sweep import parse_jobs
-
-            ray.init(num_cpus=parse_jobs(0), **options)
+            start_local_ray()
             own = True
     refs: dict[Any, list[Any]] = {}
     try:

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from probe.experiments.launchers import JOBS, LauncherSpec, make_launcher, row_file
+from probe.experiments.launchers import (
+    JOBS,
+    LauncherSpec,
+    make_launcher,
+    row_file,
+    start_local_ray,
+)
 from probe.experiments.sweep import SweepConfig, run_sweep
 from probe.jsonl import read_rows
 
@@ -53,7 +59,7 @@ LONG = {
     **RECIPE,
     "name": "long",
     "n": [16],
-    "variants": {"kq": {"ab": "kq"}},
+    "variants": {"none": {"ab": "none"}},
     "finetune": {**RECIPE["finetune"], "max_steps": 600, "checkpoint_every": 50},
 }
 
@@ -108,7 +114,7 @@ def steps_saved(folder: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def ray_address():
     """One local Ray for the module (its start costs ~10-20 s): sweeps join it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(2)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
