@@ -207,9 +207,12 @@ def test_slurm_killed_mid_cell_then_resumed(long_reference, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = [*PROBE, "sweep", str(recipe), "--out", str(out), "--work-dir", str(work)]
     cmd += ["--launcher", "slurm", "--cluster", "local", "--array-parallelism", "2"]
-    done = subprocess.run([*cmd, "--allow-dirty"], env=env(), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "0 cell(s) run" in done.stdout and "--resume" in done.stdout, done.stdout
+    log = tmp_path / "submit.log"  # a file, not a pipe: the tasks inherit it and live on
+    with open(log, "w") as f:
+        code = subprocess.run([*cmd, "--allow-dirty"], env=env(), stdout=f, stderr=f).returncode
+    said = log.read_text()
+    assert code == 0, said
+    assert "0 cell(s) run" in said and "collect:" in said and "--resume" in said, said
     records = read_rows(work / JOBS)
     assert len(records) == 2  # one task per cell
     cells = {c.key: c for c in config(LONG).cells()}
