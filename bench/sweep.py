@@ -146,6 +146,12 @@ def compare_launchers(config: SweepConfig, repeat: int) -> None:
     local = best["local"][0]
     print(f"ray/local overhead: {best['ray'][0] / local:.2f}")
     print(f"submitit-local/local overhead: {best['submitit-local'][0] / local:.2f}")
+    # CPU seconds: the steadier figure on a machine shared with other work
+    cpu = best["local"][1]
+    print(
+        f"cpu seconds over local's: ray {best['ray'][1] / cpu:.2f}, "
+        f"submitit-local {best['submitit-local'][1] / cpu:.2f}"
+    )
 
 
 def metrics(rows: list[dict]) -> list[tuple]:

@@ -19,7 +19,8 @@ row from what a unit returns, under the results file's lock, so ``--resume`` and
   Ray is already initialized in this process, the sweep joins it. Each task runs
   with one torch thread per CPU it holds, in the driver's working directory.
 - ``slurm`` (``pip install 'symbol-probe[slurm]'``): one submitit job array per
-  submission, one unit per array task (``--array-parallelism`` at once). A task
+  submission, one unit per array task (``--units-per-task`` U: U units one after
+  another, the task's start paid once), ``--array-parallelism`` at once. A task
   writes each cell's result to ``WORK_DIR/.rows/`` (atomically) and a unit
   that is cut short resumes from its newest checkpoint: the task is a
   :class:`submitit.helpers.Checkpointable`, so SLURM's preemption / time-limit
@@ -76,6 +77,13 @@ class LauncherSpec:
     array_parallelism: int = field(
         default=64, metadata={"help": "SLURM: array tasks running at once"}
     )
+    units_per_task: int = field(
+        default=1,
+        metadata={
+            "help": "SLURM: units run one after another by each array task (>1: each task's "
+            "start, ~5 s of imports, is paid once for them)"
+        },
+    )
     cluster: str = field(
         default="slurm",
         metadata={"help": "SLURM: slurm, or local (submitit's local executor, for trying it)"},
@@ -100,6 +108,12 @@ class LauncherSpec:
                 f"gpus_per_cell={self.gpus_per_cell}: SLURM gives whole GPUs; use --pack K to "
                 "put several cells on one, or --launcher ray for fractions"
             )
+        if (
+            isinstance(self.units_per_task, bool)
+            or not isinstance(self.units_per_task, int)
+            or self.units_per_task < 1
+        ):
+            raise ValueError(f"units_per_task={self.units_per_task!r} must be a positive integer")
         for name in ("max_retries", "time", "array_parallelism"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -133,6 +147,7 @@ FLAGS = {  # field -> (flag, type)
     "partition": ("--partition", str),
     "time": ("--time", int),
     "array_parallelism": ("--array-parallelism", int),
+    "units_per_task": ("--units-per-task", int),
     "cluster": ("--cluster", str),
 }
 
@@ -440,7 +455,8 @@ class SlurmLauncher:
                 k = max(1, min(self.spec.array_parallelism or 1, len(groups)))
                 tasks = [groups[i::k] for i in range(k)]
             else:
-                tasks = [[g] for g in groups]
+                u = self.spec.units_per_task
+                tasks = [groups[i : i + u] for i in range(0, len(groups), u)]
             ex = _executor(self.spec, work_dir / LOGS, name)
             cwd = os.getcwd()
             args = [[[(c, configs[c.key], hashes[c.key]) for c in g] for g in t] for t in tasks]

@@ -134,9 +134,9 @@ def test_launcher_spec_checks_and_recipe_block():
     from probe.experiments.launchers import spec_from_args
     from probe.experiments.sweep import build_parser
 
-    args = build_parser().parse_args(["r.yaml", "--time", "30"])
+    args = build_parser().parse_args(["r.yaml", "--time", "30", "--units-per-task", "4"])
     spec = spec_from_args(args, cfg.launcher)
-    assert (spec.kind, spec.partition, spec.time) == ("slurm", "gpu", 30)
+    assert (spec.kind, spec.partition, spec.time, spec.units_per_task) == ("slurm", "gpu", 30, 4)
     args = build_parser().parse_args(["r.yaml", "--launcher", "ray"])
     assert spec_from_args(args, cfg.launcher).kind == "ray"  # flags win
 
