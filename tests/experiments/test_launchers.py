@@ -232,3 +232,28 @@ def test_slurm_killed_mid_cell_then_resumed(long_reference, tmp_path):
     assert same(read_rows(out / "results.jsonl")) == long_reference
     resumed = next(r for r in rows if (r["variant"], r["n"], r["seed"]) == victim.key)
     assert resumed["config"]["resume"] is True  # went on from its checkpoint
+
+
+def test_slurm_preempted_task_requeues_itself(long_reference, tmp_path):
+    """SLURM's preemption signal (USR2, as submitit asks SLURM to send it) to an array
+    task mid-cell: the task checkpoints and requeues itself (submitit's local executor
+    restarts it), goes on from the cell's checkpoint, and --resume --wait collects both
+    rows without submitting anything again."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    spec = LauncherSpec(kind="slurm", cluster="local", array_parallelism=2)
+    assert run_sweep(config(LONG), out, work_dir=work, launcher=spec, progress=False) == []
+    records = read_rows(work / JOBS)
+    cells = {c.key: c for c in config(LONG).cells()}
+    victim = cells[tuple(records[0]["cells"][0])]
+    wait_for(
+        lambda: 0 < max(steps_saved(work / victim.dirname()), default=0) < 600,
+        what="a checkpoint before the last step",
+    )
+    for pid in _children(int(records[0]["job_id"])):
+        os.kill(pid, signal.SIGUSR2)
+    spec = LauncherSpec(kind="slurm", cluster="local", array_parallelism=2, wait=True)
+    rows = run_sweep(config(LONG), out, work_dir=work, launcher=spec, resume=True, progress=False)
+    assert len(rows) == 2 and len(read_rows(work / JOBS)) == 2  # nothing submitted again
+    assert same(read_rows(out / "results.jsonl")) == long_reference
+    resumed = next(r for r in rows if (r["variant"], r["n"], r["seed"]) == victim.key)
+    assert resumed["config"]["resume"] is True
