@@ -410,11 +410,13 @@ def _alive(record: Mapping[str, Any]) -> bool:
     }  # fmt: skip
 
 
-def _records(work_dir: Path) -> list[dict[str, Any]]:
+def _records(work_dir: Path, cells: set[tuple]) -> list[dict[str, Any]]:
+    """The array tasks submitted for any of ``cells``."""
     from probe.jsonl import read_rows
 
     path = work_dir / JOBS
-    return read_rows(path) if path.is_file() else []
+    rows = read_rows(path) if path.is_file() else []
+    return [r for r in rows if any(tuple(k) in cells for k in r["cells"])]
 
 
 class SlurmLauncher:
@@ -443,7 +445,7 @@ class SlurmLauncher:
         yield from self._collect(todo, hashes, work_dir)
         wanted = {c.key for c in todo} - self.collected
         running: set[tuple] = set()
-        for record in _records(work_dir):
+        for record in _records(work_dir, wanted):
             if _alive(record):
                 running.update(tuple(k) for k in record["cells"])
         running &= wanted
@@ -493,7 +495,7 @@ class SlurmLauncher:
                 break
             for job in jobs:
                 job.done()  # reaps a finished local task
-            if not any(_alive(r) for r in _records(work_dir)):
+            if not any(_alive(r) for r in _records(work_dir, {c.key for c in waiting})):
                 yield from self._collect(waiting, hashes, work_dir)  # written as it ended
                 waiting = [c for c in waiting if c.key not in self.collected]
                 if waiting:
@@ -503,7 +505,7 @@ class SlurmLauncher:
                         "submit them again"
                     )
                 break
-            time.sleep(1.0)
+            time.sleep(1.0 if self.spec.cluster == "local" else 30.0)  # sacct is no toy
 
     def _collect(
         self, cells: Iterable[Any], hashes: Mapping[tuple, str], work_dir: Path
