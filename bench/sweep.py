@@ -1,4 +1,5 @@
-"""How much faster a sweep runs with ``--jobs 2`` than with ``--jobs 1``.
+"""How much faster a sweep runs with ``--jobs 2`` than with ``--jobs 1``, and what the
+Ray and SLURM launchers cost over ``--jobs 2``.
 
 A small fixed recipe (``aba_vs_abb``, plain vs +KQ, 4 sample sizes, one seed:
 8 cells of a 2-layer, 64-wide GPT-2 built from scratch, a fixed number of
@@ -12,7 +13,18 @@ times and ``sweep jobs2/jobs1 speedup: <x>`` (target: >= 1.7 on 2 free cores;
 on a machine shared with other work it is lower). Also checks that both give
 the same metrics.
 
-    OMP_NUM_THREADS=1 python bench/sweep.py [--repeat 2] [--steps 150]
+Then the launchers (``probe.experiments.launchers``) on the same 8 cells and 2 CPUs:
+``--launcher local --jobs 2``, ``--launcher ray`` (a local Ray of 2 CPUs, started
+once by the bench and joined by each sweep, as a sweep joins a running cluster: its
+start and the first sweep's worker imports are printed apart) and ``--launcher
+slurm`` through submitit's local executor (2 array tasks of 4 cells; each sweep
+starts its own processes, so their imports are counted). Prints the wall times,
+the CPU seconds of this process tree (every process started for the sweep:
+workers, Ray's daemons, submitit's controllers), ``ray/local overhead: <x>`` and
+``submitit-local/local overhead: <x>`` (wall-time ratios; target <= 1.15), and
+checks that all three give the same metrics.
+
+    OMP_NUM_THREADS=1 python bench/sweep.py [--repeat 2] [--steps 150] [--only jobs|launchers]
 """
 
 from __future__ import annotations
@@ -52,11 +64,94 @@ def recipe(steps: int) -> SweepConfig:
     )
 
 
-def timed(config: SweepConfig, jobs: int, root: Path) -> tuple[float, list[dict]]:
+def timed(
+    config: SweepConfig, jobs: int, root: Path, launcher: object = None
+) -> tuple[float, list[dict]]:
     out = Path(tempfile.mkdtemp(dir=root))
     t0 = time.perf_counter()
-    rows = run_sweep(config, out / "results", work_dir=out / "work", jobs=jobs, progress=False)
+    rows = run_sweep(
+        config,
+        out / "results",
+        work_dir=out / "work",
+        jobs=jobs,
+        progress=False,
+        launcher=launcher,
+    )
     return time.perf_counter() - t0, rows
+
+
+def tree_cpu() -> float:
+    """CPU seconds of this process and its live descendants, each with the children it
+    reaped (a finished worker's time moves to its parent's, so nothing is lost while
+    the process that started it lives)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def cpu_timed(config: SweepConfig, jobs: int, root: Path, launcher: object = None):
+    before = tree_cpu()
+    seconds, rows = timed(config, jobs, root, launcher)
+    return seconds, tree_cpu() - before, rows
+
+
+def compare_launchers(config: SweepConfig, repeat: int) -> None:
+    """--launcher local --jobs 2 against ray (local) and slurm (submitit's local executor)."""
+    import ray
+
+    from probe.experiments.launchers import LauncherSpec, start_local_ray
+
+    cells = len(config.cells())
+    slurm = LauncherSpec(kind="slurm", cluster="local", array_parallelism=2, wait=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        start_local_ray(2)
+        print(f"  ray start (once per cluster): {time.perf_counter() - t0:.1f} s")
+        seconds, cpu, _ = cpu_timed(config, 1, root, "ray")
+        print(
+            f"  ray, first sweep (workers import torch and probe): {seconds:.1f} s, {cpu:.0f} cpu-s"
+        )
+        best: dict[str, tuple[float, float]] = {}
+        seen: dict[str, list[tuple]] = {}
+        try:
+            for i in range(repeat):
+                for name, jobs, launcher in (
+                    ("local", 2, None),
+                    ("ray", 1, "ray"),
+                    ("submitit-local", 1, slurm),
+                ):
+                    seconds, cpu, rows = cpu_timed(config, jobs, root, launcher)
+                    print(
+                        f"  run {i + 1}, {name}: {seconds:.1f} s ({seconds / cells:.2f} s/cell), "
+                        f"{cpu:.0f} cpu-s"
+                    )
+                    if name not in best or seconds < best[name][0]:
+                        best[name] = (seconds, cpu)
+                    seen[name] = metrics(rows)
+        finally:
+            ray.shutdown()
+    same = seen["local"] == seen["ray"] == seen["submitit-local"]
+    print(f"same metrics with local, ray and submitit-local: {'yes' if same else 'NO'}")
+    for name, (seconds, cpu) in best.items():
+        print(f"sweep {name}: {seconds:.1f} s wall, {cpu:.0f} cpu-s (best of {repeat})")
+    local = best["local"][0]
+    print(f"ray/local overhead: {best['ray'][0] / local:.2f}")
+    print(f"submitit-local/local overhead: {best['submitit-local'][0] / local:.2f}")
+    # CPU seconds: the steadier figure on a machine shared with other work
+    cpu = best["local"][1]
+    print(
+        f"cpu seconds over local's: ray {best['ray'][1] / cpu:.2f}, "
+        f"submitit-local {best['submitit-local'][1] / cpu:.2f}"
+    )
 
 
 def metrics(rows: list[dict]) -> list[tuple]:
@@ -67,6 +162,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, best kept")
     parser.add_argument("--steps", type=int, default=150, help="training steps per cell")
+    parser.add_argument(
+        "--only", choices=("jobs", "launchers"), default=None, help="one of the two comparisons"
+    )
     args = parser.parse_args()
     import torch
 
@@ -76,13 +174,23 @@ def main() -> None:
         f"{cells} cells x {args.steps} steps; --jobs 1 with {torch.get_num_threads()} torch "
         f"thread(s), {os.cpu_count()} cores visible"
     )
+    if args.only != "launchers":
+        compare_jobs(config, args.repeat)
+    if args.only != "jobs":
+        print(f"launchers: {cells} cells on 2 CPUs (--jobs 2, ray num_cpus=2, 2 array tasks)")
+        compare_launchers(config, args.repeat)
+
+
+def compare_jobs(config: SweepConfig, repeat: int) -> None:
+    """--jobs 1 against --jobs 2."""
+    cells = len(config.cells())
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         warm = SweepConfig.from_dict({**vars(config), "n": [16], "variants": {"none": {}}})
         timed(warm, 1, root)  # imports and first-call costs, not counted
         best: dict[int, float] = {}
         seen: dict[int, list[tuple]] = {}
-        for i in range(args.repeat):
+        for i in range(repeat):
             for jobs in (1, 2):
                 seconds, rows = timed(config, jobs, root)
                 print(
@@ -92,7 +200,7 @@ def main() -> None:
                 seen[jobs] = metrics(rows)
     same = seen[1] == seen[2]
     print(f"same metrics with --jobs 1 and --jobs 2: {'yes' if same else 'NO'}")
-    print(f"sweep jobs1: {best[1]:.1f} s, jobs2: {best[2]:.1f} s (best of {args.repeat})")
+    print(f"sweep jobs1: {best[1]:.1f} s, jobs2: {best[2]:.1f} s (best of {repeat})")
     print(f"sweep jobs2/jobs1 speedup: {best[1] / best[2]:.2f}")
 
 

@@ -115,6 +115,13 @@ class SweepConfig:
         default=THRESHOLD, metadata={"help": "n* = smallest n whose mean metric is <= threshold"}
     )
     description: str = field(default="", metadata={"help": "one line on what the recipe shows"})
+    launcher: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "where units run (probe.experiments.launchers.LauncherSpec), e.g. "
+            "{kind: slurm, partition: gpu, time: 120}; probe sweep's flags win"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -1069,6 +1076,7 @@ def run_sweep(
     variants: Sequence[str] | None = None,
     pack: int = 1,
     ns: Sequence[int] | None = None,
+    launcher: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the (shard of the) grid; returns the rows appended by this call (failed
     cells' rows included: ``status`` says which).
@@ -1087,6 +1095,9 @@ def run_sweep(
     only those variants' cells, ``ns`` only those sample sizes (:func:`select_cells`). ``pack`` > 1 trains up to that
     many cells that differ only in their seed (or n, on regression tasks) as one vectorized step
     (:mod:`probe.train.pack`; checked for every cell before the first runs).
+    ``launcher`` (a :class:`probe.experiments.launchers.LauncherSpec`, ``"ray"`` /
+    ``"slurm"``, or a launcher made by ``launchers.make_launcher``; default: local)
+    runs the units elsewhere; this process still writes every row.
     """
     from probe.train.run_dir import file_lock
 
@@ -1097,6 +1108,9 @@ def run_sweep(
         raise ValueError("pass --resume (or --retry-failed) or --overwrite, not both")
     jobs = parse_jobs(jobs)
     pack = parse_pack(pack)
+    from probe.experiments.launchers import make_launcher
+
+    launcher = make_launcher(launcher)
     path = results_path(out, shard)
 
     if variants and overwrite:
@@ -1165,7 +1179,13 @@ def run_sweep(
 
         with bar:
             show()
-            for c, status, result in _results(runner, todo, configs, jobs, show, pack):
+            if launcher is None:
+                source = _results(runner, todo, configs, jobs, show, pack)
+            else:  # probe.experiments.launchers: ray, slurm
+                source = launcher.results(
+                    runner, todo, configs, hashes, pack, work_dir, config.name
+                )
+            for c, status, result in source:
                 if status == BUSY:  # no row: the next --resume runs it
                     busy.append(result)
                     bar.update()
@@ -1286,6 +1306,9 @@ def build_parser() -> argparse.ArgumentParser:
         "over seeds is at or below the threshold at two consecutive n (n* settled); the "
         "skipped cells are listed, and --resume skips them too",
     )
+    from probe.experiments.launchers import add_arguments
+
+    add_arguments(p)
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -1334,9 +1357,12 @@ def _until_n_star(
     shard: tuple[int, int] | None,
     out: Path,
     variants: Sequence[str] | None,
+    launcher: Any = None,
 ) -> None:
     """``probe sweep --until-n-star``: one :func:`run_sweep` per sample size, ascending,
-    over the variants whose n* the rows so far leave open; then the skipped cells."""
+    over the variants whose n* the rows so far leave open (each round through
+    ``launcher``, which must hand its rows back before the next); then the skipped
+    cells."""
     work_dir = args.work_dir if args.work_dir is not None else default_work_dir(args.recipe, config)
     chosen = list(variants or config.variants)
     run = failed = 0
@@ -1358,6 +1384,7 @@ def _until_n_star(
             jobs=args.jobs,
             allow_dirty=args.allow_dirty,
             pack=args.pack,
+            launcher=launcher,
         )
         run += len(rows)
         failed += sum(is_failed(r) for r in rows)
@@ -1422,6 +1449,16 @@ def _main(args: argparse.Namespace) -> None:
     shard = parse_shard(args.shard)
     out = Path(args.out) if args.out is not None else default_out(args.recipe, config)
     variants = parse_variants(args.variants, config.variants) if args.variants else None
+    from probe.experiments.launchers import make_launcher, spec_from_args
+
+    spec = spec_from_args(args, config.launcher)
+    if args.until_n_star and spec.kind == "slurm" and not spec.wait and not args.dry_run:
+        raise ProbeError(
+            "--until-n-star with --launcher slurm needs --wait: each round's n is decided "
+            "by the rows of the one before, so the sweep must collect them before it "
+            "submits the next (or drop --until-n-star to submit the whole grid at once)"
+        )
+    launcher = make_launcher(spec)
     if args.dry_run:
         cells = config.cells()
         mine = select_cells(config, shard, variants)
@@ -1485,7 +1522,7 @@ def _main(args: argparse.Namespace) -> None:
                 print(f"  skipped {c.variant:>12}  n={c.n:<6} seed={c.seed}")
         return
     if args.until_n_star:
-        _until_n_star(args, config, shard, out, variants)
+        _until_n_star(args, config, shard, out, variants, launcher)
         return
     rows = run_sweep(
         config,
@@ -1501,6 +1538,7 @@ def _main(args: argparse.Namespace) -> None:
         jobs=args.jobs,
         allow_dirty=args.allow_dirty,
         pack=args.pack,
+        launcher=launcher,
     )
     failed = sum(is_failed(r) for r in rows)
     note = (
@@ -1509,6 +1547,8 @@ def _main(args: argparse.Namespace) -> None:
         else ""
     )
     print(f"sweep {config.name}: {len(rows)} cell(s) run{note} -> {results_path(out, shard)}")
+    if launcher is not None and launcher.note:
+        print(launcher.note)
 
 
 if __name__ == "__main__":
