@@ -14,6 +14,8 @@ Writes ``paper_summary.md`` into each folder and prints it.
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +86,31 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def mismatch(
+    task: str, row: str, ours: int, reached: bool, smallest: int | None = None
+) -> tuple[float, str]:
+    """How far our n* is from the paper's, either way (``max(ours / paper, paper /
+    ours)``), and its text: ``">4"`` where ours was not reached up to the largest n
+    run, ``">=2"`` where ours is the ``smallest`` n run and below the paper's (it may
+    lie lower still); both are bounds. A paper n* given as a bound (``PAPER_AT_MOST``:
+    "<= 16") is met by any n* at or below it. A paper n* beyond its largest n (None,
+    "> 8192") and an n* not reached are consistent but not comparable: NaN, ``"?"``."""
+    paper = PAPER_N_STAR[(task, row)]
+    if paper is None:
+        if reached:
+            return PAPER_MAX_N / ours, f">={_fmt(PAPER_MAX_N / ours)}"
+        return float("nan"), "?"
+    if (task, row) in PAPER_AT_MOST and ours <= paper:
+        return 1.0, "1"
+    factor = max(ours / paper, paper / ours)
+    if not reached:  # our n* lies beyond the largest n run
+        factor = max(ours / paper, 1.0)
+        return factor, f">{_fmt(factor)}"
+    if ours == smallest and ours < paper:
+        return factor, f">={_fmt(factor)}"
+    return factor, _fmt(factor)
+
+
 def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
     """One row per variant of the sweep in ``folder`` (see the module docstring); n*
     and its seeds come from ``probe.experiments.report.n_star``."""
@@ -133,13 +160,170 @@ def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+@dataclass(frozen=True)
+class TableRow:
+    """A row of the paper's table (REPORT section 9): the paper's (task, variant) in
+    ``PAPER_N_STAR`` and where each protocol ran it, as (folder under the paper's
+    results folder, variant); None where a protocol has no run of it."""
+
+    label: str
+    task: str
+    key: str
+    literal: tuple[str, str] | None
+    matched: tuple[str, str] | None
+
+
+def _both(folder: str, variant: str, matched_variant: str | None = None) -> dict:
+    return {
+        "literal": (folder, variant),
+        "matched": (f"matched/{folder}", matched_variant or variant),
+    }
+
+
+# The MLPs have no scalings and no attention to initialize: both protocols are the
+# literal one's runs. Majority length 4 plain and lengths 6-8 (n* 8192 or beyond) are
+# listed with what the literal protocol measured (results/paper/NOTES.md: their cost).
+TABLE_ROWS: tuple[TableRow, ...] = (
+    TableRow("same_different, plain", "same_different", "none", **_both("same_different", "none")),
+    TableRow("same_different, + KQ", "same_different", "kq", **_both("same_different", "kq")),
+    TableRow("aba_vs_abb, plain", "aba_vs_abb", "none", **_both("aba_vs_abb", "none")),
+    TableRow("aba_vs_abb, + KQ", "aba_vs_abb", "kq", **_both("aba_vs_abb", "kq")),
+    TableRow("aba_vs_abb, + VO", "aba_vs_abb", "vo", **_both("aba_vs_abb", "vo")),
+    TableRow("aba_vs_abb, + KQ,VO", "aba_vs_abb", "kq,vo", **_both("aba_vs_abb", "kq,vo")),
+    TableRow(
+        "aba_vs_abb, MLP (one-hot)",
+        "aba_vs_abb",
+        "mlp_onehot",
+        ("aba_vs_abb_mlp", "mlp_onehot"),
+        ("aba_vs_abb_mlp", "mlp_onehot"),
+    ),
+    TableRow(
+        "aba_vs_abb, MLP + exact XXᵀ",
+        "aba_vs_abb",
+        "mlp_onehot_xxt",
+        ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
+        ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
+    ),
+    TableRow("majority, length 2, plain", "majority_k", "len2", **_both("majority", "len2")),
+    TableRow(
+        "majority, length 2, + KQ,VO", "majority_k", "len2_kq,vo", **_both("majority", "len2_kq,vo")
+    ),
+    TableRow(
+        "majority, length 4, + KQ,VO", "majority_k", "len4_kq,vo", **_both("majority", "len4_kq,vo")
+    ),
+    TableRow("majority, length 4, plain", "majority_k", "len4", ("majority", "len4"), None),
+    TableRow("majority, length 6, plain", "majority_k", "len6", ("majority", "len6"), None),
+    TableRow(
+        "majority, length 6, + KQ,VO", "majority_k", "len6_kq,vo", ("majority", "len6_kq,vo"), None
+    ),
+    TableRow("majority, length 8, plain", "majority_k", "len8", ("majority", "len8"), None),
+    TableRow(
+        "majority, length 8, + KQ,VO", "majority_k", "len8_kq,vo", ("majority", "len8_kq,vo"), None
+    ),
+    *(
+        TableRow(f"copy, plain, width {w}", "copy", f"cls_w{w}", **_both("copy", f"cls_w{w}"))
+        for w in (64, 128, 256)
+    ),
+    *(
+        TableRow(f"copy, + VO, width {w}", "copy", f"cls_vo_w{w}", **_both("copy", f"cls_vo_w{w}"))
+        for w in (64, 128, 256)
+    ),
+)
+
+
+def _n_star_text(folder: Path, variant: str, threshold: float) -> tuple[str, int, bool, int]:
+    """``"128 (3/3)"`` / ``">512"`` for one variant of one results folder, with n*,
+    whether it was reached and the smallest n run; ``("not run", ...)`` without rows."""
+    if not any(folder.glob("results*.jsonl")):
+        return "not run", 0, False, 0
+    df = load_results([folder])
+    df = df[df["status"] == "ok"] if "status" in df.columns else df
+    df = df[df["variant"] == variant]
+    if df.empty:
+        return "not run", 0, False, 0
+    metric = metric_of(df)
+    curve = curves(df, metric)
+    (star,) = n_star(curve, threshold, baseline=None, rows=df, metric=metric).itertuples()
+    n, reached = int(star.n_star), bool(star.reached)
+    text = f"{star.n_star_text} ({star.seeds_ok})" if reached else star.n_star_text
+    return text, n, reached, int(curve["n"].min())
+
+
+def paper_table(
+    root: str | Path, causes: dict[str, str] | None = None, threshold: float = THRESHOLD
+) -> pd.DataFrame:
+    """REPORT section 9's table from the results under ``root`` (``results/paper``):
+    per ``TABLE_ROWS`` row, the paper's n*, the literal and the matched protocol's n*
+    with their seeds, the matched protocol's mismatch factor against the paper
+    (:func:`mismatch`), whether it is within 2x, and ``causes[label]`` for a row that
+    is not."""
+    root = Path(root)
+    causes = causes or {}
+    out = []
+    for row in TABLE_ROWS:
+        paper = PAPER_N_STAR[(row.task, row.key)]
+        at_most = (row.task, row.key) in PAPER_AT_MOST
+        paper_text = f">{PAPER_MAX_N}" if paper is None else f"<={paper}" if at_most else str(paper)
+        texts = {}
+        for name in ("literal", "matched"):
+            where = getattr(row, name)
+            texts[name] = (
+                _n_star_text(root / where[0], where[1], threshold)
+                if where is not None
+                else ("not run", 0, False, 0)
+            )
+        text, n, reached, smallest = texts["matched"]
+        if text == "not run":
+            factor, factor_text, within = float("nan"), "", "not run"
+        else:
+            factor, factor_text = mismatch(row.task, row.key, n, reached, smallest)
+            if math.isnan(factor):
+                within = "? (both beyond the n run)"
+            elif factor <= 2 and not factor_text.startswith(">"):
+                within = "yes"
+            elif factor_text.startswith(">") and factor <= 2:
+                within = "not yet (bound)"
+            else:
+                within = "no"
+        out.append(
+            {
+                "row": row.label,
+                "paper n*": paper_text,
+                "literal n* (seeds)": texts["literal"][0],
+                "matched n* (seeds)": text,
+                "matched / paper": factor_text,
+                "within 2x": within,
+                "cause": causes.get(row.label, "") if within != "yes" else "",
+            }
+        )
+    return pd.DataFrame(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m probe.experiments.paper_summary", description=__doc__
     )
     parser.add_argument("folders", nargs="+", help="results folders of recipes/paper sweeps")
     parser.add_argument("--threshold", type=float, default=THRESHOLD)
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="FOLDERS is the paper's results root (results/paper): write its table.md, "
+        "REPORT section 9's table of both protocols (causes read from causes.yaml there)",
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        import yaml
+
+        (root,) = args.folders
+        root = Path(root)
+        causes_file = root / "causes.yaml"
+        causes = yaml.safe_load(causes_file.read_text()) if causes_file.is_file() else {}
+        table = paper_table(root, causes, args.threshold)
+        text = markdown_table(table) + "\n"
+        (root / "table.md").write_text(text)
+        print(text)
+        return
     for folder in args.folders:
         path = Path(folder)
         if not path.is_dir():

@@ -28,13 +28,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe.experiments.paper_summary import PAPER_N_STAR
+from probe.experiments.paper_summary import PAPER_N_STAR, mismatch
 from probe.experiments.report import curves, load_results, markdown_table, metric_of, n_star
 from probe.experiments.sweep import THRESHOLD
 
 VARIANT = re.compile(r"^(?P<row>.+)_ab(?P<lr>[0-9.e-]+)_(?P<init>[a-z0-9]+)$")
-# Rows whose paper n* is an upper bound ("<= 16"): any n* at or below it matches.
-BOUND_ROWS = {("copy", "cls_vo_w64"), ("copy", "cls_vo_w256")}
 
 
 def parse_variant(variant: str) -> tuple[str, float, str]:
@@ -46,24 +44,6 @@ def parse_variant(variant: str) -> tuple[str, float, str]:
             f"as recipes/paper/search/*.yaml name theirs"
         )
     return m["row"], float(m["lr"]), m["init"]
-
-
-def mismatch(
-    task: str, row: str, ours: int, reached: bool, smallest: int | None = None
-) -> tuple[float, str]:
-    """The factor between our n* and the paper's, and its text: ``">4"`` where ours was
-    not reached up to the largest n run, ``">=2"`` where ours is the ``smallest`` n run
-    and below the paper's (it may lie lower still); both are bounds."""
-    paper = PAPER_N_STAR[(task, row)]
-    if (task, row) in BOUND_ROWS and ours <= paper:
-        return 1.0, "1"
-    factor = max(ours / paper, paper / ours)
-    if not reached:  # our n* lies beyond the largest n run
-        factor = max(ours / paper, 1.0)
-        return factor, f">{factor:.3g}"
-    if ours == smallest and ours < paper:
-        return factor, f">={factor:.3g}"
-    return factor, f"{factor:.3g}"
 
 
 def row_table(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:

@@ -41,3 +41,52 @@ def test_pool_final_copy_gets_no_ratio(tmp_path):
     for variant in ("none_w64", "vo_w64"):
         assert table.loc[variant, "n*"] == "8 (3/3 seeds <= 0.05)"
         assert table.loc[variant, "ours / paper"].startswith("- (pool final")
+
+
+def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
+    from probe.experiments.paper_summary import main, paper_table
+
+    root = tmp_path / "paper"
+    for sub, values in (
+        ("aba_vs_abb", {("kq", 64): [0.5, 0.4, 0.6], ("kq", 256): [0.01, 0.02, 0.01]}),
+        (
+            "matched/aba_vs_abb",
+            {
+                ("kq", 16): [0.9, 0.8, 0.9],
+                ("kq", 32): [0.04, 0.03, 0.06],  # mean 0.043: n* 32 = the paper's, 2/3
+                ("vo", 16): [1.0, 1.0, 1.0],
+                ("vo", 256): [0.9, 0.9, 0.9],  # not reached by 256: > 0.25 of 1024
+                ("kq,vo", 16): [0.9, 0.9, 0.9],
+                ("kq,vo", 256): [0.0, 0.0, 0.0],  # 256 vs 64: 4x
+            },
+        ),
+    ):
+        (root / sub).mkdir(parents=True)
+        _write(root / sub, "aba_vs_abb", values)
+    causes = {"aba_vs_abb, + KQ,VO": "a measured cause", "aba_vs_abb, + KQ": "never shown"}
+    table = paper_table(root, causes).set_index("row")
+    kq = table.loc["aba_vs_abb, + KQ"]
+    assert (kq["paper n*"], kq["literal n* (seeds)"], kq["matched n* (seeds)"]) == (
+        "32",
+        "256 (3/3)",
+        "32 (2/3)",
+    )
+    assert (kq["matched / paper"], kq["within 2x"], kq["cause"]) == ("1", "yes", "")
+    kqvo = table.loc["aba_vs_abb, + KQ,VO"]
+    assert (kqvo["literal n* (seeds)"], kqvo["matched / paper"], kqvo["within 2x"]) == (
+        "not run",
+        "4",
+        "no",
+    )
+    assert kqvo["cause"] == "a measured cause"
+    vo = table.loc["aba_vs_abb, + VO"]
+    assert (vo["matched n* (seeds)"], vo["matched / paper"], vo["within 2x"]) == (
+        ">256",
+        ">1",
+        "not yet (bound)",
+    )
+    assert table.loc["same_different, plain", "within 2x"] == "not run"
+    (root / "causes.yaml").write_text("'aba_vs_abb, + KQ,VO': from the file\n")
+    main(["--table", str(root)])
+    text = (root / "table.md").read_text()
+    assert "| aba_vs_abb, + KQ,VO | 64 | not run | 256 (3/3) | 4 | no | from the file |" in text

@@ -14,3 +14,5 @@ sweep recipes/paper/matched/copy.yaml --out results/paper/matched/copy
 # the literal protocol (recipes/paper/base.yaml) at the paper's n
 sweep recipes/paper/same_different.yaml --out results/paper/same_different --variants none
 sweep recipes/paper/aba_vs_abb.yaml --out results/paper/aba_vs_abb --variants none,vo,kq,kq,vo
+# the MLPs (no scalings, no attention: one protocol) to n = 2048
+sweep recipes/paper/aba_vs_abb_mlp.yaml --out results/paper/aba_vs_abb_mlp
