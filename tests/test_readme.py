@@ -125,6 +125,7 @@ def shell_commands(text: str) -> list[list[str]]:
 def test_readme_commands_parse_as_written():
     # every option the README shows exists and takes the value shown (nothing runs)
     from probe.cli import build_parser
+    from probe.cli.linear_probe import build_parser as linear_probe_parser
     from probe.experiments.report import build_parser as report_parser
     from probe.experiments.sweep import build_parser as sweep_parser
     from probe.train.config import parse_config
@@ -138,6 +139,8 @@ def test_readme_commands_parse_as_written():
             sweep_parser().parse_args(args[1:])
         elif args[0] == "report":
             report_parser().parse_args(args[1:])
+        elif args[0] == "linear-probe":
+            linear_probe_parser().parse_args(args[1:])
         else:
             build_parser().parse_args(args)
 
