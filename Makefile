@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.probe-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test test-fast lint install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/probe demo   # one thread: the README's table exactly
 
+# Tests run on every core (pytest-xdist; TEST_WORKERS=1 for one process). `make test`
+# runs them all (about 8 min on 2 cores); `make test-fast` leaves out the ones marked
+# slow (the README run twice, training to a result, subprocesses, Ray, SmolLM2).
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
 	$(BIN)/ruff check probe tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check probe tests bench

@@ -137,6 +137,7 @@ def test_a_second_ctrl_c_stops_at_once():
             time.sleep(1)
 
 
+@pytest.mark.slow
 def test_the_launch_script_stops_on_sigterm_with_exit_75(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "probe" / "finetune.py"), "--output-dir", str(out)]

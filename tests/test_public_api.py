@@ -25,6 +25,7 @@ RUN = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", sorted(ORDERS))
 def test_finetune_runs_a_config_in_every_import_order(order):
     code = ORDERS[order] + RUN
@@ -32,6 +33,7 @@ def test_finetune_runs_a_config_in_every_import_order(order):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_every_public_name_and_stage_resolves_after_a_bare_import():
     names = [n for n in probe.__all__ if n != "__version__"]
     pairs = list(itertools.permutations(["data", "models", "finetune"], 2))

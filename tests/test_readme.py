@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SKIP = re.compile(r"#\s*needs:\s*(hub|gpu)\b")
@@ -87,6 +89,7 @@ def test_the_readme_marks_its_outputs_on_statements():
             assert line - 1 in ends, f"`# ->` on line {line} follows no statement:\n{block}"
 
 
+@pytest.mark.slow
 def test_readme_python_snippets_run_twice_offline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip

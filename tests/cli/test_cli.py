@@ -46,6 +46,7 @@ def extra_task():
     tasks._REGISTRY.pop("extra_for_export")
 
 
+@pytest.mark.slow
 def test_export_catalogue_writes_every_registered_task(tmp_path, monkeypatch, capsys, extra_task):
     monkeypatch.setattr(cli, "EXPORT_SIZES", {"n_train": 12, "n_val": 3, "n_test": 3})
     folders = export_catalogue(tmp_path / "cat")

@@ -121,6 +121,7 @@ def test_export_into_the_committed_catalogue_advises_a_new_folder_first(tmp_path
     assert err.index("--out") < err.index("--overwrite")
 
 
+@pytest.mark.slow
 def test_demo_summary_only_as_a_command():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(

@@ -106,6 +106,7 @@ def test_readme_quickstart_table_is_what_the_demo_prints_for_its_committed_rows(
     assert readme_quickstart_table() == format_results(COMMITTED, config).strip()
 
 
+@pytest.mark.slow
 def test_the_demo_computes_the_committed_rows(tmp_path):
     # the cheapest cells of the grid (n = 32, both variants) again, as `make demo` runs
     # them (one thread, a fresh process): the committed rows, hence the README's table,

@@ -38,6 +38,7 @@ def _read_yaml(path):
     return yaml.load(path.read_text(), Loader=_Loader)
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_the_exported_tasks_offline(dataset, tmp_path, smollm2_tokenizer):
     import shutil
 

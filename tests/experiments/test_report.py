@@ -190,6 +190,7 @@ def mini_config() -> SweepConfig:
     )
 
 
+@pytest.mark.slow
 def test_miniature_sweep_report_resume_and_shards(tmp_path):
     cfg = mini_config()
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
@@ -332,6 +333,7 @@ def test_curves_are_on_a_log_scale_with_the_threshold_line(tmp_path, monkeypatch
     assert figures[-1].axes[0].get_yscale() == "log"
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_rows_of_jobs_1(tmp_path):
     """--jobs 2 (spawned workers, one torch thread each) = --jobs 1 with one thread."""
     import torch

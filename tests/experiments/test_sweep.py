@@ -156,6 +156,7 @@ def test_bad_values_are_refused(over, match):
         config(**over)
 
 
+@pytest.mark.slow
 def test_every_shipped_recipe_validates(tmp_path):
     from probe.experiments.sweep import cell_configs
 
@@ -657,6 +658,7 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status  # a zombie has exited
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_resume_completes(tmp_path):
     import os
     import signal
@@ -720,6 +722,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_the_lock_names_another_process_and_dies_with_it(tmp_path):
     import os
     import signal
@@ -937,6 +940,7 @@ def _start_preempted_sweep(tmp_path):
     return proc, out, work, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["SIGTERM"])  # SIGUSR1: tests/test_preempt.py
 def test_a_preempted_sweep_forwards_the_signal_waits_and_exits_75(tmp_path, name):
     import signal
@@ -958,6 +962,7 @@ def test_a_preempted_sweep_forwards_the_signal_waits_and_exits_75(tmp_path, name
     assert sorted(calls) == [("kq", 16, 0), ("kq", 16, 1)] and len(again) == 2
 
 
+@pytest.mark.slow
 def test_the_workers_of_a_killed_sweep_checkpoint_and_stop(tmp_path):
     import signal
     import time

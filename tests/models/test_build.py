@@ -370,6 +370,7 @@ def test_minilm_as_a_regression_classifier():
     assert out.shape == (2, 1) and torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_gguf_smollm2_predicts_paris(smollm2):
     model, tok = smollm2.model, smollm2.tokenizer  # loaded once, by build_model (conftest.py)
     assert type(model).__name__ == "LlamaForCausalLM" and model.probe_label_kind == "symbolic"
@@ -414,6 +415,7 @@ def loss_of(model, rows, kind: str) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(out, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(TINY))
 @pytest.mark.parametrize("kind", ["regression", "symbolic"])
 def test_rendered_task_trains(rendered, arch, kind):
@@ -497,6 +499,7 @@ def test_from_scratch_without_a_shape_is_small_when_the_default_config_is_huge(c
     assert "no shape given" not in caplog.text
 
 
+@pytest.mark.slow
 def test_gpt2_from_scratch_keeps_the_gpt2_configuration():
     model = build_model("gpt2", label_kind="symbolic", pretrained=False)
     assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == (12, 768, 12)

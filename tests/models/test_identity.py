@@ -471,6 +471,7 @@ def test_changing_the_attention_implementation_after_injecting_is_caught():
 # A real checkpoint: SmolLM2-135M (Llama family, 9 query heads over 3 key/value heads)
 
 
+@pytest.mark.slow
 def test_smollm2_keeps_its_predictions_at_zero(smollm2):
     model = copy.deepcopy(smollm2.model)  # the session's copy stays unpatched (conftest.py)
     ids = torch.tensor([[1, 504, 3458, 314, 4649, 357, 260, 1234, 30]])  # a short prompt

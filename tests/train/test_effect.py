@@ -42,6 +42,7 @@ EFFECTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("task, ab, n, metric, scale", EFFECTS)
 def test_identity_scalings_generalize_where_plain_does_not(

@@ -185,6 +185,7 @@ def test_what_cannot_pack_is_refused_before_any_work(tmp_path, over, match):
     assert not any(p.exists() for p in tmp_path.iterdir() if p.name.startswith("x"))
 
 
+@pytest.mark.slow
 def test_sweep_pack_writes_the_rows_of_a_lone_sweep(tmp_path):
     recipe = SweepConfig.from_dict(
         {

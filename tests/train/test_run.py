@@ -78,6 +78,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_count_each_test_sample_once(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 -m probe.finetune` on a CPU
     machine, from a folder outside the clone (the README's launch): gloo, and every test
@@ -524,6 +525,7 @@ def test_a_saved_dataset_without_labels_is_refused_before_training(tmp_path):
     assert read_rows(tmp_path / "run" / "results.jsonl") == [earlier]  # refused before any work
 
 
+@pytest.mark.slow
 def test_the_row_records_the_precision_that_ran(tmp_path):
     # accelerate accepts fp16 on a CPU and reports it, but computes in fp32. A fresh
     # process: accelerate keeps one precision per process once a run has set it.

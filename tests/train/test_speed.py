@@ -68,6 +68,7 @@ def checkpoint(tmp_path_factory):
     [{}, {"ab": "kq,vo"}, {"ab": "kq,vo", "lora_r": 4}],
     ids=["plain", "ab", "ab+lora"],
 )
+@pytest.mark.slow
 def test_a_compiled_run_reaches_the_plain_runs_test_loss(tmp_path, variant, checkpoint):
     settings = dict(max_steps=12, converge_loss=0.0, eval_every=6, **variant)
     if "lora_r" in variant:  # on the saved weights, in their own shape
@@ -107,6 +108,7 @@ def test_a_failing_compile_falls_back_to_the_plain_run(tmp_path, monkeypatch):
     assert "compiled" not in plain
 
 
+@pytest.mark.slow
 def test_the_early_stop_fires_at_the_first_step_whose_window_meets_the_threshold(
     tmp_path, monkeypatch
 ):
