@@ -96,7 +96,7 @@ def test_readme_python_snippets_run_twice_offline(tmp_path):
     for attempt in ("first", "second"):
         done = subprocess.run(
             [sys.executable, "-c", RUNNER, str(ROOT), str(README)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert done.returncode == 0, f"{attempt} run:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert "README OK" in done.stdout
