@@ -120,33 +120,53 @@ def setting_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(rows: pd.DataFrame, settings: pd.DataFrame, path: Path) -> None:
-    """The worst factor per setting (bars, best first) with every row's factor (dots)."""
+    """The worst factor per setting (bars, best first; hatched where it is a bound)
+    with every row's factor (filled marks; hollow where the factor is a bound: the
+    row was not reached by the largest n searched, or reached at the smallest)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [f"{r.init}\nab lr {r.ab_lr:g}" for r in settings.itertuples()]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.5))
-    ax.bar(range(len(labels)), settings["worst"], color="#bbb", label="worst row")
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.8))
+    x = range(len(labels))
+    ax.bar(x, settings["worst"], color="#ccc", label="worst row (exact)")
+    bound = settings["worst is bound"].to_numpy()
+    ax.bar(
+        [i for i in x if bound[i]],
+        settings["worst"][bound],
+        color="#ccc",
+        hatch="//",
+        edgecolor="#888",
+        label="worst row (a bound: may be larger)",
+    )
     markers = "osD^vP*X"
     for k, ((task, row), _g) in enumerate(rows.groupby(["task", "row"])):
-        ys = []
-        for r in settings.itertuples():
+        exact, bounds = [], []
+        for i, r in enumerate(settings.itertuples()):
             hit = rows[
                 (rows["ab_lr"] == r.ab_lr)
                 & (rows["init"] == r.init)
                 & (rows["task"] == task)
                 & (rows["row"] == row)
-            ]
-            ys.append(float(hit["factor"].iloc[0]))
-        ax.plot(range(len(labels)), ys, markers[k % len(markers)], label=f"{task} {row}")
+            ].iloc[0]
+            is_bound = str(hit["factor_text"]).startswith(">")
+            (bounds if is_bound else exact).append((i, float(hit["factor"])))
+        style = {"marker": markers[k % len(markers)], "ls": "none", "color": f"C{k}"}
+        for points, fill in ((exact, {}), (bounds, {"mfc": "none", "ms": 9})):
+            if points:
+                xs, ys = zip(*points, strict=True)
+                label = f"{task} {row}" if points is exact or not exact else None
+                ax.plot(xs, ys, label=label, **style, **fill)
     ax.axhline(2, color="k", ls="--", lw=0.8, label="2x")
     ax.set_yscale("log", base=2)
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_ylabel("n* mismatch factor vs the paper (log2)")
-    ax.set_title("protocol search: worst row per setting (bars), each row (marks); > = bound")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(
+        "protocol search: worst row per setting (bars), each row (marks; hollow = a bound)"
+    )
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
