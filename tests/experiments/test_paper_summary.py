@@ -90,3 +90,22 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     main(["--table", str(root)])
     text = (root / "table.md").read_text()
     assert "| aba_vs_abb, + KQ,VO | 64 | not run | 256 (3/3) | 4 | no | from the file |" in text
+
+
+def test_the_reports_table_is_what_the_committed_rows_give():
+    """REPORT section 9's table and results/paper/table.md are regenerated from the
+    committed rows: a results file updated without them fails here."""
+    from pathlib import Path
+
+    import yaml
+
+    from probe.experiments.paper_summary import paper_table
+    from probe.experiments.report import markdown_table
+
+    root = Path(__file__).resolve().parents[2] / "results" / "paper"
+    causes = yaml.safe_load((root / "causes.yaml").read_text())
+    table = markdown_table(paper_table(root, causes)) + "\n"
+    assert (root / "table.md").read_text() == table, (
+        "run: python -m probe.experiments.paper_summary --table results/paper"
+    )
+    assert table in (root.parent / "REPORT.md").read_text(), "paste table.md into REPORT section 9"
