@@ -594,27 +594,20 @@ def uncommitted_code() -> list[str]:
     return [line[3:] for line in out.stdout.splitlines() if line.strip()]
 
 
-def _label_kind(task: str, params: Mapping[str, Any]) -> str | None:
-    try:
-        from probe.tasks.catalogue import get_task
-    except ImportError:
-        return None
-    return get_task(task, **params).label_kind
-
-
-def cell_configs(
+def cell_plans(
     config: SweepConfig, cells: Iterable[Cell], work_dir: str | os.PathLike
 ) -> dict[tuple[str, int, int], Any]:
-    """Each cell's FinetuneConfig, keyed by ``cell.key``, checked as ``probe finetune``
-    would check it before its first step (``FinetuneConfig`` itself, then
-    :func:`probe.train.setup.check_environment`: the task and its parameters, the
-    model name, ``ab`` on an MLP, trackers), except the cell's output folder. The
+    """Each cell's :class:`probe.train.setup.RunPlan`, keyed by ``cell.key``, checked as
+    ``probe finetune`` would check it before its first step (``FinetuneConfig`` itself,
+    then :func:`probe.train.setup.check_environment`: the task and its parameters, the
+    model name, ``ab`` on an MLP, trackers), except the cell's output folder. A
+    variant's names are resolved once: its cells differ only in n, seed and folder. The
     first bad cell is a ``ValueError`` naming it."""
     from probe.train.config import FinetuneConfig
     from probe.train.setup import check_environment
 
-    configs = {}
-    checked: set[str] = set()
+    plans = {}
+    planned: dict[str, Any] = {}
     for c in cells:
         kwargs = dict(config.cell_settings(c), output_dir=str(Path(work_dir) / c.dirname()))
         # A cell without a row never finished: start it over. One bar over cells,
@@ -625,13 +618,20 @@ def cell_configs(
             # n and seed change nothing check_environment judges: once per variant
             rest = {k: v for k, v in kwargs.items() if k not in ("n_train", "seed", "output_dir")}
             key = json.dumps(rest, sort_keys=True, default=repr)
-            if key not in checked:
-                check_environment(cfg, None)
-                checked.add(key)
+            if key not in planned:
+                planned[key] = check_environment(cfg, None)
         except (TypeError, ValueError, OSError) as e:
             raise ValueError(f"cell {c.key} of recipe {config.name!r}: {e}") from e
-        configs[c.key] = cfg
-    return configs
+        plans[c.key] = planned[key].with_config(cfg)
+    return plans
+
+
+def cell_configs(
+    config: SweepConfig, cells: Iterable[Cell], work_dir: str | os.PathLike
+) -> dict[tuple[str, int, int], Any]:
+    """Each cell's FinetuneConfig, keyed by ``cell.key``, checked as :func:`cell_plans`
+    checks it."""
+    return {k: plan.config for k, plan in cell_plans(config, cells, work_dir).items()}
 
 
 def check_folder(folder: Path, flag: str) -> None:
@@ -1121,15 +1121,16 @@ def run_sweep(
     cells = config.cells()
     mine = select_cells(config, shard, variants, ns)
     settings = {c.key: config.cell_settings(c) for c in mine}
-    configs = cell_configs(config, mine, work_dir)
+    plans = cell_plans(config, mine, work_dir)
+    configs = {k: plan.config for k, plan in plans.items()}
     hashes = cell_hashes(config, mine, configs)
     if pack > 1:
         from probe.train.pack import check_packable
 
-        check_packable(list(configs.values()))
+        check_packable(list(plans.values()))
     code = _code_version()
     tree = code_tree()
-    kinds = {k: _label_kind(s["task"], s.get("task_params", {})) for k, s in settings.items()}
+    kinds = {k: plan.label_kind for k, plan in plans.items()}
     check_folder(out, "--out")
     check_folder(work_dir, "--work-dir")
     if path.exists() and not path.is_file():
@@ -1464,11 +1465,12 @@ def _main(args: argparse.Namespace) -> None:
         mine = select_cells(config, shard, variants)
         parse_jobs(args.jobs)
         pack = parse_pack(args.pack)
-        configs = cell_configs(config, mine, "runs")  # checks every cell as the sweep would
+        plans = cell_plans(config, mine, "runs")  # checks every cell as the sweep would
+        configs = {k: plan.config for k, plan in plans.items()}
         if pack > 1:
             from probe.train.pack import check_packable
 
-            check_packable(list(configs.values()))
+            check_packable(list(plans.values()))
         check_folder(out, "--out")
         if args.work_dir is not None:
             check_folder(Path(args.work_dir), "--work-dir")

@@ -53,7 +53,7 @@ from probe.models.positions import (
     positions_for,
     restore_absolute_positions,
 )
-from probe.models.resolve import resolve_model
+from probe.models.resolve import ModelRef, resolve_model
 from probe.tasks.templates import did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ _DERIVED_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def build_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | ModelRef,
     task: Any = None,
     tokenizer: Any = None,
     pretrained: bool = True,
@@ -88,7 +88,10 @@ def build_model(
 
     Args:
         name_or_path: Hub id, local folder, ``.gguf`` file, architecture name,
-            preset (``SCRATCH_PRESETS``) or MLP baseline (``mlp``, ``mlp_xxt``).
+            preset (``SCRATCH_PRESETS``) or MLP baseline (``mlp``, ``mlp_xxt``); or the
+            ``ModelRef`` :func:`~probe.models.resolve.resolve_model` already made of one
+            (a run's plan), which is not resolved again (``gguf_file`` and
+            ``pretrained`` are then the ref's).
         task: a ``TemplateTask``; only its ``label_kind`` is read.
         tokenizer: from scratch, the vocabulary is ``len(tokenizer)`` and the
             bos/eos ids are the tokenizer's; the pad id is the one rendered rows
@@ -123,7 +126,10 @@ def build_model(
         seq2seq LM, BERT as masked LM read at the readout token.
     """
     kind = _requested_label_kind(task, label_kind)
-    ref = resolve_model(name_or_path, gguf_file, pretrained)
+    if isinstance(name_or_path, ModelRef):
+        ref = name_or_path
+    else:
+        ref = resolve_model(name_or_path, gguf_file, pretrained)
     if ref.kind == "mlp":
         return _build_mlp(ref.source, kind or "symbolic", task, tokenizer, seed, config_overrides)
     if ref.kind == paper.PAPER:  # the official model, from GPT-2 (probe.models.paper)

@@ -1,12 +1,14 @@
-"""What a finetune run sets up before its loop: checks, data, model, optimizer.
+"""What a finetune run sets up before its loop: its plan, data, model, optimizer.
 
 ``check_environment`` judges everything that can be judged cheaply (the task,
 the model name, trackers, the output folder) so a bad run fails before any
-model or data work. The rest builds the run's pieces from a checked config.
+model or data work, and returns the run's :class:`RunPlan`: every name the
+config holds resolved once. The rest builds the run's pieces from the plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,23 +20,52 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from probe.locate import looks_like_path
-from probe.models.architectures import ARCHITECTURES, arch_spec
+from probe.models.architectures import ARCHITECTURES, ArchSpec, arch_spec
 from probe.models.mlp import mlp_shape
 from probe.models.paper import PAPER
-from probe.models.resolve import MLP_MODEL_TYPE
+from probe.models.resolve import MLP_MODEL_TYPE, ModelRef
 from probe.push import check_push
-from probe.train.config import FinetuneConfig
+from probe.train.config import AB, FinetuneConfig
 from probe.train.run_dir import RunDir
 
 
-def model_type(config: FinetuneConfig) -> str:
-    """The architecture ``config.model`` names (an ``ARCHITECTURES`` key, or ``mlp``),
-    found without building anything; a clear ``--model`` error otherwise."""
+@dataclass(frozen=True)
+class RunPlan:
+    """A run worked out once, before any model or data work: what its names resolve to.
+
+    :func:`plan_run` makes it (every name resolved and judged once);
+    :func:`load_run_data`, :func:`build_run_model`, :func:`describe_model`, the packed
+    path (``probe.train.pack``) and a sweep's preflight read it instead of resolving
+    the config's names again.
+    """
+
+    config: FinetuneConfig
+    task: Any  # the TemplateTask (``--task``), or None for a --dataset (its card's, on load)
+    model: ModelRef  # what --model names (probe.models.resolve.resolve_model)
+    model_type: str  # an ARCHITECTURES key, or "mlp"
+    architecture: ArchSpec | None  # its ARCHITECTURES row (None for an MLP baseline)
+    label_kind: str | None  # the task's, or the loaded --dataset's (None: a Hub dataset)
+    tokenizer: str | None  # what --task is rendered with (None: probe's SymbolTokenizer)
+    tokenizer_gguf: str | None  # a GGUF file inside ``tokenizer`` (the model's own)
+    dataset: Any  # a local --dataset, loaded once (a DatasetDict); None otherwise
+    ab: AB  # the identity terms (``--ab``)
+
+    def with_config(self, config: FinetuneConfig) -> RunPlan:
+        """The same plan for a config that differs only in what resolves nothing (seed,
+        sizes, output folder, the a/b terms of a model that has heads): a sweep's cells
+        of one variant share one plan."""
+        return dataclasses.replace(self, config=config, ab=config.identity)
+
+
+def _resolve(config: FinetuneConfig) -> ModelRef:
+    """What ``config.model`` names, found without building anything; a clear
+    ``--model`` error otherwise."""
     from probe.models.resolve import accepted_names, resolve_model
 
     try:
         ref = resolve_model(config.model, config.gguf_file, pretrained=config.pretrained)
-        return ref.model_type()
+        ref.model_type()  # a checkpoint's config is read (and the Hub asked) here, once
+        return ref
     except FileNotFoundError as err:
         if config.model.endswith(".gguf"):
             raise FileNotFoundError(f"--model {config.model!r}: no such GGUF file") from None
@@ -45,6 +76,12 @@ def model_type(config: FinetuneConfig) -> str:
         raise ValueError(
             f"--model {config.model!r} cannot be loaded ({err}); --model accepts {accepted_names()}"
         ) from err
+
+
+def model_type(config: FinetuneConfig) -> str:
+    """The architecture ``config.model`` names (an ``ARCHITECTURES`` key, or ``mlp``),
+    found without building anything; a clear ``--model`` error otherwise."""
+    return _resolve(config).model_type()
 
 
 def check_task(config: FinetuneConfig):
@@ -64,22 +101,24 @@ def check_task(config: FinetuneConfig):
     return get_task(config.task, **config.task_params)
 
 
-def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
-    """Judge the task, model, options and output folder; returns the catalogue task
-    (None with ``--dataset``). Raises before any model or data work. With
-    ``run_dir=None`` the folder is not judged (a sweep checks every cell's
-    settings before the first cell runs, while its folders do not exist yet)."""
+def plan_run(config: FinetuneConfig) -> RunPlan:
+    """Resolve and judge the config's task (or dataset), tokenizer, model and ``--ab``
+    once: a :class:`RunPlan`. Raises before any model or data work (a local
+    ``--dataset`` is loaded here, once, and kept in the plan)."""
     task = check_task(config)
+    dataset = None
     if task is None:
         path = Path(config.dataset).expanduser()
         if (looks_like_path(config.dataset) or path.exists()) and not path.is_dir():
             raise FileNotFoundError(f"--dataset {config.dataset!r}: no such folder")
         if path.is_dir():  # a local dataset is cheap to check now, before the folder changes
-            check_dataset(config)
+            dataset = check_dataset(config)
     if config.tokenizer is not None:
         _check_local("--tokenizer", config.tokenizer)
-    kind = model_type(config)
-    if config.kq == "rotated" and kind != MLP_MODEL_TYPE and not ARCHITECTURES[kind].rotary:
+    ref = _resolve(config)
+    kind = ref.model_type()
+    ab = config.identity
+    if ab.rotated and kind != MLP_MODEL_TYPE and not ARCHITECTURES[kind].rotary:
         rope = ", ".join(k for k, v in ARCHITECTURES.items() if v.rotary)
         raise ValueError(
             f"--ab {config.ab}: kq_rot rotates X by the model's rotary embedding, but "
@@ -91,7 +130,7 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
             "checkpoint to load; drop --pretrained"
         )
     if kind == MLP_MODEL_TYPE:
-        if config.ab != "none":
+        if ab:
             raise ValueError(
                 f"--ab {config.ab} injects identity scalings into attention heads; the MLP "
                 f"baseline {config.model!r} has none (mlp_xxt sees the X Xᵀ features instead)"
@@ -109,12 +148,52 @@ def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
             f"{config.model} is built from scratch (fresh random weights, the default); pass "
             f"--pretrained to adapt the checkpoint, or drop --lora-r to train it in full"
         )
+    if config.tokenizer is not None:
+        tokenizer, tokenizer_gguf = config.tokenizer, None
+    elif config.pretrained:  # the model's own
+        tokenizer, tokenizer_gguf = ref.source, ref.gguf_file
+    else:
+        tokenizer = tokenizer_gguf = None
+    if task is not None:
+        label_kind = task.label_kind
+    elif dataset is not None:
+        from probe.data.render import task_info
+
+        label_kind = task_info(dataset).get("label_kind")
+    else:
+        label_kind = None
+    return RunPlan(
+        config=config,
+        task=task,
+        model=ref,
+        model_type=kind,
+        architecture=ARCHITECTURES.get(kind),
+        label_kind=label_kind,
+        tokenizer=tokenizer,
+        tokenizer_gguf=tokenizer_gguf,
+        dataset=dataset,
+        ab=ab,
+    )
+
+
+def check_environment(config: FinetuneConfig, run_dir: RunDir | None) -> RunPlan:
+    """Judge the task, model, options and output folder; returns the run's
+    :class:`RunPlan`. Raises before any model or data work. With ``run_dir=None`` the
+    folder is not judged (a sweep checks every cell's settings before the first cell
+    runs, while its folders do not exist yet)."""
+    plan = plan_run(config)
+    check_outputs(config, run_dir)
+    return plan
+
+
+def check_outputs(config: FinetuneConfig, run_dir: RunDir | None) -> None:
+    """What a run writes to: its trackers, its ``--push-to-hub`` repository and its
+    folder (``run_dir``; None: not judged)."""
     _check_trackers(config.trackers)
     if config.push_to_hub is not None:
         check_push(config.push_to_hub, "--push-to-hub")
     if run_dir is not None:
         run_dir.check(config)
-    return task
 
 
 RUN_SPLITS = ("train", "validation", "test")
@@ -192,48 +271,41 @@ def _first(split, n: int | None, what: str):
     return split.select(range(n))
 
 
-def _render_tokenizer(config: FinetuneConfig):
+def _render_tokenizer(plan: RunPlan):
     """The tokenizer to render --task with: --tokenizer, the model's own when pretrained,
     else None (probe's SymbolTokenizer)."""
     from probe.data.tokenizer import load_tokenizer_by_name
-    from probe.models.resolve import resolve_model
 
-    if config.tokenizer is not None:
-        return load_tokenizer_by_name(config.tokenizer)
-    if not config.pretrained:
+    if plan.tokenizer is None:
         return None
-    ref = resolve_model(config.model, config.gguf_file, pretrained=True)
-    return load_tokenizer_by_name(ref.source, gguf_file=ref.gguf_file)
+    return load_tokenizer_by_name(plan.tokenizer, gguf_file=plan.tokenizer_gguf)
 
 
-def _dataset_tokenizer(config: FinetuneConfig, dsd):
-    """The rendering tokenizer of the run's ``--dataset``."""
-    from probe.data import hub
-
-    return hub.dataset_tokenizer_at(config.dataset, config.dataset_config, dsd)
-
-
-def run_dataset(config: FinetuneConfig, task=None):
+def run_dataset(plan: RunPlan | FinetuneConfig):
     """The run's ``DatasetDict``: the task rendered with the run's sizes, tokenizer and
-    seed (the same rows every time), or the first rows of ``--dataset``."""
+    seed (the same rows every time), or the first rows of ``--dataset``. Takes the
+    run's plan (a config is planned first)."""
+    from datasets import DatasetDict
+
     from probe.data import render as probe_data
 
-    if task is None and config.task is not None:
-        task = check_task(config)
-    if task is not None:
-        dsd = probe_data.render(
-            task,
+    if isinstance(plan, FinetuneConfig):
+        plan = plan_run(plan)
+    config = plan.config
+    if plan.task is not None:
+        return probe_data.render(
+            plan.task,
             n_train=config.n_train,
             n_val=config.n_val,
             n_test=config.n_test,
-            tokenizer=_render_tokenizer(config),
+            tokenizer=_render_tokenizer(plan),
             seed=config.seed,
         )
-    else:
-        dsd = check_dataset(config)
-        dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
-        dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
-        dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
+    # the plan's copy stays whole: the run takes its first rows into a new dict
+    dsd = DatasetDict(plan.dataset if plan.dataset is not None else check_dataset(config))
+    dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
+    dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
+    dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
     return dsd
 
 
@@ -250,47 +322,49 @@ def run_folder_dataset(folder: str | os.PathLike):
             f"{str(folder)!r} is no run folder (it holds no {CONFIG_FILE}); pass the "
             "--output-dir of a probe finetune run"
         )
-    return run_dataset(run.finetune_config())
+    return run_dataset(plan_run(run.finetune_config()))
 
 
-def load_run_data(config: FinetuneConfig, task) -> RunData:
+def load_run_data(plan: RunPlan) -> RunData:
     """The run's data (:func:`run_dataset`) with each split held as tensors."""
+    from probe.data import hub
     from probe.data import render as probe_data
 
-    dsd = run_dataset(config, task)
-    info = probe_data.task_info(dsd)
+    dsd = run_dataset(plan)
+    task = plan.task
     if task is None:
         from probe.tasks.templates import TemplateTask
 
-        task = TemplateTask.from_dict(info["task"])
-    tokenizer = _dataset_tokenizer(config, dsd)
-    splits = {s: _tensors(dsd[s], task.label_kind) for s in ("train", "validation", "test")}
+        task = TemplateTask.from_dict(probe_data.task_info(dsd)["task"])
+    config = plan.config
+    tokenizer = hub.dataset_tokenizer_at(config.dataset, config.dataset_config, dsd)
+    splits = {s: _tensors(dsd[s], task.label_kind) for s in RUN_SPLITS}
     return RunData(task=task, tokenizer=tokenizer, label_kind=task.label_kind, splits=splits)
 
 
 # -- model and optimizer ------------------------------------------------------------
 
 
-def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, int]:
-    """The model the config names, with a/b injected and LoRA applied; and its
+def build_run_model(plan: RunPlan, data: RunData) -> tuple[nn.Module, int]:
+    """The model the plan names, with a/b injected and LoRA applied; and its
     number of trainable parameters."""
     from probe.models.build import build_model
     from probe.models.identity import inject_ab
 
+    config = plan.config
     overrides = dict(config.model_overrides)
     if not config.pretrained:
-        kind = model_type(config)
-        if kind == MLP_MODEL_TYPE:
+        if plan.architecture is None:  # an MLP baseline
             shape = mlp_shape(config.n_layer, config.n_embd)
         else:
             s = config.shape_overrides
-            shape = ARCHITECTURES[kind].shape(s["n_layer"], s["n_embd"], s["n_head"])
+            shape = plan.architecture.shape(s["n_layer"], s["n_embd"], s["n_head"])
             if config.model == PAPER and config.n_head is None:
                 shape.pop("n_head")  # the paper model's own default: n_embd // 64 (d_head 64)
         overrides = {**shape, **overrides}
     try:
         model = build_model(
-            config.model,
+            plan.model,
             task=data.task,
             tokenizer=data.tokenizer,
             pretrained=config.pretrained,
@@ -304,24 +378,24 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
         # build_model takes overrides as keyword arguments: an unknown one is a TypeError,
         # a value of the wrong type fails the config's own validation
         raise ValueError(f"--model-override {config.model_overrides}: {err}") from err
-    if config.ab != "none":
-        inject_ab(model, kq=config.kq, vo=config.vo)
+    if plan.ab:
+        inject_ab(model, kq=plan.ab.inject_kq, vo=plan.ab.vo)
     if config.lora_r:
-        model = _with_lora(model, config, data.label_kind)
+        model = _with_lora(model, plan, data.label_kind)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, trainable
 
 
-def describe_model(config: FinetuneConfig, model: nn.Module) -> str:
+def describe_model(plan: RunPlan, model: nn.Module) -> str:
     """What a run built, in one line: ``gpt2 from scratch (fresh weights), 2 layers,
     width 128, 4 heads, + KQ`` or ``gpt2 pretrained from PATH_OR_ID, + KQ, LoRA r=8``."""
     from probe.models.mlp import SymbolMLP
-    from probe.models.resolve import resolve_model
 
+    config = plan.config
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     mlp = isinstance(base, SymbolMLP)
     if config.pretrained and not mlp:
-        ref = resolve_model(config.model, config.gguf_file, pretrained=True)  # asks no Hub
+        ref = plan.model
         where = ref.source + (f"/{ref.gguf_file}" if ref.gguf_file else "")
         text = f"{config.model} pretrained from {where}"
     elif mlp:
@@ -333,20 +407,21 @@ def describe_model(config: FinetuneConfig, model: nn.Module) -> str:
         text = "{} from scratch (fresh weights), {} layers, width {}, {} heads".format(
             config.model, *shape
         )
-    if config.ab != "none":
-        text += ", + " + config.ab.upper()
+    if plan.ab:
+        text += ", + " + str(plan.ab).upper()
     if config.lora_r:
         text += f", LoRA r={config.lora_r}"
     return text
 
 
-def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.Module:
+def _with_lora(model: nn.Module, plan: RunPlan, label_kind: str) -> nn.Module:
     """LoRA adapters on the target modules; a/b and a regression head train in full."""
     from peft import LoraConfig, get_peft_model
 
     from probe.models.identity import MODULE_NAME
 
-    full = [MODULE_NAME] if config.ab != "none" else []
+    config = plan.config
+    full = [MODULE_NAME] if plan.ab else []
     if label_kind == "regression":  # (LoRA on an MLP baseline is refused earlier)
         head = arch_spec(model).regression_head
         full += [head] if isinstance(getattr(model, head, None), nn.Module) else []

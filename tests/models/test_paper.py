@@ -13,7 +13,7 @@ from probe.models.identity import inject_ab, load_injected
 from probe.models.paper import D_HEAD, PAPER
 from probe.train.config import FinetuneConfig
 from probe.train.run import finetune
-from probe.train.setup import build_run_model, load_run_data
+from probe.train.setup import build_run_model, load_run_data, plan_run
 
 TINY = dict(n_layer=2, n_embd=64)  # d_head 64: one head
 
@@ -207,7 +207,8 @@ def test_finetune_runs_the_paper_model_with_its_default_heads(tmp_path):
         progress=False,
         output_dir=str(tmp_path / "run"),
     )
-    model, _ = build_run_model(config, load_run_data(config, get_task("same_different")))
+    plan = plan_run(config)
+    model, _ = build_run_model(plan, load_run_data(plan))
     assert model.config.n_head == 1 and model.config.is_causal is False
     row = finetune(config)
     assert row["steps"] == 4 and row["test_loss"] >= 0.0

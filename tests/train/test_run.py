@@ -20,7 +20,7 @@ from probe.models.build import readout
 from probe.train.config import FinetuneConfig, build_parser, parse_config
 from probe.train.metrics import per_sample_loss
 from probe.train.run import finetune
-from probe.train.setup import build_optimizer, build_run_model, load_run_data
+from probe.train.setup import build_optimizer, build_run_model, load_run_data, plan_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_LR = 1e-3
@@ -44,7 +44,8 @@ def tiny(tmp_path, name="run", **overrides) -> FinetuneConfig:
 
 def direct_test_loss(config: FinetuneConfig, model) -> float:
     """Mean test loss of ``model`` over the whole test split in one batch, no accelerate."""
-    data = load_run_data(config, get_task(config.task))
+    plan = plan_run(config)
+    data = load_run_data(plan)
     test = data.splits["test"]
     model.eval()
     with torch.no_grad():
@@ -237,8 +238,9 @@ def test_lora_trains_only_adapters_ab_and_a_new_head(tmp_path, checkpoint, task,
         n_embd=None,
         n_head=None,
     )
-    data = load_run_data(config, get_task(task))
-    model, n_trainable = build_run_model(config, data)
+    plan = plan_run(config)
+    data = load_run_data(plan)
+    model, n_trainable = build_run_model(plan, data)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     adapters = [n for n in names if ".lora_A." in n or ".lora_B." in n]
     fully = {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in names if n not in adapters}
@@ -256,8 +258,9 @@ def test_ab_scalings_step_at_their_own_learning_rates(tmp_path, a_lr, b_lr):
     # a sits at +-a_lr and each b at +-b_lr (the matrices' lr when None)
     config = tiny(tmp_path, ab="kq,vo", a_lr=a_lr, b_lr=b_lr, lr=TINY_LR, max_steps=1)
     expected = {"a": a_lr or TINY_LR, "b": b_lr or TINY_LR}
-    data = load_run_data(config, get_task(config.task))
-    model, _ = build_run_model(config, data)
+    plan = plan_run(config)
+    data = load_run_data(plan)
+    model, _ = build_run_model(plan, data)
     groups = build_optimizer(model, config).param_groups
     for name in ("a", "b"):
         ids = {id(p) for n, p in model.named_parameters() if n.endswith(f"ab_scalings.{name}")}
@@ -590,7 +593,7 @@ def test_push_to_hub_uploads_the_model_folder_that_loads_back_with_its_a_b(hub, 
     a_b = ab_values(pushed)
     assert a_b[["a", "b"]].equals(ab_values(saved)[["a", "b"]])
     assert a_b["a"].round(5).tolist() == row["ab"]["a"] and a_b["a"].abs().max() > 0
-    test = load_run_data(config, get_task(config.task)).splits["test"]
+    test = load_run_data(plan_run(config)).splits["test"]
     with torch.no_grad():
         outputs = [
             readout(m.eval(), test["input_ids"], test["attention_mask"]) for m in (pushed, saved)
