@@ -56,7 +56,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from probe.train.config import FinetuneConfig  # noqa: E402
-from probe.train.setup import build_run_model, load_run_data, plan_run  # noqa: E402
+from probe.train.plan import plan_run  # noqa: E402
+from probe.train.setup import build_run_model, load_run_data  # noqa: E402
 
 N_TRAIN, BATCH, CHUNK = 1024, 64, 16
 SETTINGS = {"ab": "none", "model": "paper"}  # --ab, --model: every side

@@ -597,14 +597,14 @@ def uncommitted_code() -> list[str]:
 def cell_plans(
     config: SweepConfig, cells: Iterable[Cell], work_dir: str | os.PathLike
 ) -> dict[tuple[str, int, int], Any]:
-    """Each cell's :class:`probe.train.setup.RunPlan`, keyed by ``cell.key``, checked as
+    """Each cell's :class:`probe.train.plan.RunPlan`, keyed by ``cell.key``, checked as
     ``probe finetune`` would check it before its first step (``FinetuneConfig`` itself,
-    then :func:`probe.train.setup.check_environment`: the task and its parameters, the
+    then :func:`probe.train.plan.check_environment`: the task and its parameters, the
     model name, ``ab`` on an MLP, trackers), except the cell's output folder. A
     variant's names are resolved once: its cells differ only in n, seed and folder. The
     first bad cell is a ``ValueError`` naming it."""
     from probe.train.config import FinetuneConfig
-    from probe.train.setup import check_environment
+    from probe.train.plan import check_environment
 
     plans = {}
     planned: dict[str, Any] = {}

@@ -65,7 +65,7 @@ from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RunDir
 
 if TYPE_CHECKING:
-    from probe.train.setup import RunPlan
+    from probe.train.plan import RunPlan
 
 # the fields cells of one pack may differ in; every other field must be equal. n too,
 # where the vocabulary depends on it: a task rendered by the run holds its run's
@@ -82,7 +82,7 @@ PER_CELL_FIELDS = ("seed", "n_train", "output_dir", "ab", "a_lr", "b_lr")
 
 def _planned(cell: FinetuneConfig | RunPlan) -> RunPlan:
     """A cell's plan (a config is planned here, once)."""
-    from probe.train.setup import RunPlan, plan_run
+    from probe.train.plan import RunPlan, plan_run
 
     return cell if isinstance(cell, RunPlan) else plan_run(cell)
 
@@ -91,7 +91,7 @@ def pack_key(cell: FinetuneConfig | RunPlan) -> str:
     """Cells with equal keys can share a pack: every setting but the seed, folder, a/b
     variant and a/b learning rates equal (kq and kq_rot apart), and n too for a
     symbolic task the run renders. Takes a cell's config or its plan."""
-    from probe.train.setup import RunPlan, check_task
+    from probe.train.plan import RunPlan, check_task
 
     if isinstance(cell, RunPlan):
         config, task = cell.config, cell.task
@@ -485,7 +485,7 @@ def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, An
     others go on. Each row is also appended to the cell's own ``results.jsonl``, as
     :func:`probe.train.run.finetune` appends it. Refuses (``ValueError``) before any
     work what cannot pack (:func:`check_config`, :func:`check_model`)."""
-    from probe.train.setup import check_outputs, plan_run
+    from probe.train.plan import check_outputs, plan_run
 
     configs = list(configs)
     if not configs:

@@ -46,13 +46,12 @@ from probe.jsonl import dumps
 from probe.push import upload
 from probe.train.config import AB, FinetuneConfig, parse_config
 from probe.train.malloc import tune_malloc
+from probe.train.plan import RunPlan, check_environment
 from probe.train.run_dir import RESULTS_FILE, RunDir, write_atomic
 from probe.train.setup import (
-    RunPlan,
     ab_summary,
     build_optimizer,
     build_run_model,
-    check_environment,
     describe_model,
     load_run_data,
 )

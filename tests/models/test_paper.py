@@ -12,8 +12,9 @@ from probe.models.build import build_model, readout
 from probe.models.identity import inject_ab, load_injected
 from probe.models.paper import D_HEAD, PAPER
 from probe.train.config import FinetuneConfig
+from probe.train.plan import plan_run
 from probe.train.run import finetune
-from probe.train.setup import build_run_model, load_run_data, plan_run
+from probe.train.setup import build_run_model, load_run_data
 
 TINY = dict(n_layer=2, n_embd=64)  # d_head 64: one head
 

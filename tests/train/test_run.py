@@ -19,8 +19,9 @@ from probe.jsonl import read_rows
 from probe.models.build import readout
 from probe.train.config import FinetuneConfig, build_parser, parse_config
 from probe.train.metrics import per_sample_loss
+from probe.train.plan import plan_run
 from probe.train.run import finetune
-from probe.train.setup import build_optimizer, build_run_model, load_run_data, plan_run
+from probe.train.setup import build_optimizer, build_run_model, load_run_data
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_LR = 1e-3

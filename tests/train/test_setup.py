@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from probe.train.config import FinetuneConfig
-from probe.train.setup import build_optimizer, build_run_model, load_run_data, plan_run
+from probe.train.plan import plan_run
+from probe.train.setup import build_optimizer, build_run_model, load_run_data
 
 
 def test_weight_decay_never_reaches_embeddings(tmp_path):

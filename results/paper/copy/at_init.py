@@ -25,7 +25,8 @@ from probe.experiments.sweep import SweepConfig, cell_configs  # noqa: E402
 from probe.jsonl import append_row  # noqa: E402
 from probe.models.build import readout  # noqa: E402
 from probe.train.metrics import load_metric  # noqa: E402
-from probe.train.setup import build_run_model, load_run_data, plan_run  # noqa: E402
+from probe.train.plan import plan_run  # noqa: E402
+from probe.train.setup import build_run_model, load_run_data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parents[2] / "recipes" / "paper" / "copy.yaml"
