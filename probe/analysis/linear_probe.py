@@ -357,7 +357,7 @@ def linear_probe(
     """
     from tqdm.auto import tqdm
 
-    from probe.tasks.templates import check_count
+    from probe.checks import check_count
 
     if position not in POSITIONS:
         raise ValueError(

@@ -33,11 +33,11 @@ def render_to_disk(
     """``probe data render``: check every argument, the destination and the push, then
     render and save (and push the folder to the dataset repository ``push_to_hub``).
     Returns the config folder."""
+    from probe.checks import check_count
     from probe.data.hub import check_target, default_config, push_dataset, save_dataset
     from probe.data.render import render, resolve_task
+    from probe.files import check_writable
     from probe.push import check_push
-    from probe.tasks.templates import check_count
-    from probe.train.run_dir import check_writable
 
     if push_to_hub is not None:
         check_push(push_to_hub, "--push-to-hub")
@@ -70,8 +70,8 @@ def export_catalogue(
     name in the Hub-layout folder ``out``."""
     from probe.data.hub import check_target, default_config, save_dataset
     from probe.data.render import render
+    from probe.files import check_writable
     from probe.tasks.catalogue import list_tasks
-    from probe.train.run_dir import check_writable
 
     names = list_tasks()
     configs = [check_target(out, default_config(name), overwrite) for name in names]
@@ -96,8 +96,8 @@ def render_run_to_disk(
     layout as config ``config`` (default: the task's name). Returns the config folder."""
     from probe.data.hub import check_target, default_config, push_dataset, save_dataset
     from probe.data.render import task_info
+    from probe.files import check_writable
     from probe.push import check_push
-    from probe.train.run_dir import check_writable
     from probe.train.setup import run_folder_dataset
 
     if push_to_hub is not None:

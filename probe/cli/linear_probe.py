@@ -85,9 +85,9 @@ def _tokenizer(model: str, pretrained: bool):
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from probe.analysis.linear_probe import check_controls
+    from probe.checks import check_count
     from probe.experiments.report import markdown_table
     from probe.models.resolve import resolve_model
-    from probe.tasks.templates import check_count
 
     # every input checked before any model or data work
     layers = parse_layers(args.layers)

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
+from probe.checks import check_count
 from probe.data.alphabets import Alphabet, Vocab, symbol_vocab
 from probe.data.tokenizer import (
     SymbolTokenizer,
@@ -46,7 +47,7 @@ from probe.data.tokenizer import (
     symbol_range,
     tokenizer_name,
 )
-from probe.tasks.templates import MAX_SAMPLES, TemplateTask, check_count
+from probe.tasks.templates import MAX_SAMPLES, TemplateTask
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # render's argument naming each split's alphabet

@@ -221,10 +221,11 @@ def run_unit(
 
 
 def _failed_unit(group: Sequence[Any], error: BaseException) -> Iterable[tuple[Any, str, Any]]:
-    from probe.experiments.sweep import FAILED, _one_line
+    from probe.errors import error_row
+    from probe.experiments.sweep import FAILED
 
     for c in group:
-        yield c, FAILED, _one_line(error)
+        yield c, FAILED, error_row(error)
 
 
 # -- Ray --------------------------------------------------------------------------------------

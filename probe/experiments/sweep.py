@@ -78,9 +78,11 @@ from typing import Any
 import yaml
 
 from probe import preempt
-from probe.errors import EXIT_PREEMPTED, InUse, Preempted, ProbeError, one_line_errors
+from probe.checks import did_you_mean, is_int
+from probe.errors import EXIT_PREEMPTED, InUse, Preempted, ProbeError, error_row, one_line_errors
+from probe.files import code_tree, code_version, uncommitted_code
 from probe.jsonl import append_row, json_default, read_rows
-from probe.tasks.templates import MAX_SAMPLES, did_you_mean
+from probe.tasks.templates import MAX_SAMPLES
 
 # n* = the smallest n whose mean metric is at most this (the paper's threshold);
 # the default of a recipe's `threshold:` and of `probe report --threshold`.
@@ -528,70 +530,7 @@ def _code_version() -> str:
     """probe's version and, in a git checkout, the commit (``-dirty`` with local edits to
     ``probe/``: :func:`uncommitted_code`; results files being written elsewhere in the
     checkout, another sweep's say, are not the code)."""
-    import subprocess
-
-    from probe._version import __version__
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--exclude", "*"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
-    if rev and uncommitted_code():
-        rev += "-dirty"
-    return f"{__version__}+{rev}" if rev else __version__
-
-
-def code_tree(root: str | os.PathLike | None = None) -> str | None:
-    """The git tree hash of ``probe/`` as it is on disk now, uncommitted edits included
-    (None outside a git checkout): a row that records it proves its code, since
-    ``git rev-parse COMMIT:probe`` gives the same hash for a commit holding exactly that
-    code. Hashed through a throw-away index, so the checkout's own index is untouched.
-    ``root``: the checkout (default: the one this probe is imported from)."""
-    import subprocess
-    import tempfile
-
-    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-
-        def git(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, env=env, timeout=30
-            )
-
-        try:
-            if git("add", "-A", "--", "probe").returncode != 0:
-                return None
-            tree = git("write-tree", "--prefix=probe/")
-        except (OSError, subprocess.SubprocessError):
-            return None
-    return tree.stdout.strip() or None if tree.returncode == 0 else None
-
-
-def uncommitted_code() -> list[str]:
-    """Files under ``probe/`` with uncommitted changes in this checkout (empty outside a
-    git checkout): rows made with them could not be reproduced from any commit."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "probe"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if out.returncode != 0:
-        return []
-    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+    return code_version(dirty=bool(uncommitted_code()))
 
 
 def cell_plans(
@@ -637,7 +576,7 @@ def cell_configs(
 def check_folder(folder: Path, flag: str) -> None:
     """``folder`` (made if missing) must not be a file, and must be writable: a sweep
     refuses before its first cell rather than lose that cell's row."""
-    from probe.train.run_dir import check_writable
+    from probe.files import check_writable
 
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{flag} {str(folder)!r} is a file; pass a folder")
@@ -656,11 +595,6 @@ def is_failed(row: Mapping[str, Any]) -> bool:
     return row.get("status", OK) != OK
 
 
-def _one_line(error: BaseException, limit: int = 500) -> str:
-    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def run_cell(runner: Callable[[Any], Mapping[str, Any]], config: Any) -> tuple[str, Any]:
     """Run one cell: ``("ok", row)``, or ``("diverged" | "failed", one-line error)`` for
     a run that raised (``FloatingPointError``: the loss diverged), so one bad cell
@@ -668,11 +602,11 @@ def run_cell(runner: Callable[[Any], Mapping[str, Any]], config: Any) -> tuple[s
     try:
         return OK, dict(runner(config))
     except InUse as e:
-        return BUSY, _one_line(e)
+        return BUSY, error_row(e)
     except FloatingPointError as e:
-        return DIVERGED, _one_line(e)
+        return DIVERGED, error_row(e)
     except Exception as e:  # any per-cell error: data, a model that cannot be built, ...
-        return FAILED, _one_line(e)
+        return FAILED, error_row(e)
 
 
 def _worker_init(sweep_pid: int) -> None:
@@ -754,7 +688,7 @@ def _worker_context() -> Any:
 
 def parse_jobs(jobs: int) -> int:
     """``--jobs N``: N worker processes; 0 means one per core."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
+    if not is_int(jobs) or jobs < 0:
         raise ValueError(f"--jobs {jobs!r} must be 0 (one per core) or a positive integer")
     if jobs == 0:
         try:
@@ -766,7 +700,7 @@ def parse_jobs(jobs: int) -> int:
 
 def parse_pack(pack: int) -> int:
     """``--pack K``: at most K cells a step (1: each cell alone)."""
-    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+    if not is_int(pack) or pack < 1:
         raise ValueError(
             f"--pack {pack!r} must be a positive integer (the most cells trained as one; 1: "
             "each alone)"
@@ -885,16 +819,16 @@ def _pack_statuses(
         for i, result in finetune_packed(configs):
             given.add(i)
             if isinstance(result, FloatingPointError):
-                yield i, DIVERGED, _one_line(result)
+                yield i, DIVERGED, error_row(result)
             elif isinstance(result, BaseException):
-                yield i, FAILED, _one_line(result)
+                yield i, FAILED, error_row(result)
             else:
                 yield i, OK, dict(result)
     except Exception as e:  # the pack as a whole: every cell without a result fails
         status = BUSY if isinstance(e, InUse) else FAILED  # a held folder: no row
         for i in range(len(configs)):
             if i not in given:
-                yield i, status, _one_line(e)
+                yield i, status, error_row(e)
 
 
 def _packed_results(
@@ -1099,7 +1033,7 @@ def run_sweep(
     ``"slurm"``, or a launcher made by ``launchers.make_launcher``; default: local)
     runs the units elsewhere; this process still writes every row.
     """
-    from probe.train.run_dir import file_lock
+    from probe.files import file_lock
 
     out = Path(out if out is not None else Path("results") / config.name)
     work_dir = Path(work_dir if work_dir is not None else Path("runs") / "sweep" / config.name)

@@ -44,6 +44,7 @@ import transformers
 from torch import nn
 from transformers import PreTrainedConfig
 
+from probe.checks import did_you_mean
 from probe.data.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
 from probe.models import paper
 from probe.models.architectures import ARCHITECTURES, SMALL_SHAPE, ArchSpec, arch_spec
@@ -54,7 +55,6 @@ from probe.models.positions import (
     restore_absolute_positions,
 )
 from probe.models.resolve import ModelRef, resolve_model
-from probe.tasks.templates import did_you_mean
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from probe.tasks.templates import TemplateTask, did_you_mean
+from probe.checks import did_you_mean
+from probe.tasks.templates import TemplateTask
 
 TaskFactory = Callable[..., TemplateTask]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 # The paper's small transformer, used from scratch unless the shape is given.
+from probe.checks import is_int
 from probe.models.architectures import SMALL_SHAPE
 from probe.tasks.templates import MAX_SAMPLES
 
@@ -651,7 +652,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"--{_flag(name)} {value!r} must be an integer >= {minimum}")
 
 

@@ -256,7 +256,7 @@ class _Cell:
         evaluates; its row appended, its model saved where asked."""
         from probe.models.build import readout
         from probe.train.loop import evaluate
-        from probe.train.run import _precision_ran, finish_run, run_row
+        from probe.train.run import finish_run, precision_ran, run_row
 
         with torch.no_grad():
             for n, t in trained.items():
@@ -279,7 +279,7 @@ class _Cell:
             train_s=train_s,
             steps_timed=self.state.step,
             processes=1,
-            mixed_precision=_precision_ran(accelerator),
+            mixed_precision=precision_ran(accelerator),
             packed=packed,
         )
         finish_run(self.run_dir, self.config, row, self.model, self.data.tokenizer)
@@ -522,10 +522,10 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
     """Set every cell up, then step the live ones together until each has stopped."""
     from accelerate import Accelerator
 
-    from probe.train.run import _has_accelerator
+    from probe.train.run import has_accelerator
 
     first = todo[0].config
-    accelerator = Accelerator(cpu=not _has_accelerator(), mixed_precision=first.mixed_precision)
+    accelerator = Accelerator(cpu=not has_accelerator(), mixed_precision=first.mixed_precision)
     cells = [cell.set_up(accelerator) for cell in todo]
     step = _PackedStep(cells, accelerator)
     train_start = time.perf_counter()

@@ -42,12 +42,13 @@ import torch
 
 from probe import preempt
 from probe.errors import Preempted, ProbeError, one_line, one_line_errors
+from probe.files import write_atomic
 from probe.jsonl import dumps
 from probe.push import upload
 from probe.train.config import AB, FinetuneConfig, parse_config
 from probe.train.malloc import tune_malloc
 from probe.train.plan import RunPlan, check_environment
-from probe.train.run_dir import RESULTS_FILE, RunDir, write_atomic
+from probe.train.run_dir import RESULTS_FILE, RunDir
 from probe.train.setup import (
     ab_summary,
     build_optimizer,
@@ -124,7 +125,7 @@ def _launch(plan: RunPlan, run_dir: RunDir, finished: dict | None = None) -> dic
         # Without a GPU (or other accelerator), accelerate treats `launch --multi_gpu`
         # processes as independent single-process runs unless told it is on CPU; then
         # it joins them in a gloo group.
-        cpu=not _has_accelerator(),
+        cpu=not has_accelerator(),
         mixed_precision=config.mixed_precision,
         log_with=config.trackers or None,
         # trackers write to OUTPUT_DIR/logs, one of the RUN_ARTIFACTS --overwrite removes
@@ -171,7 +172,7 @@ def _run(
         run_dir.prepare(config.overwrite)
     accelerator.wait_for_everyone()
 
-    _precision_ran(accelerator, warn=True)
+    precision_ran(accelerator, warn=True)
     set_seed(config.seed)
     data = load_run_data(plan)
     model, _ = build_run_model(plan, data)
@@ -263,7 +264,7 @@ def _run(
         train_s=train_s,
         steps_timed=state.step - first_step,
         processes=accelerator.num_processes,
-        mixed_precision=_precision_ran(accelerator),
+        mixed_precision=precision_ran(accelerator),
         # what ran: --compile may have fallen back to eager (config.compile stays true)
         **({"compiled": not state.compile_error} if config.compile else {}),
         **({"compile_error": state.compile_error} if state.compile_error else {}),
@@ -539,7 +540,7 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _precision_ran(accelerator, warn: bool = False) -> str:
+def precision_ran(accelerator, warn: bool = False) -> str:
     """The mixed precision the run computes in: accelerate accepts fp16 on a CPU and
     reports it, but runs fp32 there (no autocast without native AMP), so that is "no"."""
     asked = accelerator.mixed_precision
@@ -555,7 +556,7 @@ def _precision_ran(accelerator, warn: bool = False) -> str:
     return asked
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
     if hasattr(torch, "accelerator"):
         return torch.accelerator.is_available()
     return torch.cuda.is_available()

@@ -606,7 +606,7 @@ def test_cli_refuses_a_read_only_out_in_one_line(tmp_path, capsys):
 def test_a_second_sweep_on_the_same_results_file_is_refused_naming_the_pid(tmp_path):
     import os
 
-    from probe.train.run_dir import file_lock
+    from probe.files import file_lock
 
     calls: list = []
     kw = dict(runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
@@ -997,8 +997,8 @@ def test_a_cell_held_by_a_live_process_gets_no_row_and_resume_runs_it(tmp_path):
 
 def test_a_pack_with_a_cell_folder_held_elsewhere_gets_no_failed_rows(tmp_path):
     from probe.experiments.sweep import BUSY, run_pack
+    from probe.files import folder_lock
     from probe.train.config import FinetuneConfig
-    from probe.train.run_dir import folder_lock
 
     cfgs = [
         FinetuneConfig(

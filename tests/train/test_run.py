@@ -468,7 +468,7 @@ def test_resume_after_a_kill_during_a_save_continues_from_the_last_complete_chec
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
-    from probe.train.run_dir import folder_lock
+    from probe.files import folder_lock
 
     with folder_lock(tmp_path / "run", "--output-dir"):
         with pytest.raises(
