@@ -227,3 +227,13 @@ def uncommitted_code() -> list[str]:
     if out.returncode != 0:
         return []
     return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+
+
+def check_folder(folder: Path, flag: str) -> None:
+    """``folder`` (made if missing) must not be a file, and must be writable: a sweep
+    refuses before its first cell rather than lose that cell's row."""
+    from probe.files import check_writable
+
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{flag} {str(folder)!r} is a file; pass a folder")
+    check_writable(folder, flag)

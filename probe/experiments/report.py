@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probe.errors import one_line_errors
-from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
+from probe.experiments.pool import OK, is_failed
+from probe.experiments.recipe import THRESHOLD
+from probe.files import check_folder
 from probe.jsonl import read_rows
 from probe.push import check_push, upload
 from probe.train.config import SETTING, fields_with

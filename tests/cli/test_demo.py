@@ -5,7 +5,8 @@ import json
 import pytest
 
 from probe.cli.demo import RECIPE, build_parser, main, quickstart_config
-from probe.experiments.sweep import THRESHOLD, SweepConfig
+from probe.experiments.recipe import THRESHOLD
+from probe.experiments.sweep import SweepConfig
 
 
 def test_summary_only(capsys):

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from probe.experiments.sweep import (
-    SweepConfig,
-    load_recipe,
-    parse_shard,
-    results_path,
-    run_sweep,
-)
+from probe.experiments.cells import parse_shard, results_path
+from probe.experiments.recipe import load_recipe
+from probe.experiments.sweep import SweepConfig, run_sweep
 from probe.jsonl import read_rows
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -94,7 +90,7 @@ def test_include_cycle_is_an_error(tmp_path):
 def test_a_copied_recipe_whose_include_is_missing_names_the_include_and_the_recipe(tmp_path):
     import shutil
 
-    from probe.experiments.sweep import load_recipe as load
+    from probe.experiments.recipe import load_recipe as load
 
     root = Path(__file__).resolve().parents[2]
     copied = shutil.copy(root / "recipes" / "quickstart.yaml", tmp_path / "mine.yaml")
@@ -157,7 +153,7 @@ def test_bad_values_are_refused(over, match):
 
 
 def test_every_shipped_recipe_validates(tmp_path):
-    from probe.experiments.sweep import cell_configs
+    from probe.experiments.cells import cell_configs
 
     recipes = sorted(p for p in RECIPES.glob("*.yaml") if p.name != "base.yaml")
     assert len(recipes) >= 8
@@ -299,7 +295,7 @@ def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, c
 
 
 def test_default_out_keeps_a_recipe_subfolder(tmp_path):
-    from probe.experiments.sweep import default_out
+    from probe.experiments.recipe import default_out
 
     nested = write_recipe_at(tmp_path / "recipes" / "paper" / "copy.yaml")
     top = write_recipe_at(tmp_path / "recipes" / "copy.yaml")
@@ -308,7 +304,7 @@ def test_default_out_keeps_a_recipe_subfolder(tmp_path):
                        (elsewhere, "results/copy")):  # fmt: skip
         assert default_out(path, SweepConfig.from_yaml(path)) == Path(want)
     assert default_out(RECIPES / "paper" / "copy.yaml", config()) == Path("results/paper/mini")
-    from probe.experiments.sweep import default_work_dir
+    from probe.experiments.recipe import default_work_dir
 
     assert default_work_dir(nested, SweepConfig.from_yaml(nested)) == Path("runs/sweep/paper/copy")
     assert default_work_dir(top, SweepConfig.from_yaml(top)) == Path("runs/sweep/copy")
@@ -334,7 +330,7 @@ def test_variants_runs_a_subset_and_resume_completes_the_grid(tmp_path):
 
 
 def test_variants_may_hold_commas_in_their_names():
-    from probe.experiments.sweep import parse_variants
+    from probe.experiments.recipe import parse_variants
 
     known = ["kq", "kq,vo", "none", "vo"]
     assert parse_variants("kq,vo", known) == ["kq,vo"]
@@ -688,7 +684,7 @@ def test_ctrl_c_stops_every_worker_and_resume_completes(tmp_path):
 
 
 def test_jobs_must_be_a_count():
-    from probe.experiments.sweep import parse_jobs
+    from probe.experiments.pool import parse_jobs
 
     assert parse_jobs(3) == 3 and parse_jobs(0) >= 1
     with pytest.raises(ValueError, match="--jobs -1 must be 0 .one per core. or a positive"):
@@ -819,21 +815,21 @@ def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_
 
 def test_until_n_star_needs_every_seed_ok(tmp_path):
     """A failed seed leaves n* open: its variant is not settled."""
-    import probe.experiments.sweep as sweep
+    from probe.experiments.cells import n_star_skips
 
     cfg = config(n=[8, 16, 32], threshold=0.2)
     bad = {("kq", 16, 1): FloatingPointError("nan")}
     kw = dict(work_dir=tmp_path / "w", progress=False)
     run_sweep(cfg, tmp_path, runner=raising_runner([], bad), **kw)
-    assert sweep.n_star_skips(cfg, tmp_path) == {}
+    assert n_star_skips(cfg, tmp_path) == {}
     run_sweep(cfg, tmp_path, retry_failed=True, runner=fake_runner([]), **kw)
-    assert sweep.n_star_skips(cfg, tmp_path) == {"kq": 16}
+    assert n_star_skips(cfg, tmp_path) == {"kq": 16}
 
 
 def test_code_tree_is_the_commits_tree_when_clean_and_tracks_uncommitted_edits(tmp_path):
     import subprocess
 
-    from probe.experiments.sweep import code_tree
+    from probe.files import code_tree
 
     def git(*a):
         return subprocess.run(
@@ -996,7 +992,7 @@ def test_a_cell_held_by_a_live_process_gets_no_row_and_resume_runs_it(tmp_path):
 
 
 def test_a_pack_with_a_cell_folder_held_elsewhere_gets_no_failed_rows(tmp_path):
-    from probe.experiments.sweep import BUSY, run_pack
+    from probe.experiments.pool import BUSY, run_pack
     from probe.files import folder_lock
     from probe.train.config import FinetuneConfig
 

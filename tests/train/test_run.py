@@ -570,7 +570,7 @@ def test_the_first_line_of_a_run_says_what_was_built(tmp_path, capsys, checkpoin
 
 def test_push_to_hub_leaves_a_cells_hash_alone_and_implies_save_model():
     """Where a model is published is not what a run computes: committed results stay valid."""
-    from probe.experiments.sweep import settings_hash
+    from probe.experiments.cells import settings_hash
 
     plain, pushed = FinetuneConfig(), FinetuneConfig(push_to_hub="me/run")
     assert pushed.save_model and not plain.save_model

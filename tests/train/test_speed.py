@@ -138,7 +138,7 @@ def test_compile_leaves_a_sweep_cells_hash_alone():
     """compile says how the steps are computed, not what: committed results stay valid."""
     import dataclasses
 
-    from probe.experiments.sweep import settings_hash
+    from probe.experiments.cells import settings_hash
 
     plain, compiled = FinetuneConfig(), FinetuneConfig(compile=True)
     assert settings_hash(dataclasses.asdict(plain)) == settings_hash(dataclasses.asdict(compiled))

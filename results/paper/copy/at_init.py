@@ -21,7 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from probe.experiments.sweep import SweepConfig, cell_configs  # noqa: E402
+from probe.experiments.cells import cell_configs  # noqa: E402
+from probe.experiments.sweep import SweepConfig  # noqa: E402
 from probe.jsonl import append_row  # noqa: E402
 from probe.models.build import readout  # noqa: E402
 from probe.train.metrics import load_metric  # noqa: E402
