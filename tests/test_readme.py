@@ -125,8 +125,8 @@ def shell_commands(text: str) -> list[list[str]]:
 def test_readme_commands_parse_as_written():
     # every option the README shows exists and takes the value shown (nothing runs)
     from probe.cli import build_parser
-    from probe.experiments.report import build_parser as report_parser
-    from probe.experiments.sweep import build_parser as sweep_parser
+    from probe.cli.report import build_parser as report_parser
+    from probe.cli.sweep import build_parser as sweep_parser
     from probe.train.config import parse_config
 
     commands = shell_commands(README.read_text(encoding="utf-8"))

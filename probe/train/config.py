@@ -701,7 +701,7 @@ def _none_or(kind: type) -> Any:
     return parse
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except None and {} (the field's help says what they mean)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -714,10 +714,20 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
     """An ``argparse`` parser with one flag per dataclass field (``--n-train`` for
     ``n_train``); the help and defaults come from the fields."""
     parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(cls.__doc__ or "").strip().splitlines()[0],
-        formatter_class=_HelpFormatter,
+        prog=prog, description=config_description(cls), formatter_class=HelpFormatter
     )
+    add_arguments(parser, cls)
+    return parser
+
+
+def config_description(cls: type = FinetuneConfig) -> str:
+    """The first line of the dataclass's docstring: its parser's description."""
+    return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = FinetuneConfig) -> None:
+    """One flag per dataclass field on ``parser`` (``--n-train`` for ``n_train``), in the
+    fields' groups; the help and defaults come from the fields."""
     hints = typing.get_type_hints(cls)
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for f in dataclasses.fields(cls):
@@ -743,7 +753,6 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
             optional = type(None) in typing.get_args(hints[f.name]) and kind in (int, float)
             kind = _none_or(kind) if optional else kind
             group.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
-    return parser
 
 
 def parse_config(argv: list[str] | None = None, prog: str | None = None) -> FinetuneConfig:

@@ -93,7 +93,7 @@ def test_a_copied_recipe_whose_include_is_missing_names_the_include_and_the_reci
     from probe.experiments.recipe import load_recipe as load
 
     root = Path(__file__).resolve().parents[2]
-    copied = shutil.copy(root / "recipes" / "quickstart.yaml", tmp_path / "mine.yaml")
+    copied = shutil.copy(root / "recipes" / "aba_vs_abb.yaml", tmp_path / "mine.yaml")
     with pytest.raises(FileNotFoundError) as err:
         load(copied)
     message = str(err.value)
@@ -246,7 +246,7 @@ def test_rerun_refuses_resume_skips_done_cells_and_reruns_missing(tmp_path):
 
 
 def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(
         tmp_path / "mini.yaml",
@@ -269,7 +269,7 @@ def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
 
 
 def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(
         tmp_path / "mini.yaml",
@@ -369,7 +369,7 @@ def test_bad_cell_fails_before_any_run(tmp_path):
 
 
 def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     bad = write(tmp_path / "bad.yaml", "task: copy\nn: [4]\nvariants: {none: {abb: vo}}\n")
     with pytest.raises(SystemExit) as e:
@@ -381,7 +381,7 @@ def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
 
 
 def test_cli_refuses_bad_includes_descriptions_and_results_folders_in_one_line(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     def one_line_error(argv) -> str:
         with pytest.raises(SystemExit) as e:
@@ -403,7 +403,7 @@ def test_cli_refuses_bad_includes_descriptions_and_results_folders_in_one_line(t
 
 
 def test_a_row_missing_a_field_names_the_file_line_and_field(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(tmp_path / "mini.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\n")
     out = tmp_path / "out"
@@ -465,6 +465,7 @@ def test_a_failed_cell_writes_its_row_and_the_sweep_goes_on(tmp_path):
 
 
 def test_cli_summary_counts_failed_cells(tmp_path, monkeypatch, capsys):
+    import probe.cli.sweep as sweep_cli
     import probe.experiments.sweep as sweep
 
     recipe = write(
@@ -479,7 +480,7 @@ def test_cli_summary_counts_failed_cells(tmp_path, monkeypatch, capsys):
         "run_sweep",
         lambda *a, **k: real(*a, **{**k, "runner": raising_runner([], bad), "progress": False}),
     )
-    sweep.main([str(recipe), "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
+    sweep_cli.main([str(recipe), "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
     assert "4 cell(s) run, 1 failed" in capsys.readouterr().out
 
 
@@ -525,7 +526,7 @@ def test_exponent_numbers_are_floats(tmp_path):
 def test_every_cell_is_checked_like_finetune_before_the_first_run(
     tmp_path, variants, task_params, match
 ):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     calls: list = []
     over = {"variants": variants, "baseline": None, "task": "majority_k"}
@@ -588,7 +589,7 @@ def test_an_out_that_is_a_file_or_read_only_is_refused_before_any_cell(
 
 
 def test_cli_refuses_a_read_only_out_in_one_line(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(tmp_path / "r.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\n")
     target = write(tmp_path / "file", "x")
@@ -774,6 +775,7 @@ def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_
 ):
     """kq's mean loss (fake_runner: 1/n + 0.01 seed) is below 0.2 from n 8 on, so n 8 and
     16 settle it and n 32, 64 are skipped; none (+0.5) never settles and runs every n."""
+    import probe.cli.sweep as sweep_cli
     import probe.experiments.sweep as sweep
 
     recipe = write(
@@ -791,7 +793,7 @@ def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_
     )
     out = tmp_path / "out"
     argv = [str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--until-n-star"]
-    sweep.main(argv)
+    sweep_cli.main(argv)
     text = capsys.readouterr().out
     assert sorted(c for c in calls if c[0] == "kq") == [
         ("kq", n, s) for n in (8, 16) for s in (0, 1)
@@ -802,14 +804,14 @@ def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_
     rows = read_rows([out / "results.jsonl"])
     assert len(rows) == 12
     # the dry run and --resume see the settled n*: nothing left, the skipped cells listed
-    sweep.main([*argv, "--resume", "--dry-run"])
+    sweep_cli.main([*argv, "--resume", "--dry-run"])
     text = capsys.readouterr().out
     assert "0 of 16 cells to run" in text and "4 cell(s) skipped" in text
     calls.clear()
-    sweep.main([*argv, "--resume"])
+    sweep_cli.main([*argv, "--resume"])
     assert calls == []
     # without --until-n-star, --resume runs the skipped cells
-    sweep.main([str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--resume"])
+    sweep_cli.main([str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--resume"])
     assert sorted(calls) == [("kq", n, s) for n in (32, 64) for s in (0, 1)]
 
 
