@@ -174,15 +174,8 @@ def code_version(dirty: bool) -> str:
     local edits to ``probe/``, :func:`uncommitted_code`)."""
     from probe._version import __version__
 
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(CHECKOUT), "describe", "--always", "--exclude", "*"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
+    described = _git("describe", "--always", "--exclude", "*")
+    rev = described.stdout.strip() if described is not None else ""
     if rev and dirty:
         rev += "-dirty"
     return f"{__version__}+{rev}" if rev else __version__
@@ -215,18 +208,20 @@ def code_tree(root: str | os.PathLike | None = None) -> str | None:
 def uncommitted_code() -> list[str]:
     """Files under ``probe/`` with uncommitted changes in this checkout (empty outside a
     git checkout): rows made with them could not be reproduced from any commit."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--", "probe"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if out.returncode != 0:
+    out = _git("status", "--porcelain", "--", "probe")
+    if out is None or out.returncode != 0:
         return []
     return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+
+
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    """``git -C CHECKOUT ARGS`` (None where git cannot run)."""
+    try:
+        return subprocess.run(
+            ["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def check_folder(folder: Path, flag: str) -> None:
