@@ -29,9 +29,10 @@ def render_to_disk(
     Returns the config folder."""
     from probe.checks import check_count
     from probe.data.hub import check_target, default_config, push_dataset, save_dataset
-    from probe.data.render import render, resolve_task
+    from probe.data.render import render
     from probe.files import check_writable
     from probe.push import check_push
+    from probe.tasks.catalogue import resolve_task
 
     if push_to_hub is not None:
         check_push(push_to_hub, "--push-to-hub")

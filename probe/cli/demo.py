@@ -160,7 +160,7 @@ def quickstart_config(args: argparse.Namespace) -> Any:
         finetune["n_test"] = args.n_test
     task, params = (config.task, config.task_params)
     if args.task:  # the task the summary shows, with its parameters (majority_k:k=5)
-        from probe.data.render import parse_task_spec
+        from probe.tasks.catalogue import parse_task_spec
 
         task, params = parse_task_spec(args.task)
     return dataclasses.replace(

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
     resolve_model(args.model, None, args.pretrained)  # a clear error for an unknown name
     task = None
     if args.task is not None:
-        from probe.data.render import resolve_task
+        from probe.tasks.catalogue import resolve_task
 
         task, _ = resolve_task(args.task)
     out = Path(args.out)

@@ -86,7 +86,7 @@ def check_task(config: FinetuneConfig):
     if config.task is None:
         return None
     if ":" in config.task:  # the spec form, majority_k:k=5
-        from probe.data.render import resolve_task
+        from probe.tasks.catalogue import resolve_task
 
         if config.task_params:
             raise ValueError(
