@@ -45,49 +45,43 @@ def _tensors(split, label_kind: str) -> dict[str, torch.Tensor]:
     }
 
 
-def _first(split, n: int | None, what: str):
-    if n is None:
-        return split
-    if n > len(split):
-        raise ValueError(f"--{what} {n} exceeds the dataset's {len(split)} rows; pass at most that")
-    return split.select(range(n))
-
-
-def _render_tokenizer(plan: RunPlan):
-    """The tokenizer to render --task with: --tokenizer, the model's own when pretrained,
-    else None (probe's SymbolTokenizer)."""
-    from probe.data.tokenizer import load_tokenizer_by_name
-
-    if plan.tokenizer is None:
-        return None
-    return load_tokenizer_by_name(plan.tokenizer, gguf_file=plan.tokenizer_gguf)
-
-
-def run_dataset(plan: RunPlan | FinetuneConfig):
-    """The run's ``DatasetDict``: the task rendered with the run's sizes, tokenizer and
-    seed (the same rows every time), or the first rows of ``--dataset``. Takes the
-    run's plan (a config is planned first)."""
+def run_dataset(plan: RunPlan):
+    """The run's ``DatasetDict``: the plan's task rendered with the run's sizes,
+    tokenizer (``--tokenizer``, the model's own when pretrained, else probe's
+    SymbolTokenizer) and seed (the same rows every time), or the first rows of
+    ``--dataset``."""
     from datasets import DatasetDict
 
     from probe.data import render as probe_data
+    from probe.data.tokenizer import load_tokenizer_by_name
 
-    if isinstance(plan, FinetuneConfig):
-        plan = plan_run(plan)
     config = plan.config
     if plan.task is not None:
+        tokenizer = None
+        if plan.tokenizer is not None:
+            tokenizer = load_tokenizer_by_name(plan.tokenizer, gguf_file=plan.tokenizer_gguf)
         return probe_data.render(
             plan.task,
             n_train=config.n_train,
             n_val=config.n_val,
             n_test=config.n_test,
-            tokenizer=_render_tokenizer(plan),
+            tokenizer=tokenizer,
             seed=config.seed,
         )
     # the plan's copy stays whole: the run takes its first rows into a new dict
     dsd = DatasetDict(plan.dataset if plan.dataset is not None else check_dataset(config))
-    dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
-    dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
-    dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
+    for split, n, flag in (
+        ("train", config.n_train, "n-train"),
+        ("validation", config.n_val, "n-val"),
+        ("test", config.n_test, "n-test"),
+    ):
+        if n is None:
+            continue
+        if n > len(dsd[split]):
+            raise ValueError(
+                f"--{flag} {n} exceeds the dataset's {len(dsd[split])} rows; pass at most that"
+            )
+        dsd[split] = dsd[split].select(range(n))
     return dsd
 
 
