@@ -55,8 +55,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from probe.tasks.catalogue import get_task  # noqa: E402
 from probe.train.config import FinetuneConfig  # noqa: E402
+from probe.train.plan import plan_run  # noqa: E402
 from probe.train.setup import build_run_model, load_run_data  # noqa: E402
 
 N_TRAIN, BATCH, CHUNK = 1024, 64, 16
@@ -111,9 +111,10 @@ class ProbeSide:
         from probe.train.setup import build_optimizer
 
         cfg = config(tempfile.gettempdir(), 1)
-        data = load_run_data(cfg, get_task(cfg.task))
+        plan = plan_run(cfg)
+        data = load_run_data(plan)
         torch.manual_seed(cfg.seed)
-        model, _ = build_run_model(cfg, data)
+        model, _ = build_run_model(plan, data)
         loop.fast_activations(model)
         optimizer = build_optimizer(model, cfg)
         accelerator = Accelerator(cpu=True)
@@ -207,7 +208,8 @@ class ReferenceSide:
         from probe.train import loop
 
         cfg = config(tempfile.gettempdir(), 1)
-        data = load_run_data(cfg, get_task(cfg.task))
+        plan = plan_run(cfg)
+        data = load_run_data(plan)
         rows = data.splits["train"]
         loader = loop.train_loader(loop.TensorRows(rows), BATCH, cfg.seed)
         self.batches = [(b["input_ids"], b["labels"].float()) for b in loader]
@@ -236,8 +238,9 @@ class ReferenceSide:
 def matmul_shape() -> tuple[int, int]:
     """(P, T): weights in the model's matmuls, and tokens per sample (padded length)."""
     cfg = config(tempfile.gettempdir(), 1)
-    data = load_run_data(cfg, get_task(cfg.task))
-    model, _ = build_run_model(cfg, data)
+    plan = plan_run(cfg)
+    data = load_run_data(plan)
+    model, _ = build_run_model(plan, data)
     weights = sum(
         m.weight.numel()
         for m in model.modules()
@@ -274,9 +277,10 @@ def trainer_rounds(steps: int, repeat: int) -> None:
 
     def trainer_run(out: str) -> float:
         cfg = config(out, steps)
-        data = load_run_data(cfg, get_task(cfg.task))
+        plan = plan_run(cfg)
+        data = load_run_data(plan)
         torch.manual_seed(cfg.seed)
-        model, _ = build_run_model(cfg, data)
+        model, _ = build_run_model(plan, data)
         train = Dataset.from_dict({k: v.tolist() for k, v in data.splits["train"].items()})
         args = TrainingArguments(
             output_dir=out,

@@ -105,6 +105,13 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def error_row(error: BaseException, limit: int = 500) -> str:
+    """``Type: message`` on one line, cut at ``limit`` characters: why a sweep's cell
+    failed, as its row records it."""
+    text = f"{type(error).__name__}: {one_line(error)}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _main_process() -> bool:
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 

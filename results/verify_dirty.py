@@ -61,6 +61,10 @@ try:
     from probe.experiments import sweep as S
 except ImportError:
     from probe import sweep as S
+try:  # the recipe and the plan of cells apart from the sweep
+    from probe.experiments import cells as C
+except ImportError:
+    C = S
 try:
     from probe.train.run import finetune
 except ImportError:
@@ -75,7 +79,7 @@ try:
     sc = S.SweepConfig.from_yaml(args["recipe_path"])
     cells = [c for c in sc.cells() if c.key == key]
     if sc.name == args["recipe"] and cells:
-        cfg = S.cell_configs(sc, cells, args["work"])[key]
+        cfg = C.cell_configs(sc, cells, args["work"])[key]
         model = sc.cell_settings(cells[0]).get("model")
         how = "recipe"
 except Exception as e:  # the recipe at the commit may not parse or hold the cell
@@ -85,7 +89,7 @@ if cfg is None:
     cfg = FinetuneConfig(**d)
     model = args["model"]
     how = "row config" + (f" ({how})" if how else "")
-h = S.settings_hash({**dataclasses.asdict(cfg), "model": model})
+h = C.settings_hash({**dataclasses.asdict(cfg), "model": model})
 res = dict(finetune(cfg))
 out = {k: res.get(k) for k in @METRICS@}
 print("@@RESULT@@" + json.dumps({"how": how, "cell_hash": h, "metrics": out, "wall_s": res.get("wall_s")}))

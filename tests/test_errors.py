@@ -45,11 +45,12 @@ def test_a_probe_error_is_a_value_error_shown_on_one_line(capsys):
 @pytest.mark.parametrize("bug", [KeyError("variant"), TypeError("x"), ModuleNotFoundError("y")])
 def test_a_bug_inside_probe_keeps_its_traceback(monkeypatch, bug):
     import probe.cli
+    import probe.cli.tasks
 
     def broken(args):
         raise bug
 
-    monkeypatch.setattr(probe.cli, "_cmd_tasks", broken)
+    monkeypatch.setattr(probe.cli.tasks, "run", broken)
     with pytest.raises(type(bug)):
         probe.cli.main(["tasks"])
 

@@ -129,8 +129,8 @@ def test_readme_commands_parse_as_written():
     # every option the README shows exists and takes the value shown (nothing runs)
     from probe.cli import build_parser
     from probe.cli.linear_probe import build_parser as linear_probe_parser
-    from probe.experiments.report import build_parser as report_parser
-    from probe.experiments.sweep import build_parser as sweep_parser
+    from probe.cli.report import build_parser as report_parser
+    from probe.cli.sweep import build_parser as sweep_parser
     from probe.train.config import parse_config
 
     commands = shell_commands(README.read_text(encoding="utf-8"))

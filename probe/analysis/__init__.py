@@ -13,3 +13,7 @@ SCORES = (
     "copying_score",
 )
 EFFECTIVE_SCORES = ("trace", "fro", "a_star", "cos_identity", "diag_energy", "copying_score")
+# linear_probe's readout positions and controls (probe.analysis.linear_probe), here for
+# `probe linear-probe --help` likewise.
+POSITIONS = ("readout", "mean")
+CONTROLS = ("random", "shuffle")

@@ -58,7 +58,7 @@ def _gain(norm: nn.Module | None, d_model: int) -> torch.Tensor | None:
     return weight.detach().float()
 
 
-def _norm_gains(
+def norm_gains(
     model: nn.Module, site: AttentionSite
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gains [d_model] of the norms feeding the queries and the keys/values (None: none)."""
@@ -175,7 +175,7 @@ def head_scores(
     return {k: v.numpy().astype(np.float32) for k, v in out.items()}
 
 
-def _identity_scalings(site: AttentionSite) -> dict[str, torch.Tensor | None] | None:
+def identity_scalings(site: AttentionSite) -> dict[str, torch.Tensor | None] | None:
     """The injected ``a`` (qk) and ``b`` (ov) of a site, [n_heads] each (None: that term is
     not injected); None if the site carries no identity scalings (``probe.models.identity``)."""
     ab = site.attention._modules.get(MODULE_NAME)
@@ -229,10 +229,10 @@ def attn_diagonal(
     """
     frames = []
     sites = attention_sites(model, include_cross=include_cross)
-    injected = any(_identity_scalings(site) is not None for site in sites)
+    injected = any(identity_scalings(site) is not None for site in sites)
     for site in sites:
-        gains = _norm_gains(model, site) if fold_layernorm else (None, None)
-        scalings = _identity_scalings(site)
+        gains = norm_gains(model, site) if fold_layernorm else (None, None)
+        scalings = identity_scalings(site)
         if scalings is None and injected:  # e.g. cross-attention: the head applies M itself
             scalings = {"qk": None, "ov": None}
         for matrix in MATRICES:
@@ -292,11 +292,11 @@ def head_matrix(
     site = find_site(model, layer, kind)
     if not 0 <= head < site.n_heads:
         raise ValueError(f"head {head} out of range: {site.name} has {site.n_heads} heads")
-    gains = _norm_gains(model, site) if fold_layernorm else (None, None)
+    gains = norm_gains(model, site) if fold_layernorm else (None, None)
     f = head_factors(site, matrix, gains)
     k = site.d_model if block is None else min(block, site.d_model)
     m = f.left[head, :k] @ f.right[head, :k].T
-    c = (_identity_scalings(site) or {}).get(matrix) if effective else None
+    c = (identity_scalings(site) or {}).get(matrix) if effective else None
     if c is not None:
         w = torch.ones(site.d_model) if f.identity_diag is None else f.identity_diag
         m = m + torch.diag(c[head] * w[:k])

@@ -56,10 +56,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from probe.analysis import CONTROLS, POSITIONS
 from probe.data.render import dataset_task, task_info
 
-POSITIONS = ("readout", "mean")
-CONTROLS = ("random", "shuffle")
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths LogisticRegressionCV tries
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
 CV_FOLDS = 3
@@ -357,7 +356,7 @@ def linear_probe(
     """
     from tqdm.auto import tqdm
 
-    from probe.tasks.templates import check_count
+    from probe.checks import check_count
 
     if position not in POSITIONS:
         raise ValueError(

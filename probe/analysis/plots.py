@@ -16,12 +16,12 @@ from torch import nn
 
 from probe.analysis.diagonal import (
     MATRICES,
-    _identity_scalings,
-    _norm_gains,
     find_site,
     head_factors,
     head_matrix,
     head_scores,
+    identity_scalings,
+    norm_gains,
 )
 
 MATRIX_TITLES = {"qk": "W_Q W_Kᵀ (logits)", "ov": "W_V W_O (output)"}
@@ -121,8 +121,8 @@ def plot_head(
         fold_layernorm=fold_layernorm,
         effective=effective,
     )
-    f = head_factors(site, matrix, _norm_gains(model, site) if fold_layernorm else (None, None))
-    c = (_identity_scalings(site) or {}).get(matrix) if effective else None
+    f = head_factors(site, matrix, norm_gains(model, site) if fold_layernorm else (None, None))
+    c = (identity_scalings(site) or {}).get(matrix) if effective else None
     s = head_scores(f, c)
     values = m.numpy()
     top = float(np.abs(values).max()) or 1.0

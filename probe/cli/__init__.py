@@ -1,225 +1,45 @@
-"""The ``probe`` command: argument parsing, and the commands that only print
-(``probe tasks``, ``probe data render``, ``probe data export``, ``probe data
-lm-eval``); the work lives in the modules."""
+"""The ``probe`` command: one parser tree, a module a command.
+
+Each command is a module of this package with ``NAME``, ``HELP`` (its line in
+``probe --help``), ``add_parser(subparsers)`` (its subparser, whose
+``set_defaults(run=...)`` names the function that does it) and ``run(args)``.
+:func:`main` parses once and runs the command inside
+``probe.errors.one_line_errors``: a user error is one line (exit 2); anything else
+is a bug and keeps its traceback. The commands print; the library below does not
+(it returns, or logs).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
-from pathlib import Path
 
 from probe.errors import one_line_errors
 
-
-def _cmd_tasks(args: argparse.Namespace) -> None:
-    from probe.tasks.catalogue import format_task_table
-
-    print(format_task_table())
-
-
-def render_to_disk(
-    task: str,
-    out: str | os.PathLike,
-    n_train: int,
-    n_val: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    tokenizer: str | None = None,
-    config: str | None = None,
-    overwrite: bool = False,
-    push_to_hub: str | None = None,
-) -> Path:
-    """``probe data render``: check every argument, the destination and the push, then
-    render and save (and push the folder to the dataset repository ``push_to_hub``).
-    Returns the config folder."""
-    from probe.data.hub import check_target, default_config, push_dataset, save_dataset
-    from probe.data.render import render, resolve_task
-    from probe.push import check_push
-    from probe.tasks.templates import check_count
-    from probe.train.run_dir import check_writable
-
-    if push_to_hub is not None:
-        check_push(push_to_hub, "--push-to-hub")
-    resolved, spec = resolve_task(task)
-    n_val = 1000 if n_val is None else n_val
-    n_test = 1000 if n_test is None else n_test
-    check_count(n_train, "--n-train", low=1)
-    check_count(n_val, "--n-val")
-    check_count(n_test, "--n-test")
-    check_count(seed, "--seed")
-    config = check_target(out, config or default_config(resolved.name), overwrite)
-    check_writable(Path(out), "--out")
-    dsd = render(spec or resolved, n_train, n_val, n_test, tokenizer=tokenizer, seed=seed)
-    folder = save_dataset(dsd, out, config, overwrite=overwrite)
-    print(f"wrote {folder} ({', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})")
-    if push_to_hub is not None:
-        print(f"pushed {out} to {push_dataset(out, push_to_hub, config, flag='--push-to-hub')}")
-    return folder
+# the modules of this package that are commands, in the order `probe --help` lists them
+COMMANDS = (
+    "tasks",
+    "data",
+    "demo",
+    "finetune",
+    "diagonal",
+    "attention",
+    "linear_probe",
+    "sweep",
+    "report",
+)
 
 
-DEFAULT_EXPORT_DIR = Path("data/template-tasks")
-EXPORT_SIZES = {"n_train": 2048, "n_val": 512, "n_test": 512}
-
-
-def export_catalogue(
-    out: str | os.PathLike = DEFAULT_EXPORT_DIR, overwrite: bool = False
-) -> list[Path]:
-    """``probe data export``: render every registered task (``probe.tasks.catalogue.list_tasks()``,
-    with its default parameters, at ``EXPORT_SIZES``, seed 0) as the config of its
-    name in the Hub-layout folder ``out``."""
-    from probe.data.hub import check_target, default_config, save_dataset
-    from probe.data.render import render
-    from probe.tasks.catalogue import list_tasks
-    from probe.train.run_dir import check_writable
-
-    names = list_tasks()
-    configs = [check_target(out, default_config(name), overwrite) for name in names]
-    check_writable(Path(out), "--out")
-    folders = []
-    for name, config in zip(names, configs, strict=True):
-        dsd = render(name, seed=0, **EXPORT_SIZES)
-        folders.append(save_dataset(dsd, out, config, overwrite=overwrite))
-        print(f"wrote {folders[-1]}")
-    return folders
-
-
-def render_run_to_disk(
-    run: str | os.PathLike,
-    out: str | os.PathLike,
-    config: str | None = None,
-    overwrite: bool = False,
-    push_to_hub: str | None = None,
-) -> Path:
-    """``probe data render --from-run RUN``: exactly the data the run in folder ``run``
-    trained and was tested on (:func:`probe.train.setup.run_folder_dataset`), saved in Hub
-    layout as config ``config`` (default: the task's name). Returns the config folder."""
-    from probe.data.hub import check_target, default_config, push_dataset, save_dataset
-    from probe.data.render import task_info
-    from probe.push import check_push
-    from probe.train.run_dir import check_writable
-    from probe.train.setup import run_folder_dataset
-
-    if push_to_hub is not None:
-        check_push(push_to_hub, "--push-to-hub")
-    dsd = run_folder_dataset(run)  # a run's sizes: seconds
-    config = check_target(out, config or default_config(task_info(dsd)["task"]["name"]), overwrite)
-    check_writable(Path(out), "--out")
-    folder = save_dataset(dsd, out, config, overwrite=overwrite)
-    print(
-        f"wrote {folder} (the data of run {run}: "
-        f"{', '.join(f'{s} {d.num_rows}' for s, d in dsd.items())})"
-    )
-    if push_to_hub is not None:
-        print(f"pushed {out} to {push_dataset(out, push_to_hub, config, flag='--push-to-hub')}")
-    return folder
-
-
-# `probe data render` options that a run fixes: refused next to --from-run
-RUN_FIXED = ("task", "n_train", "n_val", "n_test", "seed", "tokenizer")
-
-
-def _cmd_data_render(args: argparse.Namespace) -> None:
-    if args.from_run is not None:
-        given = [f"--{k.replace('_', '-')}" for k in RUN_FIXED if getattr(args, k) is not None]
-        if given:
-            raise ValueError(
-                f"--from-run renders the run's own task, sizes, seed and tokenizer; drop "
-                f"{', '.join(given)}"
-            )
-        render_run_to_disk(
-            args.from_run,
-            args.out,
-            config=args.config,
-            overwrite=args.overwrite,
-            push_to_hub=args.push_to_hub,
-        )
-        return
-    missing = [f"--{k.replace('_', '-')}" for k in ("task", "n_train") if getattr(args, k) is None]
-    if missing:
-        raise ValueError(f"pass {' and '.join(missing)} (or --from-run RUN: a run's own data)")
-    render_to_disk(
-        task=args.task,
-        out=args.out,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        seed=0 if args.seed is None else args.seed,
-        tokenizer=args.tokenizer,
-        config=args.config,
-        overwrite=args.overwrite,
-        push_to_hub=args.push_to_hub,
-    )
-
-
-def _cmd_data_export(args: argparse.Namespace) -> None:
-    export_catalogue(args.out, overwrite=args.overwrite)
-
-
-def _cmd_data_lm_eval(args: argparse.Namespace) -> None:
-    from probe.data.lm_eval_task import export_lm_eval_task
-
-    yaml_path = export_lm_eval_task(
-        args.dataset,
-        args.config,
-        args.out,
-        shots=args.shots,
-        task_name=args.task_name,
-        overwrite=args.overwrite,
-    )
-    print(
-        f"wrote {yaml_path}; run it with: lm_eval --model hf --model_args pretrained=MODEL "
-        f"--include_path {yaml_path.parent} --tasks {yaml_path.stem}"
-    )
-
-
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from probe.cli.demo import main as demo_main
-
-    demo_main(args.rest)
-
-
-def _cmd_finetune(args: argparse.Namespace) -> None:
-    if {"-h", "--help"} & set(args.rest):  # the help without torch: at once
-        from probe.train.config import parse_config
-
-        parse_config(args.rest, prog="probe finetune")
-    from probe.train.run import main as finetune_main
-
-    finetune_main(args.rest)
-
-
-def _cmd_diagonal(args: argparse.Namespace) -> None:
-    from probe.cli.diagonal import main as diagonal_main
-
-    diagonal_main(args.rest)
-
-
-def _cmd_attention(args: argparse.Namespace) -> None:
-    from probe.cli.attention import main as attention_main
-
-    attention_main(args.rest)
-
-
-def _cmd_linear_probe(args: argparse.Namespace) -> None:
-    from probe.cli.linear_probe import main as linear_probe_main
-
-    linear_probe_main(args.rest)
-
-
-def _cmd_sweep(args: argparse.Namespace) -> None:
-    from probe.experiments.sweep import main as sweep_main
-
-    sweep_main(args.rest)
-
-
-def _cmd_report(args: argparse.Namespace) -> None:
-    from probe.experiments.report import main as report_main
-
-    report_main(args.rest)
+def command(name: str):
+    """The module of command ``name`` (``linear-probe`` or ``linear_probe``)."""
+    return importlib.import_module(f"probe.cli.{name.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole tree: ``probe --help`` lists every command, ``probe COMMAND --help`` is
+    argparse's own help of that command. Building it imports no torch, transformers,
+    datasets, pandas or matplotlib (tests/cli/test_commands.py)."""
     from probe._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -227,141 +47,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("tasks", help="print the task catalogue (templates and labels)")
-    p.set_defaults(func=_cmd_tasks)
-
-    data = sub.add_parser("data", help="render template tasks to Hub-layout datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    p = data_sub.add_parser(
-        "render",
-        help="render one task (or a run's own data, --from-run) to a Hub-layout folder",
-        description="Render one task to a Hub-layout folder. The sizes set the vocabulary of "
-        "probe's SymbolTokenizer (it grows with n-train + n-val + n-test): data for a trained "
-        "model must be rendered as its run was, which --from-run RUN does.",
-    )
-    p.add_argument(
-        "--task",
-        default=None,
-        help="a catalogue name (see `probe tasks`), with parameters as NAME:KEY=VALUE, e.g. "
-        "majority_k:k=5 (required unless --from-run; default: none)",
-    )
-    p.add_argument(
-        "--n-train",
-        type=int,
-        default=None,
-        help="training samples (= train alphabet size; required unless --from-run; default: none)",
-    )
-    p.add_argument(
-        "--n-val",
-        type=int,
-        default=None,
-        help="validation samples (default: 1000; probe finetune's default is 256)",
-    )
-    p.add_argument(
-        "--n-test", type=int, default=None, help="test samples, unseen symbols (default: 1000)"
-    )
-    p.add_argument("--seed", type=int, default=None, help="seed of the draws (default: 0)")
-    p.add_argument(
-        "--from-run",
-        default=None,
-        metavar="RUN",
-        help="render exactly the data of a probe finetune run (its --output-dir): its task, "
-        "sizes, seed and tokenizer, the rows it trained and was tested on (default: none)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        default=None,
-        help="a Hugging Face tokenizer id or folder (default: SymbolTokenizer)",
-    )
-    p.add_argument(
-        "--config", default=None, help="config name inside the folder (default: the task name)"
-    )
-    p.add_argument("--out", required=True, help="output folder (Hub layout)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing config")
-    p.add_argument(
-        "--push-to-hub",
-        default=None,
-        metavar="REPO_ID",
-        help="then upload the --out folder to this Hub dataset repository (needs a token: "
-        "`hf auth login` or HF_TOKEN; default: none, nothing is pushed)",
-    )
-    p.set_defaults(func=_cmd_data_render)
-    p = data_sub.add_parser("export", help="render every registered task to data/template-tasks")
-    p.add_argument(
-        "--out",
-        default=str(DEFAULT_EXPORT_DIR),
-        help="output folder (Hub layout; default: %(default)s, the committed copy, which "
-        "holds every task already: pass a new folder unless regenerating it)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace the configs already in --out")
-    p.set_defaults(func=_cmd_data_export)
-    from probe.data.lm_eval_task import ENCODING, INSTALL_HINT
-
-    p = data_sub.add_parser(
-        "lm-eval",
-        help="write an lm-evaluation-harness task (YAML + data) over a Hub-layout dataset",
-        description="Write an lm-evaluation-harness task over one config of a Hub-layout "
-        "probe dataset: K solved rows drawn at random from the training split, one per line "
-        "('INPUT -> ANSWER'), then the test row. Symbolic tasks are scored by exact match "
-        "of the generated answer symbol; regression tasks as a two-way choice between "
-        f"words ({ENCODING}), scored by acc. Needs lm-eval: {INSTALL_HINT}.",
-    )
-    p.add_argument(
-        "--dataset", required=True, help="a folder written by probe data render, or its Hub id"
-    )
-    p.add_argument(
-        "--config", default=None, help="config name in the dataset (default: its only one)"
-    )
-    p.add_argument("--out", required=True, help="output folder: the task's YAML and data")
-    p.add_argument(
-        "--shots",
-        type=int,
-        default=0,
-        help="solved training rows shown before each test row (the YAML's num_fewshot; "
-        "lm_eval --num_fewshot overrides it; default: %(default)s)",
-    )
-    p.add_argument(
-        "--task-name", default=None, help="the lm-eval task name (default: probe_<config>)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace the task in --out")
-    p.set_defaults(func=_cmd_data_lm_eval)
-
-    # Commands whose options come from one dataclass shared with the Python API
-    # parse their own arguments.
-    for name, func, text in [
-        ("demo", _cmd_demo, "a rendered dataset, then the quickstart recipe (plain vs +KQ)"),
-        ("finetune", _cmd_finetune, "train or fine-tune one model on one task (see --help)"),
-        ("diagonal", _cmd_diagonal, "identity structure of every attention head of a checkpoint"),
-        ("attention", _cmd_attention, "what every head attends to on rendered samples"),
-        (
-            "linear-probe",
-            _cmd_linear_probe,
-            "per-layer linear probes of hidden states on unseen symbols, with controls",
-        ),
-        ("sweep", _cmd_sweep, "run a recipe's grid of runs"),
-        ("report", _cmd_report, "tables and curves from sweep results"),
-    ]:
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=func)
+    for name in COMMANDS:
+        command(name).add_parser(sub)
     return parser
+
+
+def standalone(module) -> argparse.ArgumentParser:
+    """A command module's parser on its own (``prog`` "probe NAME"), as in the tree: its
+    ``NAME``, ``DESCRIPTION``, ``FORMATTER`` (optional) and ``add_arguments``."""
+    p = argparse.ArgumentParser(
+        prog=f"probe {module.NAME}",
+        description=module.DESCRIPTION,
+        formatter_class=getattr(module, "FORMATTER", argparse.HelpFormatter),
+    )
+    module.add_arguments(p)
+    return p
+
+
+def subcommand(subparsers, module) -> argparse.ArgumentParser:
+    """A command module's subparser in the tree, which runs ``module.run(args)`` (with
+    ``args.parser``, for an error in argparse's words)."""
+    p = subparsers.add_parser(
+        module.NAME,
+        help=module.HELP,
+        description=module.DESCRIPTION,
+        formatter_class=getattr(module, "FORMATTER", argparse.HelpFormatter),
+    )
+    module.add_arguments(p)
+    p.set_defaults(run=module.run, parser=p)
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if hasattr(args, "rest"):
-        # argparse's REMAINDER refuses a first argument that looks like an option
-        # ("diagonal --model x"): hand these commands everything after their name
-        args.rest = argv[argv.index(args.command) + 1 :]
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    # a user error (probe.errors.USER_ERRORS) is one line, exit 2; anything else is a
-    # bug and keeps its traceback
+    args = build_parser().parse_args(argv)
+    # what follows the command's name, for a command that reruns or repeats it
+    # (`probe finetune`'s own entry point; the command that continues a stopped sweep)
+    args.argv = argv[argv.index(args.command) + 1 :]
     with one_line_errors(f"probe {args.command}"):
-        args.func(args)
+        args.run(args)
+
+
+def run_command(name: str, argv: list[str] | None = None) -> None:
+    """``probe NAME ARGV`` (``ARGV``: this process's arguments when None)."""
+    main([name, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

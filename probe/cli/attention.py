@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -20,30 +21,50 @@ def load_run_model(folder: str | Path):
     return load_injected(run.model_dir)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="probe attention",
-        description="Attention on data: per-head equality and readout scores on rendered samples.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
+NAME = "attention"
+HELP = "what every head attends to on rendered samples"
+DESCRIPTION = "Attention on data: per-head equality and readout scores on rendered samples."
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--model",
         required=True,
         help="a finetune run folder saved with --save-model, or the model/ in it (the run's "
         "own data is rendered again: the same rows), or any saved model folder (then pass "
         "--dataset)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--dataset",
         default=None,
         help="a rendered dataset folder (Hub layout) whose token ids fit the model; for a "
         "run's own rows pass the run folder as --model, or `probe data render --from-run RUN`",
     )
-    parser.add_argument("--config", default=None, help="config name inside --dataset")
-    parser.add_argument("--split", default="test", help="split to run on (test: unseen symbols)")
-    parser.add_argument("--max-samples", type=int, default=512, help="rows of the split used")
-    parser.add_argument("--out", required=True, help="folder for attention.csv and the PNGs")
-    args = parser.parse_args(argv)
+    p.add_argument("--config", default=None, help="config name inside --dataset")
+    p.add_argument("--split", default="test", help="split to run on (test: unseen symbols)")
+    p.add_argument("--max-samples", type=int, default=512, help="rows of the split used")
+    p.add_argument("--out", required=True, help="folder for attention.csv and the PNGs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from probe.cli import standalone
+
+    return standalone(sys.modules[__name__])
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from probe.cli import subcommand
+
+    return subcommand(subparsers, sys.modules[__name__])
+
+
+def main(argv: list[str] | None = None) -> None:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    parser = getattr(args, "parser", None) or build_parser()
 
     from probe.analysis.attention import SCORES, attention_scores
     from probe.analysis.plots import plot_attention, save_figure

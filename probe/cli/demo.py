@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+# shipped with the package (package data), so a wheel install finds it too;
+# recipes/quickstart.yaml of a checkout includes it
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 
 
 def _count(text: str, low: int = 0) -> int:
@@ -45,11 +48,12 @@ def _positive(text: str) -> int:
     return _count(text, low=1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="probe demo",
-        description=__doc__.splitlines()[0].replace("``", ""),
-    )
+NAME = "demo"
+HELP = "a rendered dataset, then the quickstart recipe (plain vs +KQ)"
+DESCRIPTION = __doc__.splitlines()[0].replace("``", "")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         default=None,
@@ -91,15 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recipe",
         default=str(RECIPE),
-        help="the recipe to run (default: recipes/quickstart.yaml of this checkout)",
+        help="the recipe to run (default: the quickstart shipped with probe, "
+        "probe/recipes/quickstart.yaml, which recipes/quickstart.yaml includes)",
     )
-    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from probe.cli import standalone
+
+    return standalone(sys.modules[__name__])
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from probe.cli import subcommand
+
+    return subcommand(subparsers, sys.modules[__name__])
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Print the dataset summary, then (unless ``--summary-only``) run the recipe and
     print its table; returns the sweep's rows."""
-    args = build_parser().parse_args(argv)
     one_thread()
     config = quickstart_config(args)  # refuse bad options before the summary
     # the data of the grid's largest run, at the sizes the runs use
@@ -141,7 +160,7 @@ def quickstart_config(args: argparse.Namespace) -> Any:
         finetune["n_test"] = args.n_test
     task, params = (config.task, config.task_params)
     if args.task:  # the task the summary shows, with its parameters (majority_k:k=5)
-        from probe.data.render import parse_task_spec
+        from probe.tasks.catalogue import parse_task_spec
 
         task, params = parse_task_spec(args.task)
     return dataclasses.replace(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,46 +61,66 @@ def load_model(
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``probe diagonal``: write the per-head table and its pictures for one checkpoint."""
-    parser = argparse.ArgumentParser(
-        prog="probe diagonal",
-        description="Identity structure (W_Q W_Kᵀ, W_V W_O ≈ a·I) of every attention head.",
-    )
-    parser.add_argument("--model", required=True, help="Hub id, local folder or .gguf file")
-    parser.add_argument("--gguf", default=None, help="GGUF file name inside the --model folder")
-    parser.add_argument(
+NAME = "diagonal"
+HELP = "identity structure of every attention head of a checkpoint"
+DESCRIPTION = "Identity structure (W_Q W_Kᵀ, W_V W_O ≈ a·I) of every attention head."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Hub id, local folder or .gguf file")
+    p.add_argument("--gguf", default=None, help="GGUF file name inside the --model folder")
+    p.add_argument(
         "--from-scratch",
         action="store_true",
         help="score the same architecture with fresh random weights (seeded by --seed)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--seed", type=int, default=0, help="seed of --from-scratch weights (default: %(default)s)"
     )
-    parser.add_argument("--out", required=True, help="output folder for the CSV and PNGs")
-    parser.add_argument(
+    p.add_argument("--out", required=True, help="output folder for the CSV and PNGs")
+    p.add_argument(
         "--score",
         default="cos_identity",
         choices=SCORES + tuple(f"eff_{s}" for s in EFFECTIVE_SCORES),
         help="score shown in the heatmap and used to pick the top heads "
         "(eff_*: with the identity scalings of an injected checkpoint; default: %(default)s)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--fold-layernorm", action="store_true", help="fold the input norms' gains into W_Q/K/V"
     )
-    parser.add_argument(
+    p.add_argument(
         "--top",
         type=int,
         default=4,
         help="plot the matrices of the top N heads (default: %(default)s)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--block",
         type=int,
         default=64,
         help="top-left block size of head plots (default: %(default)s)",
     )
-    args = parser.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from probe.cli import standalone
+
+    return standalone(sys.modules[__name__])
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from probe.cli import subcommand
+
+    return subcommand(subparsers, sys.modules[__name__])
+
+
+def main(argv: list[str] | None = None) -> None:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """``probe diagonal``: write the per-head table and its pictures for one checkpoint."""
+    parser = getattr(args, "parser", None) or build_parser()
     if args.top < 0:
         parser.error(f"--top {args.top}: pass 0 or more heads to plot")
     if args.block < 1:

@@ -4,9 +4,10 @@ symbols, with a random-weight twin and control labels (``probe.linear_probe``)."
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from probe.analysis.linear_probe import CONTROLS, POSITIONS
+from probe.analysis import CONTROLS, POSITIONS
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -26,13 +27,16 @@ def parse_layers(text: str | None) -> list[int] | None:
     return layers
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="probe linear-probe",
-        description="Linear probes of every layer's hidden state, trained on the train "
-        "split and scored on the test split (unseen symbols), with controls.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+NAME = "linear-probe"
+HELP = "per-layer linear probes of hidden states on unseen symbols, with controls"
+DESCRIPTION = (
+    "Linear probes of every layer's hidden state, trained on the train "
+    "split and scored on the test split (unseen symbols), with controls."
+)
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
@@ -68,7 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="rendering, random twin, shuffles")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="folder for linear_probe.csv/.md/.png")
-    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from probe.cli import standalone
+
+    return standalone(sys.modules[__name__])
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from probe.cli import subcommand
+
+    return subcommand(subparsers, sys.modules[__name__])
 
 
 def _tokenizer(model: str, pretrained: bool):
@@ -83,11 +98,14 @@ def _tokenizer(model: str, pretrained: bool):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
     from probe.analysis.linear_probe import check_controls
+    from probe.checks import check_count
     from probe.experiments.report import markdown_table
     from probe.models.resolve import resolve_model
-    from probe.tasks.templates import check_count
 
     # every input checked before any model or data work
     layers = parse_layers(args.layers)
@@ -100,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     resolve_model(args.model, None, args.pretrained)  # a clear error for an unknown name
     task = None
     if args.task is not None:
-        from probe.data.render import resolve_task
+        from probe.tasks.catalogue import resolve_task
 
         task, _ = resolve_task(args.task)
     out = Path(args.out)

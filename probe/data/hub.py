@@ -11,11 +11,10 @@ once with an error saying how to provide the data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from probe.data.render import SPLITS, dataset_tokenizer, task_info
 from probe.data.tokenizer import SymbolTokenizer, load_tokenizer_by_name
 from probe.errors import ProbeError
+from probe.files import staged_folder, write_atomic
 from probe.locate import hub_download_hint, hub_offline, hub_unreachable, looks_like_path
 from probe.push import check_push, upload
 
@@ -137,37 +137,17 @@ def save_dataset(
     config = _check_config(config if config is not None else default_config(info["task"]["name"]))
     _check_destination(path, config, overwrite)
 
-    fresh = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)) if fresh else path
-    staging = Path(tempfile.mkdtemp(prefix=f".{config}.tmp-", dir=root))
-    card_tmp = root / f".{CARD}.tmp"
-    try:
-        for split, ds in dsd.items():
-            if ds.num_rows:  # datasets cannot read an empty split back: the card records it
-                _write_parquet(ds, staging / f"{split}-00000-of-00001.parquet")
-        if info["tokenizer"] == "SymbolTokenizer":
-            dataset_tokenizer(dsd).save_pretrained(staging / TOKENIZER_DIR)
-        card_tmp.write_text(_card(path, config, dsd, info), encoding="utf-8")
-        target = root / config
-        trash = None
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{config}.old-", dir=root))
-            os.rename(target, trash / config)
-        _open_up(staging)  # mkdtemp made it private; give it the usual permissions
-        os.rename(staging, target)
-        os.replace(card_tmp, root / CARD)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-        if fresh:
-            _open_up(root)
-            os.rename(root, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        card_tmp.unlink(missing_ok=True)
-        if fresh:
-            shutil.rmtree(root, ignore_errors=True)
-        raise
+    # a new folder is staged whole; in an existing one, the config's folder is staged
+    # and swapped in, then the card that lists it
+    with staged_folder(path) if not path.exists() else contextlib.nullcontext(path) as root:
+        with staged_folder(root / config) as staging:
+            for split, ds in dsd.items():
+                if ds.num_rows:  # datasets cannot read an empty split back: the card records it
+                    _write_parquet(ds, staging / f"{split}-00000-of-00001.parquet")
+            if info["tokenizer"] == "SymbolTokenizer":
+                dataset_tokenizer(dsd).save_pretrained(staging / TOKENIZER_DIR)
+            card = _card(path, config, dsd, info)
+        write_atomic(root / CARD, card)
     if push_to_hub is not None:
         push_dataset(path, push_to_hub, config, flag="push_to_hub")
     return path / config
@@ -188,13 +168,6 @@ def push_dataset(
         flag=flag,
         retry=f"To push again: probe.data.hub.push_dataset({str(path)!r}, {repo_id!r}, {config!r})",
     )
-
-
-def _open_up(folder: Path) -> None:
-    """Folder permissions as ``mkdir`` would give them under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
 
 
 def _write_parquet(ds: datasets.Dataset, file: Path) -> None:

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from probe.files import staged_folder
 
 if TYPE_CHECKING:  # the heavy imports wait for an export: `probe --help` reads ENCODING
     import datasets
@@ -233,9 +233,9 @@ def export_lm_eval_task(
     """
     import yaml
 
-    from probe.data.hub import _open_up, dataset_tokenizer_at, load_dataset
+    from probe.checks import check_count
+    from probe.data.hub import dataset_tokenizer_at, load_dataset
     from probe.data.render import task_info
-    from probe.tasks.templates import check_count
 
     require_lm_eval()
     shots = check_count(shots, "--shots")
@@ -267,10 +267,7 @@ def export_lm_eval_task(
     tokenizer = dataset_tokenizer_at(dataset, config, dsd) if kind == "symbolic" else None
     docs = task_docs(dsd, tokenizer)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    trash = None
-    try:
+    with staged_folder(out) as staging:
         for split, rows in docs.items():
             lines = "".join(json.dumps(row) + "\n" for row in rows)
             (staging / SPLIT_FILES[split]).write_text(lines, "utf-8")
@@ -281,17 +278,4 @@ def export_lm_eval_task(
         )
         body += f"custom_dataset: !function {LOADER}.load\n"
         (staging / f"{name}.yaml").write_text(_header(name, kind, source) + body, "utf-8")
-        _open_up(staging)  # mkdtemp made it private
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / out.name)
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if trash is not None and not out.exists():
-            os.rename(trash / out.name, out)
-        raise
-    finally:
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
     return out / f"{name}.yaml"

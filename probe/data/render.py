@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
+from probe.checks import check_count
 from probe.data.alphabets import Alphabet, Vocab, symbol_vocab
 from probe.data.tokenizer import (
     SymbolTokenizer,
@@ -46,7 +47,8 @@ from probe.data.tokenizer import (
     symbol_range,
     tokenizer_name,
 )
-from probe.tasks.templates import MAX_SAMPLES, TemplateTask, check_count
+from probe.tasks.catalogue import resolve_task
+from probe.tasks.templates import MAX_SAMPLES, TemplateTask
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # render's argument naming each split's alphabet
@@ -58,44 +60,6 @@ SymbolSpec = int | Sequence[str] | None
 
 
 # -- tasks -----------------------------------------------------------------------
-
-
-def resolve_task(task: TemplateTask | str) -> tuple[TemplateTask, str | None]:
-    """A task, and its catalogue spec (``"majority_k:k=5"``) when it comes from the
-    catalogue, else ``None``.
-
-    ``task`` is a :class:`TemplateTask` or a catalogue name, optionally with
-    parameters: ``name:key=value,key=value`` (values parsed as JSON, else strings).
-    """
-    from probe.tasks.catalogue import get_task, list_tasks
-
-    if isinstance(task, TemplateTask):
-        spec = task.name if task.name in list_tasks() and get_task(task.name) == task else None
-        return task, spec
-    if not isinstance(task, str):
-        raise ValueError(
-            f"task must be a TemplateTask or a catalogue name, got {type(task).__name__}"
-        )
-    name, params = parse_task_spec(task)
-    return get_task(name, **params), task
-
-
-def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"majority_k:k=5"`` -> ``("majority_k", {"k": 5})``: a catalogue name and its
-    parameters (values parsed as JSON, else strings); nothing is looked up."""
-    name, _, params_text = spec.partition(":")
-    params: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in params_text.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(
-                f"task {spec!r}: parameter {item!r} is not key=value; write e.g. 'majority_k:k=5'"
-            )
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value.strip()
-    return name.strip(), params
 
 
 def _need(task: TemplateTask) -> int:

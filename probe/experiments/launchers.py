@@ -1,16 +1,16 @@
 """Where a sweep's units run: this machine's worker pool, a Ray cluster, or a SLURM job array.
 
 ``probe sweep`` runs *units*: a cell, or with ``--pack K`` a pack of up to K cells
-trained as one step (:func:`probe.experiments.sweep.packs`). Every launcher runs a
-unit through the same function, :func:`probe.experiments.sweep.run_pack` (a pack of
-one is a lone :func:`~probe.experiments.sweep.run_cell`), so the rows, their cell
+trained as one step (:func:`probe.experiments.pool.packs`). Every launcher runs a
+unit through the same function, :func:`probe.experiments.pool.run_pack` (a pack of
+one is a lone :func:`~probe.experiments.pool.run_cell`), so the rows, their cell
 hashes and their metrics are those of ``--launcher local``. The driver (the
 ``probe sweep`` process) is the only writer of ``results.jsonl``: it builds each
 row from what a unit returns, under the results file's lock, so ``--resume`` and
 ``--retry-failed`` mean the same under every launcher.
 
 - ``local`` (the default): ``--jobs N`` worker processes on this machine
-  (:func:`probe.experiments.sweep._results`).
+  (:func:`probe.experiments.pool._results`).
 - ``ray`` (``pip install 'symbol-probe[ray]'``): one Ray task per unit, with
   ``num_cpus`` / ``num_gpus`` (fractional GPUs: several small cells share a device)
   and ``max_retries`` (a worker that dies, a node lost: Ray runs the unit again; a
@@ -187,7 +187,7 @@ def spec_from_args(args: argparse.Namespace, block: Mapping[str, Any] | None) ->
 def units(todo: Sequence[Any], configs: Mapping[tuple, Any], pack: int) -> list[list[Any]]:
     """The cells in the groups that run as one: packs with ``pack`` > 1, else one each."""
     if pack > 1:
-        from probe.experiments.sweep import packs
+        from probe.experiments.pool import packs
 
         return packs(todo, configs, pack)
     return [[c] for c in todo]
@@ -210,10 +210,10 @@ def run_unit(
     cwd: str | None = None,
     threads: int = 1,
 ) -> list[tuple[int, str, Any]]:
-    """One unit in a worker: :func:`probe.experiments.sweep.run_pack`'s
+    """One unit in a worker: :func:`probe.experiments.pool.run_pack`'s
     ``(index, status, row or error)`` per cell. A lone cell whose folder holds a
     checkpoint (a retry after its worker died) goes on from it (:func:`_resumable`)."""
-    from probe.experiments.sweep import run_pack
+    from probe.experiments.pool import run_pack
 
     _in_unit_process(cwd, threads)
     configs = list(configs)
@@ -221,10 +221,11 @@ def run_unit(
 
 
 def _failed_unit(group: Sequence[Any], error: BaseException) -> Iterable[tuple[Any, str, Any]]:
-    from probe.experiments.sweep import FAILED, _one_line
+    from probe.errors import error_row
+    from probe.experiments.pool import FAILED
 
     for c in group:
-        yield c, FAILED, _one_line(error)
+        yield c, FAILED, error_row(error)
 
 
 # -- Ray --------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     workers are the work."""
     import ray
 
-    from probe.experiments.sweep import parse_jobs
+    from probe.experiments.pool import parse_jobs
 
     ray.init(
         num_cpus=num_cpus or parse_jobs(0),
@@ -354,7 +355,7 @@ class SlurmTask(_Checkpointable):
         cwd: str,
         threads: int,
     ) -> int:
-        from probe.experiments.sweep import run_pack
+        from probe.experiments.pool import run_pack
 
         _in_unit_process(cwd, threads)
         ran = 0
@@ -563,7 +564,7 @@ class RayLauncher:
 
 
 def make_launcher(spec: LauncherSpec | str | None) -> RayLauncher | SlurmLauncher | None:
-    """The launcher object for ``spec`` (None for local: ``sweep._results`` runs it)."""
+    """The launcher object for ``spec`` (None for local: ``pool._results`` runs it)."""
     if spec is None or isinstance(spec, (RayLauncher, SlurmLauncher)):
         return spec
     if isinstance(spec, str):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.experiments.recipe import THRESHOLD
 from probe.experiments.report import (
     cell_seconds,
     curves,
@@ -28,7 +29,6 @@ from probe.experiments.report import (
     metric_of,
     n_star,
 )
-from probe.experiments.sweep import THRESHOLD
 
 # (task, variant) -> the paper's n* (official figure data; None: not reached up to 8192)
 PAPER_N_STAR: dict[tuple[str, str], int | None] = {

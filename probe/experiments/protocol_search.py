@@ -29,8 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from probe.experiments.paper_summary import PAPER_N_STAR, mismatch
+from probe.experiments.recipe import THRESHOLD
 from probe.experiments.report import curves, load_results, markdown_table, metric_of, n_star
-from probe.experiments.sweep import THRESHOLD
 
 VARIANT = re.compile(r"^(?P<row>.+)_ab(?P<lr>[0-9.e-]+)_(?P<init>[a-z0-9]+)$")
 

@@ -16,17 +16,17 @@ listed in the summary and left out of the curves and n*.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from probe.errors import one_line_errors
-from probe.experiments.sweep import OK, THRESHOLD, check_folder, is_failed
+from probe.experiments.pool import OK, is_failed
+from probe.experiments.recipe import THRESHOLD
+from probe.files import check_folder
 from probe.jsonl import read_rows
-from probe.push import check_push, upload
+from probe.push import upload
 from probe.train.config import SETTING, fields_with
 
 if TYPE_CHECKING:  # pandas waits for results: `probe report --help` answers at once
@@ -519,58 +519,3 @@ def push_report(
         flag=flag,
         retry="To push again, run the same `probe report` command",
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="probe report",
-        description="Curves, n* tables, CSV and summary.md from `probe sweep` results.",
-    )
-    p.add_argument("results", nargs="+", help="results*.jsonl files or folders holding them")
-    p.add_argument("--out", required=True, help="folder for the CSV, PNG and summary.md")
-    p.add_argument(
-        "--threshold", type=float, default=None, help=f"n* threshold (default {THRESHOLD:g})"
-    )
-    p.add_argument("--baseline", default=None, help="variant of the ratios (default: none)")
-    p.add_argument("--metric", default=None, help="column to read (default: by label kind)")
-    p.add_argument(
-        "--band",
-        default="minmax",
-        choices=["minmax", "std"],
-        help="the shaded band around each mean curve: the seeds' min to max, or the mean "
-        "± one standard deviation over seeds (default: %(default)s)",
-    )
-    p.add_argument(
-        "--push-to-hub",
-        default=None,
-        metavar="REPO_ID",
-        help="then upload the report, the results files and a card made of summary.md to "
-        "this Hub dataset repository (needs a token: `hf auth login` or HF_TOKEN; default: "
-        "none, nothing is pushed)",
-    )
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with one_line_errors("probe report"):
-        if args.push_to_hub is not None:  # before any work: the push can happen
-            check_push(args.push_to_hub, "--push-to-hub")
-            hub_files(args.results)
-        written = write_report(
-            args.results,
-            args.out,
-            threshold=args.threshold,
-            baseline=args.baseline,
-            metric=args.metric,
-            band=args.band,
-        )
-        print((Path(args.out) / "summary.md").read_text())
-        print("wrote " + ", ".join(str(p) for p in written.values()))
-        if args.push_to_hub is not None:
-            print(f"pushed to {push_report(args.results, written, args.push_to_hub)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -44,6 +44,7 @@ import transformers
 from torch import nn
 from transformers import PreTrainedConfig
 
+from probe.checks import did_you_mean
 from probe.data.tokenizer import SymbolTokenizer, pad_token_id, readout_token_id
 from probe.models import paper
 from probe.models.architectures import ARCHITECTURES, SMALL_SHAPE, ArchSpec, arch_spec
@@ -53,8 +54,7 @@ from probe.models.positions import (
     positions_for,
     restore_absolute_positions,
 )
-from probe.models.resolve import resolve_model
-from probe.tasks.templates import did_you_mean
+from probe.models.resolve import ModelRef, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def build_model(
 
     Args:
         name_or_path: Hub id, local folder, ``.gguf`` file, architecture name,
-            preset (``SCRATCH_PRESETS``) or MLP baseline (``mlp``, ``mlp_xxt``).
+            preset (``SCRATCH_PRESETS``) or MLP baseline (``mlp``, ``mlp_xxt``);
+            :func:`build_from_ref` builds a name already resolved.
         task: a ``TemplateTask``; only its ``label_kind`` is read.
         tokenizer: from scratch, the vocabulary is ``len(tokenizer)`` and the
             bos/eos ids are the tokenizer's; the pad id is the one rendered rows
@@ -122,19 +123,47 @@ def build_model(
         (``problem_type="regression"``). Symbolic: a causal LM, T5 as
         seq2seq LM, BERT as masked LM read at the readout token.
     """
+    return build_from_ref(
+        resolve_model(name_or_path, gguf_file, pretrained),
+        task,
+        tokenizer,
+        label_kind=label_kind,
+        attn_implementation=attn_implementation,
+        seed=seed,
+        allow_large=allow_large,
+        **config_overrides,
+    )
+
+
+def build_from_ref(
+    ref: ModelRef,
+    task: Any = None,
+    tokenizer: Any = None,
+    *,
+    label_kind: str | None = None,
+    attn_implementation: str | None = None,
+    seed: int | None = None,
+    allow_large: bool = False,
+    **config_overrides: Any,
+) -> nn.Module:
+    """:func:`build_model` of a name :func:`~probe.models.resolve.resolve_model` already
+    resolved (a run's plan holds its ``ModelRef``): the name is not resolved again."""
     kind = _requested_label_kind(task, label_kind)
-    ref = resolve_model(name_or_path, gguf_file, pretrained)
     if ref.kind == "mlp":
         return _build_mlp(ref.source, kind or "symbolic", task, tokenizer, seed, config_overrides)
     if ref.kind == paper.PAPER:  # the official model, from GPT-2 (probe.models.paper)
-        return paper.build_paper_model(
-            task,
-            tokenizer,
-            label_kind=kind,
-            attn_implementation=attn_implementation,
-            seed=seed,
-            **config_overrides,
-        )
+        settings = paper.paper_settings(task, **config_overrides)
+        with seeded(seed):
+            model = build_model(
+                "gpt2",
+                task=task,
+                tokenizer=tokenizer,
+                pretrained=False,
+                label_kind=kind,
+                attn_implementation=attn_implementation,
+                **settings.gpt2,
+            )
+            return paper.finish_paper_model(model, settings)
     config_overrides = {**ref.overrides, **config_overrides}
     pretrained = ref.pretrained
     config = ref.load_config()
@@ -163,7 +192,7 @@ def build_model(
     if not pretrained and not allow_large:
         _refuse_large(ref.name, auto_class, config)
     load_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    with _seeded(seed):
+    with seeded(seed):
         if pretrained:
             if ref.gguf_file:
                 load_kwargs["gguf_file"] = ref.gguf_file
@@ -273,11 +302,11 @@ def fresh_weights(model: nn.Module, seed: int | None = None) -> nn.Module:
     positions = getattr(config, "probe_absolute_positions", None)
     if positions is not None:
         del config.probe_absolute_positions
-    with _seeded(seed):
+    with seeded(seed):
         twin = type(base)._from_config(config)
         unit_scale_embeddings(twin, arch_spec(twin.config))
         if paper.is_paper_model(base) and getattr(config, "probe_init", "torch") == "torch":
-            paper._torch_default_init(twin)
+            paper.torch_default_init(twin)
         if positions is not None:
             add_absolute_positions(twin, positions)
     if paper.is_paper_model(twin):
@@ -650,7 +679,9 @@ def _record_label_kind(model: nn.Module, kind: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
+def seeded(seed: int | None) -> Iterator[None]:
+    """Draw under ``torch.manual_seed(seed)`` without disturbing the global generator
+    (no-op for None)."""
     if seed is None:
         yield
         return
@@ -678,7 +709,7 @@ def _build_mlp(
         values.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     _check_overrides(SymbolMLPConfig(), overrides)
     values.update(overrides)
-    with _seeded(seed):
+    with seeded(seed):
         model = SymbolMLP(SymbolMLPConfig(**values))
     return _record_label_kind(model, kind)
 
@@ -694,7 +725,7 @@ def _load_mlp(
     if kind != config.label_kind:
         raise ValueError(f"the MLP in {folder!r} reads {config.label_kind!r} labels, not {kind!r}")
     config = _with_overrides(config, overrides)
-    with _seeded(seed):
+    with seeded(seed):
         model = (
             SymbolMLP.from_pretrained(folder, config=config) if pretrained else SymbolMLP(config)
         )

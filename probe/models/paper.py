@@ -73,15 +73,18 @@ attention module's ``is_causal`` at True.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from probe.models.architectures import SMALL_SHAPE
+
 PAPER = "paper"  # the build_model name
 PRESET_KEY = "probe_preset"  # config attribute recording the preset of a saved model
 D_HEAD = 64  # the official default dim_head
-DEFAULT_SHAPE = {"n_layer": 2, "n_embd": 128}
+DEFAULT_SHAPE = {k: SMALL_SHAPE[k] for k in ("n_layer", "n_embd")}  # heads: d_head 64
 INITS = ("torch", "gpt2")  # the ``init`` override: nn.Linear's default, or GPT-2's own
 READOUT_KEY = "probe_readout"  # config attribute: where symbolic labels are read
 # the ``readout`` override -> probe.models.build readout mode per label kind, named after
@@ -116,16 +119,19 @@ def default_heads(n_embd: int) -> int:
     return n_embd // D_HEAD
 
 
-def build_paper_model(
-    task: Any = None,
-    tokenizer: Any = None,
-    *,
-    label_kind: str | None = None,
-    attn_implementation: str | None = None,
-    seed: int | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """The official template-task transformer as a transformers GPT-2 (see the module docstring).
+@dataclass(frozen=True)
+class PaperSettings:
+    """What ``build_model("paper", ...)`` builds: the GPT-2 config fields of the paper's
+    network, and what is set on the built GPT-2 (:func:`finish_paper_model`)."""
+
+    gpt2: dict[str, Any]  # GPT-2 config fields (shape, positions, dropout 0, ...)
+    causal: bool  # is_causal (an ablation; the paper's is bidirectional)
+    init: str  # "torch" (nn.Linear's default, the official code's) or "gpt2"
+    readout: str  # where symbolic labels are read: "final" or "cls"
+
+
+def paper_settings(task: Any = None, **overrides: Any) -> PaperSettings:
+    """The paper model's settings for ``task`` (see the module docstring).
 
     ``overrides`` are GPT-2 config fields (``n_layer``, ``n_embd``, ``n_head``, ...);
     defaults: 2 layers, width 128, ``n_embd // 64`` heads. Two more keys exist for
@@ -135,8 +141,6 @@ def build_paper_model(
     ``readout="cls"`` reads symbolic labels at the appended readout token instead of
     the input's own last token (``"final"``).
     """
-    from probe.models.build import _seeded, build_model
-
     overrides = dict(overrides)
     causal = _flag("is_causal", overrides.pop("is_causal", False))
     init = overrides.pop("init", "torch")
@@ -165,21 +169,18 @@ def build_paper_model(
             f"n_head={n_head!r} must be a positive integer dividing n_embd={n_embd} "
             f"(GPT-2's d_head is n_embd / n_head; the paper's is {D_HEAD})"
         )
-    with _seeded(seed):
-        model = build_model(
-            "gpt2",
-            task=task,
-            tokenizer=tokenizer,
-            pretrained=False,
-            label_kind=label_kind,
-            attn_implementation=attn_implementation,
-            **values,
-        )
-        if init == "torch":
-            _torch_default_init(model)
-    model.config.is_causal = causal
-    model.config.probe_init = init
-    setattr(model.config, READOUT_KEY, readout_at)
+    return PaperSettings(gpt2=values, causal=causal, init=init, readout=readout_at)
+
+
+def finish_paper_model(model: nn.Module, settings: PaperSettings) -> nn.Module:
+    """A fresh GPT-2 built from ``settings.gpt2`` made the paper's network in place: its
+    projections drawn as the official code draws them (``init="torch"``; under the
+    caller's seed), the settings recorded in its config, the constraints applied."""
+    if settings.init == "torch":
+        torch_default_init(model)
+    model.config.is_causal = settings.causal
+    model.config.probe_init = settings.init
+    setattr(model.config, READOUT_KEY, settings.readout)
     setattr(model.config, PRESET_KEY, PAPER)
     apply_constraints(model)
     return model
@@ -237,7 +238,7 @@ def _freeze(param: torch.Tensor | None, value: float) -> None:
     param.requires_grad_(False)
 
 
-def _torch_default_init(model: nn.Module) -> None:
+def torch_default_init(model: nn.Module) -> None:
     """Redraw GPT-2's projections as ``nn.Linear`` initializes itself: U(±1/√fan_in)
     for weights and biases (the official model keeps PyTorch's defaults)."""
     with torch.no_grad():

@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probe.checks import did_you_mean
 from probe.locate import hub_download_hint, hub_unreachable, looks_like_path
-from probe.models.architectures import ALIASES, ARCHITECTURES, arch_spec
+from probe.models.architectures import ALIASES, ARCHITECTURES, SMALL_SHAPE, arch_spec
 from probe.models.paper import PAPER
-from probe.tasks.templates import did_you_mean
 
 # name -> (architecture, config overrides): models that exist only as a configuration.
 # small-gpt2 is the paper's small transformer: 2 layers, 128 wide, 4 heads, read out at
 # the last position.
 SCRATCH_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "small-gpt2": ("gpt2", {"n_layer": 2, "n_embd": 128, "n_head": 4}),
+    "small-gpt2": ("gpt2", dict(SMALL_SHAPE)),
 }
 # `offline:NAME` -> the function of probe.models.offline that finds its weights on this machine
 OFFLINE_MODELS = {"smollm2": "smollm2_gguf", "minilm": "minilm_dir"}

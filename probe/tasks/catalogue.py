@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from probe.tasks.templates import TemplateTask, did_you_mean
+from probe.checks import did_you_mean
+from probe.tasks.templates import TemplateTask
 
 TaskFactory = Callable[..., TemplateTask]
 
@@ -401,3 +403,39 @@ def format_task_table(max_shown: int = 4) -> str:
         templates, desc = (s.replace("|", "\\|") for s in (templates, entry.description))
         rows.append(f"| {title} | {templates} | {labels} | {task.label_kind} | {desc} |")
     return "\n".join(rows)
+
+
+def resolve_task(task: TemplateTask | str) -> tuple[TemplateTask, str | None]:
+    """A task, and its catalogue spec (``"majority_k:k=5"``) when it comes from the
+    catalogue, else ``None``.
+
+    ``task`` is a :class:`TemplateTask` or a catalogue name, optionally with
+    parameters: ``name:key=value,key=value`` (values parsed as JSON, else strings).
+    """
+    if isinstance(task, TemplateTask):
+        spec = task.name if task.name in list_tasks() and get_task(task.name) == task else None
+        return task, spec
+    if not isinstance(task, str):
+        raise ValueError(
+            f"task must be a TemplateTask or a catalogue name, got {type(task).__name__}"
+        )
+    name, params = parse_task_spec(task)
+    return get_task(name, **params), task
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"majority_k:k=5"`` -> ``("majority_k", {"k": 5})``: a catalogue name and its
+    parameters (values parsed as JSON, else strings); nothing is looked up."""
+    name, _, params_text = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in params_text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(
+                f"task {spec!r}: parameter {item!r} is not key=value; write e.g. 'majority_k:k=5'"
+            )
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value.strip()
+    return name.strip(), params

@@ -14,16 +14,16 @@ samples, so a task never holds two equivalent templates.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import numbers
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
+
+from probe.checks import check_count
 
 DEFAULT_WILDCARDS: frozenset[str] = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -483,28 +483,6 @@ class TemplateTask:
         )
 
 
-def did_you_mean(name: Any, known: Iterable[str]) -> str:
-    """`` Did you mean 'gpt2'?`` when ``name`` is a near miss of a known name, else ``""``."""
-    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.75)
-    return f" Did you mean {close[0]!r}?" if close and close[0] != name else ""
-
-
 # The most samples one split may hold: a rendered split lives in memory, with an
 # alphabet of that many symbols, in one Arrow chunk (1e9 fails after minutes).
 MAX_SAMPLES = 10_000_000
-
-
-def check_count(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
-    """``value`` as an integer >= ``low`` (and <= ``high``), or a ValueError naming
-    ``what``."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-    if v < low:
-        raise ValueError(f"{what} must be >= {low}, got {v}")
-    if high is not None and v > high:
-        raise ValueError(f"{what} must be <= {high}, got {v}; pass a smaller value")
-    return v

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 # The paper's small transformer, used from scratch unless the shape is given.
+from probe.checks import is_int
 from probe.models.architectures import SMALL_SHAPE
 from probe.tasks.templates import MAX_SAMPLES
 
@@ -30,6 +31,50 @@ B_LR = 3e-2
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16", "fp8")
 DEFAULT_TASK = "aba_vs_abb"
 DEFAULT_SIZES = {"n_train": 256, "n_val": 256, "n_test": 1000}
+
+
+@dataclass(frozen=True)
+class AB:
+    """Which identity scalings a run injects (``--ab``): ``kq`` adds a_h X Xᵀ to the
+    attention logits (``rotated``: X in the rotary embedding's basis, ``kq_rot``),
+    ``vo`` adds b_h A_h X to each head's output. False when neither is on."""
+
+    kq: bool = False
+    vo: bool = False
+    rotated: bool = False  # the KQ term in RoPE's basis (implies kq)
+
+    @classmethod
+    def parse(cls, text: str) -> AB:
+        """``none``, ``kq``, ``vo``, ``kq,vo``, ``kq_rot`` or ``kq_rot,vo`` (checked by
+        ``FinetuneConfig``)."""
+        parts = {p.strip() for p in text.split(",")}
+        rotated = "kq_rot" in parts
+        return cls(kq=rotated or "kq" in parts, vo="vo" in parts, rotated=rotated)
+
+    @classmethod
+    def union(cls, values: typing.Iterable[AB]) -> AB:
+        """Every term some of ``values`` has (a rotated KQ wins over a plain one)."""
+        values = list(values)
+        return cls(
+            kq=any(v.kq for v in values),
+            vo=any(v.vo for v in values),
+            rotated=any(v.rotated for v in values),
+        )
+
+    def __bool__(self) -> bool:
+        return self.kq or self.vo
+
+    def __str__(self) -> str:
+        """The ``--ab`` text: ``none``, ``kq``, ``kq_rot,vo``, ..."""
+        parts = (["kq_rot" if self.rotated else "kq"] if self.kq else []) + (
+            ["vo"] if self.vo else []
+        )
+        return ",".join(parts) or "none"
+
+    @property
+    def inject_kq(self) -> bool | str:
+        """``inject_ab``'s ``kq``: True, False or ``"rotated"``."""
+        return "rotated" if self.rotated else self.kq
 
 
 # -- field roles ------------------------------------------------------------------
@@ -48,14 +93,11 @@ GROUP_TITLES = {
 RESUMABLE = "resumable"
 # left out of a sweep cell's settings hash: where and how a run is stored
 UNHASHED = "unhashed"
-# hashed into a sweep cell only when not at its default: a field added after results
-# were committed, whose default reproduces them (their cells keep their hash)
-HASHED_IF_SET = "hashed_if_set"
 # read by the training loop (probe.train.loop.LoopSettings)
 LOOP = "loop"
 # stated by the report under a curve when every row shares it
 SETTING = "setting"
-ROLES = (RESUMABLE, UNHASHED, HASHED_IF_SET, LOOP, SETTING)
+ROLES = (RESUMABLE, UNHASHED, LOOP, SETTING)
 
 # Fields renamed after results were recorded: new name -> (old name, old value from new).
 # Saved configs and recipes in the old names still load, and a cell's hash is computed
@@ -456,14 +498,18 @@ class FinetuneConfig:
 
     # -- derived views
     @property
+    def identity(self) -> AB:
+        """``ab`` as a value: which identity terms the run injects."""
+        return AB.parse(self.ab)
+
+    @property
     def kq(self) -> bool | str:
         """inject_ab's kq: True, False or "rotated" (``--ab kq_rot``)."""
-        parts = self.ab.split(",")
-        return "rotated" if "kq_rot" in parts else "kq" in parts
+        return self.identity.inject_kq
 
     @property
     def vo(self) -> bool:
-        return "vo" in self.ab.split(",")
+        return self.identity.vo
 
     @property
     def shape_overrides(self) -> dict[str, int]:
@@ -592,14 +638,9 @@ def grid_fields() -> dict[str, str]:
 
 def hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The part of a config's settings (``to_dict()``) that says what a run computes:
-    without the ``UNHASHED`` fields, and without ``HASHED_IF_SET`` fields at their default."""
-    defaults = {f.name: _default(f) for f in dataclasses.fields(FinetuneConfig)}
-    unhashed, if_set = fields_with(UNHASHED), fields_with(HASHED_IF_SET)
-    kept = {
-        k: v
-        for k, v in settings.items()
-        if k not in unhashed and not (k in if_set and v == defaults.get(k))
-    }
+    without the ``UNHASHED`` fields."""
+    unhashed = fields_with(UNHASHED)
+    kept = {k: v for k, v in settings.items() if k not in unhashed}
     for new, (old, old_value) in RENAMED.items():
         if new in kept:
             kept[old] = old_value(kept.pop(new))
@@ -611,7 +652,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"--{_flag(name)} {value!r} must be an integer >= {minimum}")
 
 
@@ -660,7 +701,7 @@ def _none_or(kind: type) -> Any:
     return parse
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except None and {} (the field's help says what they mean)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -673,10 +714,20 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
     """An ``argparse`` parser with one flag per dataclass field (``--n-train`` for
     ``n_train``); the help and defaults come from the fields."""
     parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(cls.__doc__ or "").strip().splitlines()[0],
-        formatter_class=_HelpFormatter,
+        prog=prog, description=config_description(cls), formatter_class=HelpFormatter
     )
+    add_arguments(parser, cls)
+    return parser
+
+
+def config_description(cls: type = FinetuneConfig) -> str:
+    """The first line of the dataclass's docstring: its parser's description."""
+    return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = FinetuneConfig) -> None:
+    """One flag per dataclass field on ``parser`` (``--n-train`` for ``n_train``), in the
+    fields' groups; the help and defaults come from the fields."""
     hints = typing.get_type_hints(cls)
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for f in dataclasses.fields(cls):
@@ -702,7 +753,6 @@ def build_parser(cls: type = FinetuneConfig, prog: str | None = None) -> argpars
             optional = type(None) in typing.get_args(hints[f.name]) and kind in (int, float)
             kind = _none_or(kind) if optional else kind
             group.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
-    return parser
 
 
 def parse_config(argv: list[str] | None = None, prog: str | None = None) -> FinetuneConfig:

@@ -224,25 +224,25 @@ class TrainState:
         self.recent = deque(state["recent"])
 
 
-def _loop_settings_class() -> type:
-    """A dataclass of the FinetuneConfig fields whose role is ``LOOP``, same types."""
-    import typing
+@dataclass(frozen=True)
+class LoopSettings:
+    """The parts of a FinetuneConfig the loop reads: the fields whose role is ``LOOP``
+    (``probe.train.config.fields_with(LOOP)``; tests/train/test_speed.py holds the two
+    lists equal)."""
 
-    from probe.train.config import LOOP, FinetuneConfig, fields_with
+    max_steps: int
+    epochs: int
+    converge_loss: float
+    max_grad_norm: float
+    compile: bool
+    eval_every: int
+    checkpoint_every: int
+    log_every: int
+    progress: bool
 
-    hints = typing.get_type_hints(FinetuneConfig)
-    cls = dataclasses.make_dataclass(
-        "LoopSettings", [(name, hints[name]) for name in fields_with(LOOP)]
-    )
-    cls.__doc__ = "The parts of a FinetuneConfig the loop reads (the fields with role LOOP)."
-    cls.__module__ = __name__
-    cls.from_config = classmethod(
-        lambda c, config: c(**{f.name: getattr(config, f.name) for f in dataclasses.fields(c)})
-    )
-    return cls
-
-
-LoopSettings = _loop_settings_class()
+    @classmethod
+    def from_config(cls, config: Any) -> LoopSettings:
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
 def non_finite_loss(value: float, step: int, last_checkpoint: Any) -> FloatingPointError:

@@ -53,16 +53,19 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from probe import preempt
 from probe.errors import Preempted
-from probe.train.config import FinetuneConfig
+from probe.train.config import AB, FinetuneConfig
 from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from probe.train.plan import RunPlan
 
 # the fields cells of one pack may differ in; every other field must be equal. n too,
 # where the vocabulary depends on it: a task rendered by the run holds its run's
@@ -77,15 +80,25 @@ from probe.train.run_dir import RunDir
 PER_CELL_FIELDS = ("seed", "n_train", "output_dir", "ab", "a_lr", "b_lr")
 
 
-def pack_key(config: FinetuneConfig) -> str:
+def _planned(cell: FinetuneConfig | RunPlan) -> RunPlan:
+    """A cell's plan (a config is planned here, once)."""
+    from probe.train.plan import RunPlan, plan_run
+
+    return cell if isinstance(cell, RunPlan) else plan_run(cell)
+
+
+def pack_key(cell: FinetuneConfig | RunPlan) -> str:
     """Cells with equal keys can share a pack: every setting but the seed, folder, a/b
     variant and a/b learning rates equal (kq and kq_rot apart), and n too for a
-    symbolic task the run renders."""
-    from probe.train.setup import check_task
+    symbolic task the run renders. Takes a cell's config or its plan."""
+    from probe.train.plan import RunPlan, check_task
 
+    if isinstance(cell, RunPlan):
+        config, task = cell.config, cell.task
+    else:  # the task alone tells: no need to plan the whole cell
+        config, task = cell, check_task(cell)
     d = {k: v for k, v in config.to_dict().items() if k not in PER_CELL_FIELDS}
-    d["kq_rotated"] = config.kq == "rotated"
-    task = check_task(config)
+    d["kq_rotated"] = config.identity.rotated
     if task is not None and task.label_kind != "regression":
         d["n_train"] = config.n_train
     return json.dumps(d, sort_keys=True, default=repr)
@@ -93,18 +106,16 @@ def pack_key(config: FinetuneConfig) -> str:
 
 def union_ab(configs: Sequence[FinetuneConfig]) -> str:
     """The ``ab`` of a model carrying every identity term some of ``configs`` has."""
-    kq = {c.kq for c in configs} - {False}
-    parts = ["kq_rot" if "rotated" in kq else "kq"] if kq else []
-    parts += ["vo"] if any(c.vo for c in configs) else []
-    return ",".join(parts) or "none"
+    return str(AB.union(c.identity for c in configs))
 
 
-def check_config(config: FinetuneConfig) -> None:
+def check_config(cell: FinetuneConfig | RunPlan) -> None:
     """What can be judged from a cell's settings alone; ``ValueError`` naming the
     setting, what a pack needs and what to do."""
     from probe.models.resolve import MLP_MODEL_TYPE
-    from probe.train.setup import model_type
 
+    plan = _planned(cell)
+    config = plan.config
     refusals = [
         (config.pretrained, "pretrained weights (pretrained: true)", "train from scratch"),
         (bool(config.lora_r), f"LoRA (lora_r {config.lora_r})", "drop lora_r"),
@@ -117,7 +128,7 @@ def check_config(config: FinetuneConfig) -> None:
             "set checkpoints: false (a killed pack's unfinished cells rerun on --resume)",
         ),
         (
-            model_type(config) == MLP_MODEL_TYPE,
+            plan.model_type == MLP_MODEL_TYPE,
             f"the MLP baseline {config.model!r}",
             "run it without --pack",
         ),
@@ -162,20 +173,25 @@ def check_model(model: nn.Module, config: FinetuneConfig) -> None:
         )
 
 
-def check_packable(configs: Sequence[FinetuneConfig]) -> None:
+def check_packable(cells: Sequence[FinetuneConfig | RunPlan]) -> None:
     """Every cell's settings (:func:`check_config`) and, once per pack key, the model one
-    of them builds (:func:`check_model`, on a tiny data sample): before any cell runs."""
-    from probe.train.setup import build_run_model, check_task, load_run_data
+    of them builds (:func:`check_model`, on a tiny data sample): before any cell runs.
+    Takes the cells' configs or their plans."""
+    from probe.train.setup import build_run_model, load_run_data
 
     seen: set[str] = set()
-    for config in configs:
-        check_config(config)
-        key = pack_key(config)
+    for cell in cells:
+        plan = _planned(cell)
+        check_config(plan)
+        key = pack_key(plan)
         if key in seen:
             continue
         seen.add(key)
-        small = dataclasses.replace(config, n_train=min(config.n_train or 8, 8), n_val=0, n_test=1)
-        data = load_run_data(small, check_task(small))
+        config = plan.config
+        small = plan.with_config(
+            dataclasses.replace(config, n_train=min(config.n_train or 8, 8), n_val=0, n_test=1)
+        )
+        data = load_run_data(small)
         model, _ = build_run_model(small, data)
         check_model(model, config)
 
@@ -185,7 +201,7 @@ class _Cell:
     """One cell of a pack: its own folder, data, model (for evaluation), loader and state."""
 
     index: int
-    config: FinetuneConfig
+    plan: RunPlan
     run_dir: RunDir
     data: Any = None
     model: nn.Module | None = None
@@ -195,7 +211,11 @@ class _Cell:
     batches: Iterator | None = None
     steps_per_epoch: int = 0
 
-    def set_up(self, task, accelerator) -> _Cell:
+    @property
+    def config(self) -> FinetuneConfig:
+        return self.plan.config
+
+    def set_up(self, accelerator) -> _Cell:
         """What a lone run sets up, in its order: folder, seed, data, model (a/b, fast
         activations), loaders, loop state; the config saved."""
         from accelerate.utils import set_seed
@@ -213,8 +233,8 @@ class _Cell:
         config = self.config
         self.run_dir.prepare(config.overwrite)
         set_seed(config.seed)
-        self.data = load_run_data(config, task)
-        model, _ = build_run_model(config, self.data)
+        self.data = load_run_data(self.plan)
+        model, _ = build_run_model(self.plan, self.data)
         fast_activations(model)
         check_model(model, config)
         self.model = model.to(accelerator.device)
@@ -236,7 +256,7 @@ class _Cell:
         evaluates; its row appended, its model saved where asked."""
         from probe.models.build import readout
         from probe.train.loop import evaluate
-        from probe.train.run import _precision_ran, finish_run, run_row
+        from probe.train.run import finish_run, precision_ran, run_row
 
         with torch.no_grad():
             for n, t in trained.items():
@@ -259,7 +279,7 @@ class _Cell:
             train_s=train_s,
             steps_timed=self.state.step,
             processes=1,
-            mixed_precision=_precision_ran(accelerator),
+            mixed_precision=precision_ran(accelerator),
             packed=packed,
         )
         finish_run(self.run_dir, self.config, row, self.model, self.data.tokenizer)
@@ -465,32 +485,35 @@ def finetune_packed(configs: Sequence[FinetuneConfig]) -> Iterator[tuple[int, An
     others go on. Each row is also appended to the cell's own ``results.jsonl``, as
     :func:`probe.train.run.finetune` appends it. Refuses (``ValueError``) before any
     work what cannot pack (:func:`check_config`, :func:`check_model`)."""
-    from probe.train.setup import check_environment
+    from probe.train.plan import check_outputs, plan_run
 
     configs = list(configs)
     if not configs:
         return
-    keys = {pack_key(c) for c in configs}
+    start = time.perf_counter()
+    plans = [plan_run(c) for c in configs]  # each cell's names resolved once
+    keys = {pack_key(p) for p in plans}
     if len(keys) > 1:
         raise ValueError(
             "finetune_packed: the cells differ in more than seed, n (regression), ab, "
             "a_lr, b_lr and output_dir (probe.train.pack.pack_key)"
         )
-    for c in configs:
-        check_config(c)
+    for p in plans:
+        check_config(p)
+    folders = [RunDir(c.output_dir) for c in configs]
+    for c, d in zip(configs, folders, strict=True):
+        check_outputs(c, d)
     tune_malloc()
-    start = time.perf_counter()
-    cells = [_Cell(i, c, RunDir(c.output_dir)) for i, c in enumerate(configs)]
-    tasks = [check_environment(c.config, c.run_dir) for c in cells]
+    cells = [_Cell(i, p, d) for i, (p, d) in enumerate(zip(plans, folders, strict=True))]
     with contextlib.ExitStack() as locks:
         todo = []
-        for cell, task in zip(cells, tasks, strict=True):
+        for cell in cells:
             locks.enter_context(cell.run_dir.lock())
             cell.run_dir.check(cell.config)
             if cell.config.resume and (row := cell.run_dir.finished_row(cell.config)) is not None:
                 yield cell.index, row
             else:
-                todo.append((cell, task))
+                todo.append(cell)
         if todo:
             yield from _train_pack(todo, start, len(configs))
 
@@ -499,11 +522,11 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
     """Set every cell up, then step the live ones together until each has stopped."""
     from accelerate import Accelerator
 
-    from probe.train.run import _has_accelerator
+    from probe.train.run import has_accelerator
 
-    first = todo[0][0].config
-    accelerator = Accelerator(cpu=not _has_accelerator(), mixed_precision=first.mixed_precision)
-    cells = [cell.set_up(task, accelerator) for cell, task in todo]
+    first = todo[0].config
+    accelerator = Accelerator(cpu=not has_accelerator(), mixed_precision=first.mixed_precision)
+    cells = [cell.set_up(accelerator) for cell in todo]
     step = _PackedStep(cells, accelerator)
     train_start = time.perf_counter()
 
@@ -613,12 +636,13 @@ def _pack_model(cells: list[_Cell]) -> nn.Module:
     from probe.train.loop import fast_activations
     from probe.train.setup import build_run_model
 
-    union = union_ab([c.config for c in cells])
+    union = AB.union(c.plan.ab for c in cells)
     for cell in cells:
-        if cell.config.ab == union:
+        if cell.plan.ab == union:
             return cell.model
     first = cells[0]
-    model, _ = build_run_model(dataclasses.replace(first.config, ab=union), first.data)
+    plan = first.plan.with_config(dataclasses.replace(first.config, ab=str(union)))
+    model, _ = build_run_model(plan, first.data)
     fast_activations(model)
     return model
 

@@ -42,16 +42,17 @@ import torch
 
 from probe import preempt
 from probe.errors import Preempted, ProbeError, one_line, one_line_errors
+from probe.files import write_atomic
 from probe.jsonl import dumps
 from probe.push import upload
-from probe.train.config import FinetuneConfig, parse_config
+from probe.train.config import AB, FinetuneConfig, parse_config
 from probe.train.malloc import tune_malloc
-from probe.train.run_dir import RESULTS_FILE, RunDir, write_atomic
+from probe.train.plan import RunPlan, check_environment
+from probe.train.run_dir import RESULTS_FILE, RunDir
 from probe.train.setup import (
     ab_summary,
     build_optimizer,
     build_run_model,
-    check_environment,
     describe_model,
     load_run_data,
 )
@@ -82,7 +83,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     if not isinstance(config, FinetuneConfig):
         raise TypeError(f"finetune takes a FinetuneConfig, got {type(config).__name__}")
     run_dir = RunDir(config.output_dir)
-    task = check_environment(config, run_dir)
+    plan = check_environment(config, run_dir)
     tune_malloc()  # once per process: wide models stop paying fresh pages every step
     with preempt.handled(), _main_process_lock(run_dir):
         if (signal_name := preempt.requested()) is not None:  # e.g. a sweep's next cell
@@ -98,33 +99,33 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                     flush=True,
                 )
             config = dataclasses.replace(config, resume=False)
+            plan = plan.with_config(config)
         if config.resume and (row := run_dir.finished_row(config)) is not None:
             if config.save_model and run_dir.model_dir.is_dir() and not _model_complete(run_dir):
                 # killed while saving the model: saved again from the final checkpoint
-                row = _launch(config, task, run_dir, finished=row)
+                row = _launch(plan, run_dir, finished=row)
             else:
                 row = _already_finished(row, run_dir, config)
         else:
-            row = _launch(config, task, run_dir)
+            row = _launch(plan, run_dir)
         if config.push_to_hub is not None and _launch_main_process():
             _push_model(run_dir, row, config)
         return row
 
 
-def _launch(
-    config: FinetuneConfig, task, run_dir: RunDir, finished: dict | None = None
-) -> dict[str, Any]:
+def _launch(plan: RunPlan, run_dir: RunDir, finished: dict | None = None) -> dict[str, Any]:
     """Create the accelerator, run, and always tear down trackers and process group."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     start = time.perf_counter()
+    config = plan.config
 
     accelerator = Accelerator(
         # Without a GPU (or other accelerator), accelerate treats `launch --multi_gpu`
         # processes as independent single-process runs unless told it is on CPU; then
         # it joins them in a gloo group.
-        cpu=not _has_accelerator(),
+        cpu=not has_accelerator(),
         mixed_precision=config.mixed_precision,
         log_with=config.trackers or None,
         # trackers write to OUTPUT_DIR/logs, one of the RUN_ARTIFACTS --overwrite removes
@@ -135,7 +136,7 @@ def _launch(
     atexit.unregister(_destroy_process_group)  # once, however many runs
     atexit.register(_destroy_process_group)
     try:
-        return _run(accelerator, config, task, run_dir, start, finished)
+        return _run(accelerator, plan, run_dir, start, finished)
     finally:  # also after a failed run: trackers closed, no process group left behind
         accelerator.end_training()
         _destroy_process_group()
@@ -143,8 +144,7 @@ def _launch(
 
 def _run(
     accelerator,
-    config: FinetuneConfig,
-    task,
+    plan: RunPlan,
     run_dir: RunDir,
     start: float,
     finished: dict | None = None,
@@ -166,18 +166,19 @@ def _run(
         train_loader,
     )
 
+    config = plan.config
     accelerator.wait_for_everyone()  # everyone has checked the folder before it changes
     if accelerator.is_main_process:
         run_dir.prepare(config.overwrite)
     accelerator.wait_for_everyone()
 
-    _precision_ran(accelerator, warn=True)
+    precision_ran(accelerator, warn=True)
     set_seed(config.seed)
-    data = load_run_data(config, task)
-    model, _ = build_run_model(config, data)
+    data = load_run_data(plan)
+    model, _ = build_run_model(plan, data)
     fast_activations(model)  # the same formula in one kernel
     if config.progress and accelerator.is_main_process:
-        print(describe_model(config, model), flush=True)  # what was built, before training
+        print(describe_model(plan, model), flush=True)  # what was built, before training
     optimizer = build_optimizer(model, config)
     label_kind = data.label_kind
 
@@ -263,7 +264,7 @@ def _run(
         train_s=train_s,
         steps_timed=state.step - first_step,
         processes=accelerator.num_processes,
-        mixed_precision=_precision_ran(accelerator),
+        mixed_precision=precision_ran(accelerator),
         # what ran: --compile may have fallen back to eager (config.compile stays true)
         **({"compiled": not state.compile_error} if config.compile else {}),
         **({"compile_error": state.compile_error} if state.compile_error else {}),
@@ -340,7 +341,7 @@ def run_row(
         "train_samples_per_s": round(steps_timed * config.batch_size * processes / train_s, 1)
         if train_s > 0
         else None,
-        "ab": ab_summary(model) if config.ab != "none" else None,
+        "ab": ab_summary(model) if config.identity else None,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "mixed_precision": mixed_precision,
         "processes": processes,
@@ -423,7 +424,7 @@ def _push_model(run_dir: RunDir, row: dict[str, Any], config: FinetuneConfig) ->
 
 def _title(row: dict[str, Any]) -> str:
     cfg = row["config"]
-    variant = "plain" if cfg["ab"] == "none" else f"+ {cfg['ab']}"
+    variant = f"+ {cfg['ab']}" if AB.parse(cfg["ab"]) else "plain"
     lora = f", LoRA r={cfg['lora_r']}" if cfg.get("lora_r") else ""
     scratch = "" if cfg.get("pretrained") else " from scratch"
     return (
@@ -515,7 +516,7 @@ def _finite_or_none(x: float) -> float | None:
 
 def _summary(row: dict[str, Any]) -> str:
     cfg = row["config"]
-    variant = cfg["ab"] if cfg["ab"] != "none" else "plain"
+    variant = cfg["ab"] if AB.parse(cfg["ab"]) else "plain"
     if cfg["lora_r"]:
         variant += f", LoRA r={cfg['lora_r']}"
     val = "" if row["val_loss"] is None else f"; val loss {row['val_loss']:.4g}"
@@ -539,7 +540,7 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _precision_ran(accelerator, warn: bool = False) -> str:
+def precision_ran(accelerator, warn: bool = False) -> str:
     """The mixed precision the run computes in: accelerate accepts fp16 on a CPU and
     reports it, but runs fp32 there (no autocast without native AMP), so that is "no"."""
     asked = accelerator.mixed_precision
@@ -555,7 +556,7 @@ def _precision_ran(accelerator, warn: bool = False) -> str:
     return asked
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
     if hasattr(torch, "accelerator"):
         return torch.accelerator.is_available()
     return torch.cuda.is_available()

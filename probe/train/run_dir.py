@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from probe.errors import InUse, ProbeError
+from probe.errors import ProbeError
+from probe.files import check_writable, folder_lock, write_atomic
 from probe.jsonl import append_row, read_rows
 from probe.train.config import RESUMABLE, FinetuneConfig, fields_with
 
@@ -38,17 +39,9 @@ CONFIG_FILE = "run_config.json"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 LOGS = "logs"
-LOCK_FILE = ".probe.lock"
 # Files a run writes in its folder; --overwrite removes these and nothing else.
 RUN_ARTIFACTS = (RESULTS_FILE, CHECKPOINTS, CONFIG_FILE, MODEL, LOGS)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class RunDir:
@@ -251,99 +244,3 @@ def _check_same_run(config: FinetuneConfig, saved: dict[str, Any], path: Path) -
             f"differ from it ({str(path)!r}): {diffs}. Only {', '.join(resumable)} may "
             "change on resume"
         )
-
-
-def check_writable(folder: Path, flag: str) -> None:
-    """The nearest existing folder at or above ``folder`` must be writable."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ProbeError(
-            f"{flag} {str(folder)!r}: {str(probe)!r} is a file, not a folder; pass a folder "
-            "path that does not go through a file"
-        )
-    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"{flag} {str(folder)!r}: {str(probe)!r} is not writable; pass a folder you can "
-            "write to"
-        )
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path, flag: str) -> Iterator[None]:
-    """An exclusive, non-blocking OS lock on ``folder`` itself for the block.
-
-    The lock is a ``flock`` on the folder's own descriptor (no lock file to go
-    stale); the holder's pid is written to ``folder/.probe.lock`` for the
-    message a second process gets, and removed when the block ends.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    pid_file = folder / LOCK_FILE
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        if _flock_or_refuse(fd, pid_file, f"{flag} {str(folder)!r}", "pass another folder"):
-            pid_file.write_text(f"{os.getpid()}\n")
-        try:
-            yield
-        finally:
-            pid_file.unlink(missing_ok=True)
-    finally:
-        os.close(fd)  # releases the lock
-
-
-@contextlib.contextmanager
-def file_lock(lock_file: Path, what: str, advice: str) -> Iterator[None]:
-    """An exclusive, non-blocking OS lock keyed by ``lock_file`` for the block (e.g. a
-    sweep's lock on one results file): a ``flock`` on that file, which holds the
-    holder's pid and is removed when the block ends. A second holder is refused at
-    once, naming ``what``, the pid and ``advice``; the kernel releases the lock
-    when the process dies (a stale file is then simply locked again)."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            locked = _flock_or_refuse(fd, lock_file, what, advice)
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            current = os.stat(lock_file).st_ino
-        except FileNotFoundError:
-            current = None
-        if not locked or current == os.fstat(fd).st_ino:
-            break
-        os.close(fd)  # the holder removed the file as we opened it: lock the new one
-    try:
-        if locked:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            if locked:
-                lock_file.unlink(missing_ok=True)  # still locked: nobody holds it meanwhile
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _flock_or_refuse(fd: int, pid_file: Path, what: str, advice: str) -> bool:
-    """Take an exclusive non-blocking ``flock`` on ``fd``; if another process holds
-    it, raise :class:`probe.errors.InUse` (a ``FileExistsError``) naming the pid found in ``pid_file``. False where
-    the platform has no ``flock`` (no lock)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            holder = pid_file.read_text().strip() or "unknown"
-        except OSError:
-            holder = "unknown"
-        raise InUse(
-            f"{what} is in use by another probe process (pid {holder}); wait for it to "
-            f"finish, or {advice}"
-        ) from None
-    return True

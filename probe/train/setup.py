@@ -1,8 +1,7 @@
-"""What a finetune run sets up before its loop: checks, data, model, optimizer.
+"""What a finetune run sets up before its loop, from its plan: data, model, optimizer.
 
-``check_environment`` judges everything that can be judged cheaply (the task,
-the model name, trackers, the output folder) so a bad run fails before any
-model or data work. The rest builds the run's pieces from a checked config.
+The plan (``probe.train.plan.RunPlan``, made by ``check_environment``) holds
+every name of the config resolved once; nothing here resolves a name again.
 """
 
 from __future__ import annotations
@@ -10,156 +9,18 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
-from probe.locate import looks_like_path
-from probe.models.architectures import ARCHITECTURES, arch_spec
+from probe.models.architectures import arch_spec
 from probe.models.mlp import mlp_shape
 from probe.models.paper import PAPER
-from probe.models.resolve import MLP_MODEL_TYPE
-from probe.push import check_push
 from probe.train.config import FinetuneConfig
+from probe.train.plan import RUN_SPLITS, RunPlan, check_dataset, plan_run
 from probe.train.run_dir import RunDir
-
-
-def model_type(config: FinetuneConfig) -> str:
-    """The architecture ``config.model`` names (an ``ARCHITECTURES`` key, or ``mlp``),
-    found without building anything; a clear ``--model`` error otherwise."""
-    from probe.models.resolve import accepted_names, resolve_model
-
-    try:
-        ref = resolve_model(config.model, config.gguf_file, pretrained=config.pretrained)
-        return ref.model_type()
-    except FileNotFoundError as err:
-        if config.model.endswith(".gguf"):
-            raise FileNotFoundError(f"--model {config.model!r}: no such GGUF file") from None
-        raise ValueError(
-            f"--model {config.model!r}: no such folder; --model accepts {accepted_names()}"
-        ) from err
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"--model {config.model!r} cannot be loaded ({err}); --model accepts {accepted_names()}"
-        ) from err
-
-
-def check_task(config: FinetuneConfig):
-    """The catalogue task ``--task`` names, with its parameters (None with ``--dataset``)."""
-    from probe.tasks.catalogue import get_task
-
-    if config.task is None:
-        return None
-    if ":" in config.task:  # the spec form, majority_k:k=5
-        from probe.data.render import resolve_task
-
-        if config.task_params:
-            raise ValueError(
-                f"--task {config.task!r} carries its parameters already; drop --task-param"
-            )
-        return resolve_task(config.task)[0]
-    return get_task(config.task, **config.task_params)
-
-
-def check_environment(config: FinetuneConfig, run_dir: RunDir | None):
-    """Judge the task, model, options and output folder; returns the catalogue task
-    (None with ``--dataset``). Raises before any model or data work. With
-    ``run_dir=None`` the folder is not judged (a sweep checks every cell's
-    settings before the first cell runs, while its folders do not exist yet)."""
-    task = check_task(config)
-    if task is None:
-        path = Path(config.dataset).expanduser()
-        if (looks_like_path(config.dataset) or path.exists()) and not path.is_dir():
-            raise FileNotFoundError(f"--dataset {config.dataset!r}: no such folder")
-        if path.is_dir():  # a local dataset is cheap to check now, before the folder changes
-            check_dataset(config)
-    if config.tokenizer is not None:
-        _check_local("--tokenizer", config.tokenizer)
-    kind = model_type(config)
-    if config.kq == "rotated" and kind != MLP_MODEL_TYPE and not ARCHITECTURES[kind].rotary:
-        rope = ", ".join(k for k, v in ARCHITECTURES.items() if v.rotary)
-        raise ValueError(
-            f"--ab {config.ab}: kq_rot rotates X by the model's rotary embedding, but "
-            f"{config.model!r} ({kind}) has none; use --ab kq (RoPE models: {rope})"
-        )
-    if config.model == PAPER and config.pretrained:
-        raise ValueError(
-            "--model paper is built from its configuration (probe.models.paper) and has no "
-            "checkpoint to load; drop --pretrained"
-        )
-    if kind == MLP_MODEL_TYPE:
-        if config.ab != "none":
-            raise ValueError(
-                f"--ab {config.ab} injects identity scalings into attention heads; the MLP "
-                f"baseline {config.model!r} has none (mlp_xxt sees the X Xᵀ features instead)"
-            )
-        if config.lora_r:
-            raise ValueError(
-                f"--lora-r {config.lora_r}: LoRA adapts pretrained transformers; train the MLP "
-                f"baseline {config.model!r} in full (drop --lora-r)"
-            )
-        if config.n_head is not None:
-            raise ValueError("--n-head: the MLP baselines have no attention heads")
-    elif config.lora_r and not config.pretrained:
-        raise ValueError(
-            f"--lora-r {config.lora_r}: LoRA adapts pretrained weights, but --model "
-            f"{config.model} is built from scratch (fresh random weights, the default); pass "
-            f"--pretrained to adapt the checkpoint, or drop --lora-r to train it in full"
-        )
-    _check_trackers(config.trackers)
-    if config.push_to_hub is not None:
-        check_push(config.push_to_hub, "--push-to-hub")
-    if run_dir is not None:
-        run_dir.check(config)
-    return task
-
-
-RUN_SPLITS = ("train", "validation", "test")
-
-
-def check_dataset(config: FinetuneConfig):
-    """The ``--dataset`` as a run reads it: its splits, each with the columns training
-    reads (``probe.data.hub.load_dataset`` refuses a split without them)."""
-    from probe.data import hub
-
-    dsd = hub.load_dataset(config.dataset, config.dataset_config)
-    missing = [s for s in RUN_SPLITS if s not in dsd]
-    if missing:
-        raise ValueError(
-            f"--dataset {config.dataset}: no {missing[0]!r} split (it has {', '.join(dsd)}); "
-            f"a run reads {', '.join(RUN_SPLITS)}: render it with probe data render"
-        )
-    return dsd
-
-
-def _check_local(flag: str, name: str) -> None:
-    """A name written as a path (./x, /x, ~/x) must exist: it is no Hub id."""
-    if looks_like_path(name) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"{flag} {name!r}: no such folder")
-
-
-def _check_trackers(trackers: list[str]) -> None:
-    if not trackers:
-        return
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
-    known = [t.value for t in LoggerType if t.value != "all"]
-    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
-    for name in trackers:
-        if name not in known:
-            raise ValueError(
-                f"--log-with {name!r} is not an accelerate tracker; known: {', '.join(known)}"
-            )
-        if name not in available:
-            raise ValueError(
-                f"--log-with {name}: the {name} package is not installed "
-                f"(pip install {name}); installed trackers: {', '.join(sorted(available)) or 'none'}"
-            )
-
 
 # -- data ---------------------------------------------------------------------------
 
@@ -184,56 +45,43 @@ def _tensors(split, label_kind: str) -> dict[str, torch.Tensor]:
     }
 
 
-def _first(split, n: int | None, what: str):
-    if n is None:
-        return split
-    if n > len(split):
-        raise ValueError(f"--{what} {n} exceeds the dataset's {len(split)} rows; pass at most that")
-    return split.select(range(n))
+def run_dataset(plan: RunPlan):
+    """The run's ``DatasetDict``: the plan's task rendered with the run's sizes,
+    tokenizer (``--tokenizer``, the model's own when pretrained, else probe's
+    SymbolTokenizer) and seed (the same rows every time), or the first rows of
+    ``--dataset``."""
+    from datasets import DatasetDict
 
-
-def _render_tokenizer(config: FinetuneConfig):
-    """The tokenizer to render --task with: --tokenizer, the model's own when pretrained,
-    else None (probe's SymbolTokenizer)."""
-    from probe.data.tokenizer import load_tokenizer_by_name
-    from probe.models.resolve import resolve_model
-
-    if config.tokenizer is not None:
-        return load_tokenizer_by_name(config.tokenizer)
-    if not config.pretrained:
-        return None
-    ref = resolve_model(config.model, config.gguf_file, pretrained=True)
-    return load_tokenizer_by_name(ref.source, gguf_file=ref.gguf_file)
-
-
-def _dataset_tokenizer(config: FinetuneConfig, dsd):
-    """The rendering tokenizer of the run's ``--dataset``."""
-    from probe.data import hub
-
-    return hub.dataset_tokenizer_at(config.dataset, config.dataset_config, dsd)
-
-
-def run_dataset(config: FinetuneConfig, task=None):
-    """The run's ``DatasetDict``: the task rendered with the run's sizes, tokenizer and
-    seed (the same rows every time), or the first rows of ``--dataset``."""
     from probe.data import render as probe_data
+    from probe.data.tokenizer import load_tokenizer_by_name
 
-    if task is None and config.task is not None:
-        task = check_task(config)
-    if task is not None:
-        dsd = probe_data.render(
-            task,
+    config = plan.config
+    if plan.task is not None:
+        tokenizer = None
+        if plan.tokenizer is not None:
+            tokenizer = load_tokenizer_by_name(plan.tokenizer, gguf_file=plan.tokenizer_gguf)
+        return probe_data.render(
+            plan.task,
             n_train=config.n_train,
             n_val=config.n_val,
             n_test=config.n_test,
-            tokenizer=_render_tokenizer(config),
+            tokenizer=tokenizer,
             seed=config.seed,
         )
-    else:
-        dsd = check_dataset(config)
-        dsd["train"] = _first(dsd["train"], config.n_train, "n-train")
-        dsd["validation"] = _first(dsd["validation"], config.n_val, "n-val")
-        dsd["test"] = _first(dsd["test"], config.n_test, "n-test")
+    # the plan's copy stays whole: the run takes its first rows into a new dict
+    dsd = DatasetDict(plan.dataset if plan.dataset is not None else check_dataset(config))
+    for split, n, flag in (
+        ("train", config.n_train, "n-train"),
+        ("validation", config.n_val, "n-val"),
+        ("test", config.n_test, "n-test"),
+    ):
+        if n is None:
+            continue
+        if n > len(dsd[split]):
+            raise ValueError(
+                f"--{flag} {n} exceeds the dataset's {len(dsd[split])} rows; pass at most that"
+            )
+        dsd[split] = dsd[split].select(range(n))
     return dsd
 
 
@@ -250,53 +98,49 @@ def run_folder_dataset(folder: str | os.PathLike):
             f"{str(folder)!r} is no run folder (it holds no {CONFIG_FILE}); pass the "
             "--output-dir of a probe finetune run"
         )
-    return run_dataset(run.finetune_config())
+    return run_dataset(plan_run(run.finetune_config()))
 
 
-def load_run_data(config: FinetuneConfig, task) -> RunData:
+def load_run_data(plan: RunPlan) -> RunData:
     """The run's data (:func:`run_dataset`) with each split held as tensors."""
+    from probe.data import hub
     from probe.data import render as probe_data
 
-    dsd = run_dataset(config, task)
-    info = probe_data.task_info(dsd)
+    dsd = run_dataset(plan)
+    task = plan.task
     if task is None:
         from probe.tasks.templates import TemplateTask
 
-        task = TemplateTask.from_dict(info["task"])
-    tokenizer = _dataset_tokenizer(config, dsd)
-    splits = {s: _tensors(dsd[s], task.label_kind) for s in ("train", "validation", "test")}
+        task = TemplateTask.from_dict(probe_data.task_info(dsd)["task"])
+    config = plan.config
+    tokenizer = hub.dataset_tokenizer_at(config.dataset, config.dataset_config, dsd)
+    splits = {s: _tensors(dsd[s], task.label_kind) for s in RUN_SPLITS}
     return RunData(task=task, tokenizer=tokenizer, label_kind=task.label_kind, splits=splits)
 
 
 # -- model and optimizer ------------------------------------------------------------
 
 
-def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, int]:
-    """The model the config names, with a/b injected and LoRA applied; and its
+def build_run_model(plan: RunPlan, data: RunData) -> tuple[nn.Module, int]:
+    """The model the plan names, with a/b injected and LoRA applied; and its
     number of trainable parameters."""
-    from probe.models.build import build_model
+    from probe.models.build import build_from_ref
     from probe.models.identity import inject_ab
 
+    config = plan.config
     overrides = dict(config.model_overrides)
     if not config.pretrained:
-        kind = model_type(config)
-        if kind == MLP_MODEL_TYPE:
+        if plan.architecture is None:  # an MLP baseline
             shape = mlp_shape(config.n_layer, config.n_embd)
         else:
             s = config.shape_overrides
-            shape = ARCHITECTURES[kind].shape(s["n_layer"], s["n_embd"], s["n_head"])
+            shape = plan.architecture.shape(s["n_layer"], s["n_embd"], s["n_head"])
             if config.model == PAPER and config.n_head is None:
                 shape.pop("n_head")  # the paper model's own default: n_embd // 64 (d_head 64)
         overrides = {**shape, **overrides}
     try:
-        model = build_model(
-            config.model,
-            task=data.task,
-            tokenizer=data.tokenizer,
-            pretrained=config.pretrained,
-            gguf_file=config.gguf_file,
-            seed=config.seed,
-            **overrides,
+        model = build_from_ref(
+            plan.model, task=data.task, tokenizer=data.tokenizer, seed=config.seed, **overrides
         )
     except (TypeError, StrictDataclassError) as err:
         if not config.model_overrides:
@@ -304,24 +148,24 @@ def build_run_model(config: FinetuneConfig, data: RunData) -> tuple[nn.Module, i
         # build_model takes overrides as keyword arguments: an unknown one is a TypeError,
         # a value of the wrong type fails the config's own validation
         raise ValueError(f"--model-override {config.model_overrides}: {err}") from err
-    if config.ab != "none":
-        inject_ab(model, kq=config.kq, vo=config.vo)
+    if plan.ab:
+        inject_ab(model, kq=plan.ab.inject_kq, vo=plan.ab.vo)
     if config.lora_r:
-        model = _with_lora(model, config, data.label_kind)
+        model = _with_lora(model, plan, data.label_kind)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, trainable
 
 
-def describe_model(config: FinetuneConfig, model: nn.Module) -> str:
+def describe_model(plan: RunPlan, model: nn.Module) -> str:
     """What a run built, in one line: ``gpt2 from scratch (fresh weights), 2 layers,
     width 128, 4 heads, + KQ`` or ``gpt2 pretrained from PATH_OR_ID, + KQ, LoRA r=8``."""
     from probe.models.mlp import SymbolMLP
-    from probe.models.resolve import resolve_model
 
+    config = plan.config
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     mlp = isinstance(base, SymbolMLP)
     if config.pretrained and not mlp:
-        ref = resolve_model(config.model, config.gguf_file, pretrained=True)  # asks no Hub
+        ref = plan.model
         where = ref.source + (f"/{ref.gguf_file}" if ref.gguf_file else "")
         text = f"{config.model} pretrained from {where}"
     elif mlp:
@@ -333,20 +177,21 @@ def describe_model(config: FinetuneConfig, model: nn.Module) -> str:
         text = "{} from scratch (fresh weights), {} layers, width {}, {} heads".format(
             config.model, *shape
         )
-    if config.ab != "none":
-        text += ", + " + config.ab.upper()
+    if plan.ab:
+        text += ", + " + str(plan.ab).upper()
     if config.lora_r:
         text += f", LoRA r={config.lora_r}"
     return text
 
 
-def _with_lora(model: nn.Module, config: FinetuneConfig, label_kind: str) -> nn.Module:
+def _with_lora(model: nn.Module, plan: RunPlan, label_kind: str) -> nn.Module:
     """LoRA adapters on the target modules; a/b and a regression head train in full."""
     from peft import LoraConfig, get_peft_model
 
     from probe.models.identity import MODULE_NAME
 
-    full = [MODULE_NAME] if config.ab != "none" else []
+    config = plan.config
+    full = [MODULE_NAME] if plan.ab else []
     if label_kind == "regression":  # (LoRA on an MLP baseline is refused earlier)
         head = arch_spec(model).regression_head
         full += [head] if isinstance(getattr(model, head, None), nn.Module) else []

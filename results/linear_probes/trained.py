@@ -31,6 +31,7 @@ SEEDS = (0, 1, 2)
 
 def main() -> None:
     import probe
+    from probe.train.plan import plan_run
     from probe.train.setup import run_dataset
 
     torch.set_num_threads(1)
@@ -52,7 +53,7 @@ def main() -> None:
                 )
                 row = probe.finetune(config)
                 model = probe.load_injected(out + "/model")
-                df = probe.linear_probe(model, run_dataset(config), seed=seed)
+                df = probe.linear_probe(model, run_dataset(plan_run(config)), seed=seed)
                 df.insert(0, "seed", seed)
                 df.insert(0, "variant", variant)
                 df["model_test_loss"] = row["test_loss"]

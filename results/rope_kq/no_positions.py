@@ -33,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "no_positions.jsonl"
 
 
-def without_positions(config, data):
-    model, trainable = setup.build_run_model(config, data)
+def without_positions(plan, data):
+    model, trainable = setup.build_run_model(plan, data)
     wpe = model.transformer.wpe
     with torch.no_grad():
         wpe.weight.zero_()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-import probe.cli as cli
+import probe.cli.data as cli
 import probe.data.render as data
-from probe.cli import export_catalogue, render_to_disk
+from probe.cli import main as probe_main
+from probe.cli.data import export_catalogue, render_to_disk
 from probe.data.hub import load_dataset
 from probe.data.render import task_info
 from probe.tasks.catalogue import get_task, list_tasks, register_task, task_entry
@@ -91,7 +92,7 @@ def test_data_out_read_only_or_a_file_is_one_line_before_rendering(
         for out, message in [(ro / "sub", "not writable"), (tmp_path / "f", "not a folder")]:
             (tmp_path / "f").write_text("x")
             with pytest.raises(SystemExit) as e:
-                cli.main([*args, "--out", str(out)])
+                probe_main([*args, "--out", str(out)])
             assert e.value.code == 2
             err = capsys.readouterr().err
             assert err.startswith("probe data: error: ") and message in err
@@ -102,7 +103,7 @@ def test_data_out_read_only_or_a_file_is_one_line_before_rendering(
 
 def test_data_render_push_to_hub_uploads_the_folder(hub, tmp_path, capsys):
     out = tmp_path / "out"
-    cli.main(
+    probe_main(
         ["data", "render", "--task", "copy", "--n-train", "8", "--n-val", "2"]
         + ["--n-test", "4", "--out", str(out), "--push-to-hub", "me/copy"]
     )
@@ -128,7 +129,7 @@ def test_data_render_refuses_a_bad_push_in_one_line_before_rendering(
     monkeypatch.setattr(data, "render", no_render)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_:
-        cli.main(
+        probe_main(
             ["data", "render", "--task", "copy", "--n-train", "8", "--out", str(out)]
             + ["--push-to-hub", repo]
         )

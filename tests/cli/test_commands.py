@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from probe.cli.demo import build_parser as demo_parser
-    from probe.experiments.report import build_parser as report_parser
+    from probe.cli.report import build_parser as report_parser
     from probe.train.config import build_parser as finetune_parser
 
     top = cli.build_parser()

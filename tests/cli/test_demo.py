@@ -1,11 +1,13 @@
-"""probe demo: the dataset summary, then recipes/quickstart.yaml through the sweep."""
+"""probe demo: the dataset summary, then the quickstart recipe through the sweep."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from probe.cli.demo import RECIPE, build_parser, main, quickstart_config
-from probe.experiments.sweep import THRESHOLD, SweepConfig
+from probe.experiments.recipe import THRESHOLD
+from probe.experiments.sweep import SweepConfig
 
 
 def test_summary_only(capsys):
@@ -80,7 +82,7 @@ def test_a_tiny_run_trains_the_shown_task_through_the_sweep(capsys, tmp_path):
         main(["--n", "8", "--max-steps", "2", "--n-test", "8", "--out", str(tmp_path)])
 
 
-ROOT = RECIPE.parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 COMMITTED = ROOT / "results" / "quickstart"  # `probe demo --out`'s results, one thread
 
 
@@ -128,3 +130,25 @@ def test_the_demo_computes_the_committed_rows(tmp_path):
     for variant, row in committed.items():
         assert f"{fresh[variant]['test_loss']:.3f}" == f"{row['test_loss']:.3f}", variant
         assert fresh[variant]["steps"] == row["steps"], variant
+
+
+def test_the_quickstart_ships_with_the_package_and_the_checkout_recipe_is_it():
+    # `probe demo` reads the copy inside the package (a wheel install has no recipes/);
+    # recipes/quickstart.yaml includes it, so both are one recipe named quickstart
+    import dataclasses
+    from pathlib import Path
+
+    assert RECIPE.is_file() and RECIPE.parent.parent == Path(probe_dir())
+    root = Path(probe_dir()).parent
+    shipped = SweepConfig.from_yaml(RECIPE)
+    checkout = SweepConfig.from_yaml(root / "recipes" / "quickstart.yaml")
+    assert checkout.name == shipped.name == "quickstart"
+    assert dataclasses.asdict(checkout) == dataclasses.asdict(shipped)
+
+
+def probe_dir() -> str:
+    from pathlib import Path
+
+    import probe
+
+    return str(Path(probe.__file__).resolve().parent)

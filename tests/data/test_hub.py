@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 import probe.data.hub as hub
-from probe.cli import EXPORT_SIZES
+from probe.cli.data import EXPORT_SIZES
 from probe.data.hub import load_dataset, load_tokenizer, save_dataset
 from probe.data.render import render, task_info
 from probe.tasks.catalogue import get_task

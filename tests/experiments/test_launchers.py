@@ -131,8 +131,8 @@ def test_launcher_spec_checks_and_recipe_block():
         LauncherSpec(kind="slurm", gpus_per_cell=0.5)
     assert make_launcher("local") is None
     cfg = SweepConfig.from_dict({**RECIPE, "launcher": {"kind": "slurm", "partition": "gpu"}})
+    from probe.cli.sweep import build_parser
     from probe.experiments.launchers import spec_from_args
-    from probe.experiments.sweep import build_parser
 
     args = build_parser().parse_args(["r.yaml", "--time", "30", "--units-per-task", "4"])
     spec = spec_from_args(args, cfg.launcher)

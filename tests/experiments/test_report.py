@@ -13,7 +13,8 @@ import json
 import pandas as pd
 import pytest
 
-from probe.experiments.report import curves, load_results, main, metric_of, n_star, write_report
+from probe.cli.report import main
+from probe.experiments.report import curves, load_results, metric_of, n_star, write_report
 from probe.experiments.sweep import SweepConfig, run_sweep
 from probe.jsonl import read_rows
 

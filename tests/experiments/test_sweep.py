@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from probe.experiments.sweep import (
-    SweepConfig,
-    load_recipe,
-    parse_shard,
-    results_path,
-    run_sweep,
-)
+from probe.experiments.cells import parse_shard, results_path
+from probe.experiments.recipe import load_recipe
+from probe.experiments.sweep import SweepConfig, run_sweep
 from probe.jsonl import read_rows
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -94,10 +90,10 @@ def test_include_cycle_is_an_error(tmp_path):
 def test_a_copied_recipe_whose_include_is_missing_names_the_include_and_the_recipe(tmp_path):
     import shutil
 
-    from probe.experiments.sweep import load_recipe as load
+    from probe.experiments.recipe import load_recipe as load
 
     root = Path(__file__).resolve().parents[2]
-    copied = shutil.copy(root / "recipes" / "quickstart.yaml", tmp_path / "mine.yaml")
+    copied = shutil.copy(root / "recipes" / "aba_vs_abb.yaml", tmp_path / "mine.yaml")
     with pytest.raises(FileNotFoundError) as err:
         load(copied)
     message = str(err.value)
@@ -158,7 +154,7 @@ def test_bad_values_are_refused(over, match):
 
 @pytest.mark.slow
 def test_every_shipped_recipe_validates(tmp_path):
-    from probe.experiments.sweep import cell_configs
+    from probe.experiments.cells import cell_configs
 
     recipes = sorted(p for p in RECIPES.glob("*.yaml") if p.name != "base.yaml")
     assert len(recipes) >= 8
@@ -251,7 +247,7 @@ def test_rerun_refuses_resume_skips_done_cells_and_reruns_missing(tmp_path):
 
 
 def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(
         tmp_path / "mini.yaml",
@@ -274,7 +270,7 @@ def test_dry_run_lists_what_resume_would_run(tmp_path, capsys):
 
 
 def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(
         tmp_path / "mini.yaml",
@@ -300,7 +296,7 @@ def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, c
 
 
 def test_default_out_keeps_a_recipe_subfolder(tmp_path):
-    from probe.experiments.sweep import default_out
+    from probe.experiments.recipe import default_out
 
     nested = write_recipe_at(tmp_path / "recipes" / "paper" / "copy.yaml")
     top = write_recipe_at(tmp_path / "recipes" / "copy.yaml")
@@ -309,7 +305,7 @@ def test_default_out_keeps_a_recipe_subfolder(tmp_path):
                        (elsewhere, "results/copy")):  # fmt: skip
         assert default_out(path, SweepConfig.from_yaml(path)) == Path(want)
     assert default_out(RECIPES / "paper" / "copy.yaml", config()) == Path("results/paper/mini")
-    from probe.experiments.sweep import default_work_dir
+    from probe.experiments.recipe import default_work_dir
 
     assert default_work_dir(nested, SweepConfig.from_yaml(nested)) == Path("runs/sweep/paper/copy")
     assert default_work_dir(top, SweepConfig.from_yaml(top)) == Path("runs/sweep/copy")
@@ -335,7 +331,7 @@ def test_variants_runs_a_subset_and_resume_completes_the_grid(tmp_path):
 
 
 def test_variants_may_hold_commas_in_their_names():
-    from probe.experiments.sweep import parse_variants
+    from probe.experiments.recipe import parse_variants
 
     known = ["kq", "kq,vo", "none", "vo"]
     assert parse_variants("kq,vo", known) == ["kq,vo"]
@@ -374,7 +370,7 @@ def test_bad_cell_fails_before_any_run(tmp_path):
 
 
 def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     bad = write(tmp_path / "bad.yaml", "task: copy\nn: [4]\nvariants: {none: {abb: vo}}\n")
     with pytest.raises(SystemExit) as e:
@@ -386,7 +382,7 @@ def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
 
 
 def test_cli_refuses_bad_includes_descriptions_and_results_folders_in_one_line(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     def one_line_error(argv) -> str:
         with pytest.raises(SystemExit) as e:
@@ -408,7 +404,7 @@ def test_cli_refuses_bad_includes_descriptions_and_results_folders_in_one_line(t
 
 
 def test_a_row_missing_a_field_names_the_file_line_and_field(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(tmp_path / "mini.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\n")
     out = tmp_path / "out"
@@ -470,6 +466,7 @@ def test_a_failed_cell_writes_its_row_and_the_sweep_goes_on(tmp_path):
 
 
 def test_cli_summary_counts_failed_cells(tmp_path, monkeypatch, capsys):
+    import probe.cli.sweep as sweep_cli
     import probe.experiments.sweep as sweep
 
     recipe = write(
@@ -484,7 +481,7 @@ def test_cli_summary_counts_failed_cells(tmp_path, monkeypatch, capsys):
         "run_sweep",
         lambda *a, **k: real(*a, **{**k, "runner": raising_runner([], bad), "progress": False}),
     )
-    sweep.main([str(recipe), "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
+    sweep_cli.main([str(recipe), "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
     assert "4 cell(s) run, 1 failed" in capsys.readouterr().out
 
 
@@ -530,7 +527,7 @@ def test_exponent_numbers_are_floats(tmp_path):
 def test_every_cell_is_checked_like_finetune_before_the_first_run(
     tmp_path, variants, task_params, match
 ):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     calls: list = []
     over = {"variants": variants, "baseline": None, "task": "majority_k"}
@@ -593,7 +590,7 @@ def test_an_out_that_is_a_file_or_read_only_is_refused_before_any_cell(
 
 
 def test_cli_refuses_a_read_only_out_in_one_line(tmp_path, capsys):
-    from probe.experiments.sweep import main
+    from probe.cli.sweep import main
 
     recipe = write(tmp_path / "r.yaml", "task: copy\nn: [4]\nvariants: {none: {}}\n")
     target = write(tmp_path / "file", "x")
@@ -607,7 +604,7 @@ def test_cli_refuses_a_read_only_out_in_one_line(tmp_path, capsys):
 def test_a_second_sweep_on_the_same_results_file_is_refused_naming_the_pid(tmp_path):
     import os
 
-    from probe.train.run_dir import file_lock
+    from probe.files import file_lock
 
     calls: list = []
     kw = dict(runner=fake_runner(calls), work_dir=tmp_path / "w", progress=False)
@@ -690,7 +687,7 @@ def test_ctrl_c_stops_every_worker_and_resume_completes(tmp_path):
 
 
 def test_jobs_must_be_a_count():
-    from probe.experiments.sweep import parse_jobs
+    from probe.experiments.pool import parse_jobs
 
     assert parse_jobs(3) == 3 and parse_jobs(0) >= 1
     with pytest.raises(ValueError, match="--jobs -1 must be 0 .one per core. or a positive"):
@@ -781,6 +778,7 @@ def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_
 ):
     """kq's mean loss (fake_runner: 1/n + 0.01 seed) is below 0.2 from n 8 on, so n 8 and
     16 settle it and n 32, 64 are skipped; none (+0.5) never settles and runs every n."""
+    import probe.cli.sweep as sweep_cli
     import probe.experiments.sweep as sweep
 
     recipe = write(
@@ -798,7 +796,7 @@ def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_
     )
     out = tmp_path / "out"
     argv = [str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--until-n-star"]
-    sweep.main(argv)
+    sweep_cli.main(argv)
     text = capsys.readouterr().out
     assert sorted(c for c in calls if c[0] == "kq") == [
         ("kq", n, s) for n in (8, 16) for s in (0, 1)
@@ -809,34 +807,34 @@ def test_until_n_star_skips_larger_n_once_two_sizes_are_below_and_resume_honors_
     rows = read_rows([out / "results.jsonl"])
     assert len(rows) == 12
     # the dry run and --resume see the settled n*: nothing left, the skipped cells listed
-    sweep.main([*argv, "--resume", "--dry-run"])
+    sweep_cli.main([*argv, "--resume", "--dry-run"])
     text = capsys.readouterr().out
     assert "0 of 16 cells to run" in text and "4 cell(s) skipped" in text
     calls.clear()
-    sweep.main([*argv, "--resume"])
+    sweep_cli.main([*argv, "--resume"])
     assert calls == []
     # without --until-n-star, --resume runs the skipped cells
-    sweep.main([str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--resume"])
+    sweep_cli.main([str(recipe), "--out", str(out), "--work-dir", str(tmp_path / "w"), "--resume"])
     assert sorted(calls) == [("kq", n, s) for n in (32, 64) for s in (0, 1)]
 
 
 def test_until_n_star_needs_every_seed_ok(tmp_path):
     """A failed seed leaves n* open: its variant is not settled."""
-    import probe.experiments.sweep as sweep
+    from probe.experiments.cells import n_star_skips
 
     cfg = config(n=[8, 16, 32], threshold=0.2)
     bad = {("kq", 16, 1): FloatingPointError("nan")}
     kw = dict(work_dir=tmp_path / "w", progress=False)
     run_sweep(cfg, tmp_path, runner=raising_runner([], bad), **kw)
-    assert sweep.n_star_skips(cfg, tmp_path) == {}
+    assert n_star_skips(cfg, tmp_path) == {}
     run_sweep(cfg, tmp_path, retry_failed=True, runner=fake_runner([]), **kw)
-    assert sweep.n_star_skips(cfg, tmp_path) == {"kq": 16}
+    assert n_star_skips(cfg, tmp_path) == {"kq": 16}
 
 
 def test_code_tree_is_the_commits_tree_when_clean_and_tracks_uncommitted_edits(tmp_path):
     import subprocess
 
-    from probe.experiments.sweep import code_tree
+    from probe.files import code_tree
 
     def git(*a):
         return subprocess.run(
@@ -1001,9 +999,9 @@ def test_a_cell_held_by_a_live_process_gets_no_row_and_resume_runs_it(tmp_path):
 
 
 def test_a_pack_with_a_cell_folder_held_elsewhere_gets_no_failed_rows(tmp_path):
-    from probe.experiments.sweep import BUSY, run_pack
+    from probe.experiments.pool import BUSY, run_pack
+    from probe.files import folder_lock
     from probe.train.config import FinetuneConfig
-    from probe.train.run_dir import folder_lock
 
     cfgs = [
         FinetuneConfig(

@@ -12,6 +12,7 @@ from probe.models.build import build_model, readout
 from probe.models.identity import inject_ab, load_injected
 from probe.models.paper import D_HEAD, PAPER
 from probe.train.config import FinetuneConfig
+from probe.train.plan import plan_run
 from probe.train.run import finetune
 from probe.train.setup import build_run_model, load_run_data
 
@@ -207,7 +208,8 @@ def test_finetune_runs_the_paper_model_with_its_default_heads(tmp_path):
         progress=False,
         output_dir=str(tmp_path / "run"),
     )
-    model, _ = build_run_model(config, load_run_data(config, get_task("same_different")))
+    plan = plan_run(config)
+    model, _ = build_run_model(plan, load_run_data(plan))
     assert model.config.n_head == 1 and model.config.is_causal is False
     row = finetune(config)
     assert row["steps"] == 4 and row["test_loss"] >= 0.0

@@ -291,7 +291,8 @@ def test_a_preempting_signal_stops_a_pack_at_its_next_step(tmp_path, monkeypatch
 
 
 def test_a_sweep_packs_the_variants_of_one_n_together(tmp_path):
-    from probe.experiments.sweep import cell_configs, packs
+    from probe.experiments.cells import cell_configs
+    from probe.experiments.pool import packs
 
     recipe = SweepConfig.from_dict(
         {

@@ -19,6 +19,7 @@ from probe.jsonl import read_rows
 from probe.models.build import readout
 from probe.train.config import FinetuneConfig, build_parser, parse_config
 from probe.train.metrics import per_sample_loss
+from probe.train.plan import plan_run
 from probe.train.run import finetune
 from probe.train.setup import build_optimizer, build_run_model, load_run_data
 
@@ -44,7 +45,8 @@ def tiny(tmp_path, name="run", **overrides) -> FinetuneConfig:
 
 def direct_test_loss(config: FinetuneConfig, model) -> float:
     """Mean test loss of ``model`` over the whole test split in one batch, no accelerate."""
-    data = load_run_data(config, get_task(config.task))
+    plan = plan_run(config)
+    data = load_run_data(plan)
     test = data.splits["test"]
     model.eval()
     with torch.no_grad():
@@ -238,8 +240,9 @@ def test_lora_trains_only_adapters_ab_and_a_new_head(tmp_path, checkpoint, task,
         n_embd=None,
         n_head=None,
     )
-    data = load_run_data(config, get_task(task))
-    model, n_trainable = build_run_model(config, data)
+    plan = plan_run(config)
+    data = load_run_data(plan)
+    model, n_trainable = build_run_model(plan, data)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     adapters = [n for n in names if ".lora_A." in n or ".lora_B." in n]
     fully = {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in names if n not in adapters}
@@ -257,8 +260,9 @@ def test_ab_scalings_step_at_their_own_learning_rates(tmp_path, a_lr, b_lr):
     # a sits at +-a_lr and each b at +-b_lr (the matrices' lr when None)
     config = tiny(tmp_path, ab="kq,vo", a_lr=a_lr, b_lr=b_lr, lr=TINY_LR, max_steps=1)
     expected = {"a": a_lr or TINY_LR, "b": b_lr or TINY_LR}
-    data = load_run_data(config, get_task(config.task))
-    model, _ = build_run_model(config, data)
+    plan = plan_run(config)
+    data = load_run_data(plan)
+    model, _ = build_run_model(plan, data)
     groups = build_optimizer(model, config).param_groups
     for name in ("a", "b"):
         ids = {id(p) for n, p in model.named_parameters() if n.endswith(f"ab_scalings.{name}")}
@@ -465,7 +469,7 @@ def test_resume_after_a_kill_during_a_save_continues_from_the_last_complete_chec
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
-    from probe.train.run_dir import folder_lock
+    from probe.files import folder_lock
 
     with folder_lock(tmp_path / "run", "--output-dir"):
         with pytest.raises(
@@ -568,7 +572,7 @@ def test_the_first_line_of_a_run_says_what_was_built(tmp_path, capsys, checkpoin
 
 def test_push_to_hub_leaves_a_cells_hash_alone_and_implies_save_model():
     """Where a model is published is not what a run computes: committed results stay valid."""
-    from probe.experiments.sweep import settings_hash
+    from probe.experiments.cells import settings_hash
 
     plain, pushed = FinetuneConfig(), FinetuneConfig(push_to_hub="me/run")
     assert pushed.save_model and not plain.save_model
@@ -592,7 +596,7 @@ def test_push_to_hub_uploads_the_model_folder_that_loads_back_with_its_a_b(hub, 
     a_b = ab_values(pushed)
     assert a_b[["a", "b"]].equals(ab_values(saved)[["a", "b"]])
     assert a_b["a"].round(5).tolist() == row["ab"]["a"] and a_b["a"].abs().max() > 0
-    test = load_run_data(config, get_task(config.task)).splits["test"]
+    test = load_run_data(plan_run(config)).splits["test"]
     with torch.no_grad():
         outputs = [
             readout(m.eval(), test["input_ids"], test["attention_mask"]) for m in (pushed, saved)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from probe.files import folder_lock
 from probe.train.config import FinetuneConfig
-from probe.train.run_dir import RunDir, folder_lock
+from probe.train.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,7 +82,7 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_refused(tmp_path):
 def test_a_second_holder_of_the_folder_is_refused_with_the_first_ones_pid(tmp_path):
     folder = tmp_path / "run"
     code = (
-        "import sys, time; from pathlib import Path; from probe.train.run_dir import folder_lock\n"
+        "import sys, time; from pathlib import Path; from probe.files import folder_lock\n"
         "with folder_lock(Path(sys.argv[1]), '--output-dir'):\n"
         "    print('locked', flush=True); time.sleep(30)\n"
     )

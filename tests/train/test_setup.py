@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from probe.tasks.catalogue import get_task
 from probe.train.config import FinetuneConfig
+from probe.train.plan import plan_run
 from probe.train.setup import build_optimizer, build_run_model, load_run_data
 
 
@@ -18,7 +18,8 @@ def test_weight_decay_never_reaches_embeddings(tmp_path):
         n_train=8, n_val=0, n_test=4, n_layer=1, n_embd=16, n_head=2, ab="kq,vo",
         lr=0.1, weight_decay=0.5, output_dir=str(tmp_path / "run"), progress=False,
     )  # fmt: skip
-    model, _ = build_run_model(config, load_run_data(config, get_task(config.task)))
+    plan = plan_run(config)
+    model, _ = build_run_model(plan, load_run_data(plan))
     optimizer = build_optimizer(model, config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():

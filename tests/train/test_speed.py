@@ -140,7 +140,19 @@ def test_compile_leaves_a_sweep_cells_hash_alone():
     """compile says how the steps are computed, not what: committed results stay valid."""
     import dataclasses
 
-    from probe.experiments.sweep import settings_hash
+    from probe.experiments.cells import settings_hash
 
     plain, compiled = FinetuneConfig(), FinetuneConfig(compile=True)
     assert settings_hash(dataclasses.asdict(plain)) == settings_hash(dataclasses.asdict(compiled))
+
+
+def test_loop_settings_are_the_loop_fields_of_the_config():
+    import dataclasses
+
+    from probe.train.config import LOOP, FinetuneConfig, fields_with
+    from probe.train.loop import LoopSettings
+
+    assert [f.name for f in dataclasses.fields(LoopSettings)] == list(fields_with(LOOP))
+    config = FinetuneConfig(max_steps=7, log_every=3)
+    settings = LoopSettings.from_config(config)
+    assert settings.max_steps == 7 and settings.log_every == 3

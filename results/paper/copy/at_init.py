@@ -21,11 +21,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from probe.experiments.sweep import SweepConfig, cell_configs  # noqa: E402
+from probe.experiments.cells import cell_configs  # noqa: E402
+from probe.experiments.sweep import SweepConfig  # noqa: E402
 from probe.jsonl import append_row  # noqa: E402
 from probe.models.build import readout  # noqa: E402
 from probe.train.metrics import load_metric  # noqa: E402
-from probe.train.setup import build_run_model, check_task, load_run_data  # noqa: E402
+from probe.train.plan import plan_run  # noqa: E402
+from probe.train.setup import build_run_model, load_run_data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parents[2] / "recipes" / "paper" / "copy.yaml"
@@ -34,8 +36,9 @@ OUT = HERE / "at_init.jsonl"
 
 @torch.no_grad()
 def test_error(config) -> dict[str, float]:
-    data = load_run_data(config, check_task(config))
-    model, _ = build_run_model(config, data)
+    plan = plan_run(config)
+    data = load_run_data(plan)
+    model, _ = build_run_model(plan, data)
     model.eval()
     test = data.splits["test"]
     metric = load_metric(data.label_kind)
