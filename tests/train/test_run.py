@@ -107,6 +107,37 @@ def test_two_processes_count_each_test_sample_once(tmp_path):
     assert row["test_loss"] == pytest.approx(direct_test_loss(config, model), rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_quiet_launch_with_bad_input_ends_with_probe_s_one_line(tmp_path):
+    """`accelerate launch --quiet -m probe.finetune` (the README's launches) with a bad
+    value, from a folder outside the clone: probe's one line, no accelerate traceback."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--cpu"]
+    launch += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    cmd = [*launch, "-m", "probe.finetune", "--task", "no_such_task"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "CalledProcessError" not in done.stderr
+    errors = [x for x in done.stderr.splitlines() if "error" in x.lower()]
+    assert errors == [x for x in errors if x.startswith("probe finetune: error: unknown task")]
+    assert len(errors) == 1, done.stderr
+
+
+def test_the_continue_command_of_a_launched_run_is_a_quiet_launch(monkeypatch):
+    from probe.train import run
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sys, "argv", ["/x/probe/finetune.py", "--task", "copy"])
+    command = run.continue_command(["--task", "copy"])
+    assert (
+        command
+        == "accelerate launch --quiet --num_processes 2 /x/probe/finetune.py --task copy --resume"
+    )
+
+
 def test_resume_reaches_the_same_final_metrics_as_an_uninterrupted_run(tmp_path):
     # 24 samples in batches of 8: the interruption at step 10 falls mid-epoch; dropout
     # on, so the restored random state matters too
