@@ -523,6 +523,43 @@ def test_tensorboard_receives_losses_metrics_and_a_b_per_head(tmp_path):
     assert acc.Scalars("a/L0/h0")[-1].value == pytest.approx(row["ab"]["a"][0], abs=1e-4)
 
 
+TRACKIO_RUN = """
+import json, sys
+from probe.train.config import FinetuneConfig
+from probe.train.run import finetune
+row = finetune(FinetuneConfig(**json.loads(sys.argv[1])))
+from trackio.sqlite_storage import SQLiteStorage  # reads TRACKIO_DIR, as the run wrote
+(run,) = SQLiteStorage.get_runs("probe")
+print(json.dumps({"row": row, "logs": SQLiteStorage.get_logs("probe", run)}, default=str))
+"""
+
+
+@pytest.mark.slow
+def test_trackio_offline_receives_losses_metrics_and_a_b_per_head(tmp_path):
+    # local-first: TRACKIO_DIR (read when trackio is imported, so a fresh process) keeps
+    # its database in tmp_path; nothing reaches the network
+    pytest.importorskip("trackio")  # not in the extras: trackio 0.43 pins pillow<13
+    config = {**TINY, "output_dir": str(tmp_path / "run"), "ab": "kq,vo", "max_steps": 4}
+    config.update(log_every=2, log_with="trackio")
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    env["TRACKIO_DIR"] = str(tmp_path / "trackio")
+    cmd = [sys.executable, "-c", TRACKIO_RUN, json.dumps(config)]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith('{"row"')]  # trackio talks
+    found = json.loads(line)
+    row, logs = found["row"], found["logs"]
+    assert (tmp_path / "trackio" / "probe.db").is_file()
+    train = [x for x in logs if "train_loss" in x]
+    assert [x["step"] for x in train] == [2, 4]
+    assert {"a/L0/h0", "b/L0/h1"} <= set(train[-1])
+    assert train[-1]["a/L0/h0"] == pytest.approx(row["ab"]["a"][0], abs=1e-4)
+    (final,) = [x for x in logs if "test_loss" in x]
+    assert final["test_loss"] == pytest.approx(row["test_loss"], rel=1e-5)
+    assert final["test_error"] == row["test_error"]
+
+
 def test_a_saved_dataset_with_an_empty_validation_split_trains(tmp_path):
     from probe import render, save_dataset
 
