@@ -168,6 +168,8 @@ def test_readme_finetune_launches_work_from_any_folder():
     assert not [x for x in shell_lines(text) if "probe/finetune.py" in x]
     launches = [x for x in shell_lines(text) if x.startswith("accelerate launch")]
     assert launches and all(" -m probe.finetune " in x for x in launches)
+    # --quiet: a failed launch ends with probe's one line, not accelerate's traceback
+    assert all(x.startswith("accelerate launch --quiet ") for x in launches)
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in text
 
 

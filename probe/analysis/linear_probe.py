@@ -58,6 +58,7 @@ from torch import nn
 
 from probe.analysis import CONTROLS, POSITIONS
 from probe.data.render import dataset_task, task_info
+from probe.models.build import FIT_ADVICE, check_ids_fit
 
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths LogisticRegressionCV tries
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
@@ -136,18 +137,16 @@ def _check_dataset(dataset: Any) -> None:
 
 
 def _check_vocabulary(model: nn.Module, dataset: Any) -> None:
-    rows = len(_base(model).get_input_embeddings().weight)
-    for split in SPLITS:
-        ids = np.asarray(dataset[split].with_format("numpy", columns=["input_ids"])[:]["input_ids"])
-        if ids.size and ids.max() >= rows:
-            info = task_info(dataset)
-            raise ValueError(
-                f"the {split} split holds token id {int(ids.max())} but the model's embedding "
-                f"has {rows} rows; the dataset was rendered with tokenizer "
-                f"{info['tokenizer']!r}: render it with the model's own tokenizer "
-                "(probe.render(..., tokenizer=...)), or build the model with the dataset's "
-                "(probe.build_model(..., tokenizer=probe.dataset_tokenizer(dsd)))"
-            )
+    """The train and test splits' ids fit the model's embedding: ``check_ids_fit``, the
+    check every analysis runs, with the dataset's tokenizer and both ways to match."""
+    tokenizer = task_info(dataset)["tokenizer"]
+    advice = (
+        f"the dataset's tokenizer is {tokenizer!r}; {FIT_ADVICE}; or render it "
+        "with the model's own tokenizer (probe.render(..., tokenizer=...)), or build the "
+        "model with the dataset's (probe.build_model(..., "
+        "tokenizer=probe.dataset_tokenizer(dsd)))"
+    )
+    check_ids_fit(model, {split: dataset[split] for split in SPLITS}, advice)
 
 
 # -- labels ---------------------------------------------------------------------------

@@ -594,7 +594,7 @@ def continue_command(argv: list[str]) -> str:
         prefix = ["probe", "finetune"]
     elif any(k.startswith("ACCELERATE_") for k in os.environ):
         processes = os.environ.get("WORLD_SIZE", "1")
-        prefix = ["accelerate", "launch"]
+        prefix = ["accelerate", "launch", "--quiet"]  # a failure: probe's line, no traceback
         prefix += ["--num_processes", processes] if processes != "1" else []
         prefix.append(script)
     else:

@@ -144,8 +144,11 @@ def test_bad_inputs_are_refused_before_any_work(same_different):
         "gpt2", task=probe.get_task("same_different"), pretrained=False, n_layer=1,
         n_embd=8, n_head=2, vocab_size=4,
     )  # fmt: skip
-    with pytest.raises(ValueError, match="embedding has 4 rows.*tokenizer"):
+    with pytest.raises(ValueError, match=r"reach \d+ \(split 'train'\) but the model embeds 4 ids"):
         linear_probe(small, dsd)
+    message = str(pytest.raises(ValueError, linear_probe, small, dsd).value)
+    assert "the dataset's tokenizer is 'SymbolTokenizer'" in message
+    assert "--from-run RUN" in message and "tokenizer=probe.dataset_tokenizer(dsd)" in message
     assert not calls
 
 

@@ -17,6 +17,19 @@ def test_summary_only(capsys):
     assert "recipe" not in out  # nothing trained
 
 
+def test_the_preview_shows_the_sizes_the_runs_use(capsys):
+    # the data of the grid's largest run: its n_train, its n_test, and no validation
+    # split (the quickstart's runs use none), not render's defaults
+    main(["--summary-only", "--show", "0", "--n-test", "37"])
+    out = capsys.readouterr().out
+    config = quickstart_config(build_parser().parse_args(["--n-test", "37"]))
+    settings = config.cell_settings(config.cells()[-1])
+    assert settings["n_val"] == 0 and settings["n_test"] == 37
+    assert f"train: {settings['n_train']} samples" in out
+    assert "validation: no samples (the runs use no validation split)" in out
+    assert "test: 37 samples" in out
+
+
 def test_summary_shows_the_task_it_would_train(capsys):
     main(["--summary-only", "--show", "1", "--task", "copy"])
     assert "task copy (symbolic labels)" in capsys.readouterr().out

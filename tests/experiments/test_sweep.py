@@ -1019,3 +1019,19 @@ def test_a_pack_with_a_cell_folder_held_elsewhere_gets_no_failed_rows(tmp_path):
     with folder_lock(tmp_path / "c1", "--output-dir"):
         statuses = run_pack(None, cfgs)
     assert [status for _, status, _ in statuses] == [BUSY, BUSY]
+
+
+def test_a_committed_recipe_named_from_another_folder_fails_with_one_line_naming_the_fix(
+    tmp_path, monkeypatch, capsys
+):
+    from probe.cli.sweep import main
+
+    monkeypatch.chdir(tmp_path)  # not the root of the clone
+    with pytest.raises(SystemExit) as stop:
+        main(["recipes/aba_vs_abb.yaml", "--out", "runs/x", "--dry-run"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"recipe {str(tmp_path / 'recipes' / 'aba_vs_abb.yaml')!r} does not exist" in err
+    assert "run from its root, or pass the recipe's full path" in err
+    assert not (tmp_path / "runs").exists()

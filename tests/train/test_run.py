@@ -107,6 +107,37 @@ def test_two_processes_count_each_test_sample_once(tmp_path):
     assert row["test_loss"] == pytest.approx(direct_test_loss(config, model), rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_quiet_launch_with_bad_input_ends_with_probe_s_one_line(tmp_path):
+    """`accelerate launch --quiet -m probe.finetune` (the README's launches) with a bad
+    value, from a folder outside the clone: probe's one line, no accelerate traceback."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--cpu"]
+    launch += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    cmd = [*launch, "-m", "probe.finetune", "--task", "no_such_task"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "CalledProcessError" not in done.stderr
+    errors = [x for x in done.stderr.splitlines() if "error" in x.lower()]
+    assert errors == [x for x in errors if x.startswith("probe finetune: error: unknown task")]
+    assert len(errors) == 1, done.stderr
+
+
+def test_the_continue_command_of_a_launched_run_is_a_quiet_launch(monkeypatch):
+    from probe.train import run
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sys, "argv", ["/x/probe/finetune.py", "--task", "copy"])
+    command = run.continue_command(["--task", "copy"])
+    assert (
+        command
+        == "accelerate launch --quiet --num_processes 2 /x/probe/finetune.py --task copy --resume"
+    )
+
+
 def test_resume_reaches_the_same_final_metrics_as_an_uninterrupted_run(tmp_path):
     # 24 samples in batches of 8: the interruption at step 10 falls mid-epoch; dropout
     # on, so the restored random state matters too
@@ -490,6 +521,43 @@ def test_tensorboard_receives_losses_metrics_and_a_b_per_head(tmp_path):
     assert [e.step for e in acc.Scalars("a/L0/h0")] == [2, 4]
     assert acc.Scalars("test_loss")[-1].value == pytest.approx(row["test_loss"], rel=1e-5)
     assert acc.Scalars("a/L0/h0")[-1].value == pytest.approx(row["ab"]["a"][0], abs=1e-4)
+
+
+TRACKIO_RUN = """
+import json, sys
+from probe.train.config import FinetuneConfig
+from probe.train.run import finetune
+row = finetune(FinetuneConfig(**json.loads(sys.argv[1])))
+from trackio.sqlite_storage import SQLiteStorage  # reads TRACKIO_DIR, as the run wrote
+(run,) = SQLiteStorage.get_runs("probe")
+print(json.dumps({"row": row, "logs": SQLiteStorage.get_logs("probe", run)}, default=str))
+"""
+
+
+@pytest.mark.slow
+def test_trackio_offline_receives_losses_metrics_and_a_b_per_head(tmp_path):
+    # local-first: TRACKIO_DIR (read when trackio is imported, so a fresh process) keeps
+    # its database in tmp_path; nothing reaches the network
+    pytest.importorskip("trackio")  # not in the extras: trackio 0.43 pins pillow<13
+    config = {**TINY, "output_dir": str(tmp_path / "run"), "ab": "kq,vo", "max_steps": 4}
+    config.update(log_every=2, log_with="trackio")
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    env["TRACKIO_DIR"] = str(tmp_path / "trackio")
+    cmd = [sys.executable, "-c", TRACKIO_RUN, json.dumps(config)]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith('{"row"')]  # trackio talks
+    found = json.loads(line)
+    row, logs = found["row"], found["logs"]
+    assert (tmp_path / "trackio" / "probe.db").is_file()
+    train = [x for x in logs if "train_loss" in x]
+    assert [x["step"] for x in train] == [2, 4]
+    assert {"a/L0/h0", "b/L0/h1"} <= set(train[-1])
+    assert train[-1]["a/L0/h0"] == pytest.approx(row["ab"]["a"][0], abs=1e-4)
+    (final,) = [x for x in logs if "test_loss" in x]
+    assert final["test_loss"] == pytest.approx(row["test_loss"], rel=1e-5)
+    assert final["test_error"] == row["test_error"]
 
 
 def test_a_saved_dataset_with_an_empty_validation_split_trains(tmp_path):
