@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from probe import preempt
+from probe.cli import entry_points
 from probe.errors import Preempted, ProbeError
 from probe.experiments import sweep
 from probe.experiments.cells import (
@@ -115,16 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probe.cli import standalone
-
-    return standalone(sys.modules[__name__])
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from probe.cli import subcommand
-
-    return subcommand(subparsers, sys.modules[__name__])
+build_parser, add_parser, _ = entry_points(__name__)  # main: `probe sweep ARGV`, below
 
 
 def run(args: argparse.Namespace) -> None:
