@@ -1,11 +1,12 @@
-"""Input checks shared by every stage: whole numbers in a range, and the near miss
-of a known name (``did_you_mean``) that error messages suggest."""
+"""Input checks shared by every stage: whole numbers in a range (as values and as
+argparse types), and the near miss of a known name (``did_you_mean``) that error messages suggest."""
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -38,6 +39,23 @@ def check_count(value: Any, what: str, low: int = 0, high: int | None = None) ->
     if high is not None and v > high:
         raise ValueError(f"{what} must be <= {high}, got {v}; pass a smaller value")
     return v
+
+
+def count_arg(low: int = 0) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number >= ``low``: ``--show -1`` fails with
+    ``--show: -1 is negative; give 0 or more``."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            what = "negative; give 0 or more" if low == 0 else f"below {low}"
+            raise argparse.ArgumentTypeError(f"{value} is {what}")
+        return value
+
+    return count
 
 
 def did_you_mean(name: Any, known: Iterable[str]) -> str:

@@ -43,6 +43,11 @@ class InUse(ProbeError, FileExistsError):
     """A folder or file another live probe process holds (its lock); names the holder."""
 
 
+class CannotLoad(ProbeError, OSError):
+    """A model or config that cannot be read (not found, offline, not a checkpoint); an
+    ``OSError`` too, as the loaders it wraps raise. Names what was asked and what to pass."""
+
+
 class Preempted(BaseException):
     """A run (or sweep) stopped at a step boundary on a signal, its checkpoint saved.
 

@@ -78,6 +78,31 @@ def subcommand(subparsers, module) -> argparse.ArgumentParser:
     return p
 
 
+def entry_points(name: str):
+    """The ``build_parser``, ``add_parser`` and ``main`` of the command module ``name``
+    (its ``__name__``): its parser alone (:func:`standalone`), its subparser in the tree
+    (:func:`subcommand`), and ``main(argv)``: ``run`` on that parser's arguments, returning
+    what ``run`` returns (errors raised as they are: ``probe NAME`` is the one-line
+    entry point)::
+
+        build_parser, add_parser, main = entry_points(__name__)
+    """
+
+    def module():
+        return sys.modules[name]
+
+    def build_parser() -> argparse.ArgumentParser:
+        return standalone(module())
+
+    def add_parser(subparsers) -> argparse.ArgumentParser:
+        return subcommand(subparsers, module())
+
+    def main(argv: list[str] | None = None):
+        return module().run(build_parser().parse_args(argv))
+
+    return build_parser, add_parser, main
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from probe.cli import entry_points
 
 
 def load_run_model(folder: str | Path):
@@ -47,20 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for attention.csv and the PNGs")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probe.cli import standalone
-
-    return standalone(sys.modules[__name__])
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from probe.cli import subcommand
-
-    return subcommand(subparsers, sys.modules[__name__])
-
-
-def main(argv: list[str] | None = None) -> None:
-    return run(build_parser().parse_args(argv))
+build_parser, add_parser, main = entry_points(__name__)
 
 
 def run(args: argparse.Namespace) -> None:

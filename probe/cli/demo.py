@@ -22,30 +22,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from probe.checks import count_arg
+from probe.cli import entry_points
+
 # shipped with the package (package data), so a wheel install finds it too;
 # recipes/quickstart.yaml of a checkout includes it
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-
-
-def _count(text: str, low: int = 0) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < low:
-        what = "negative; give 0 or more" if low == 0 else f"below {low}"
-        raise argparse.ArgumentTypeError(f"{value} is {what}")
-    return value
-
-
-def _positive(text: str) -> int:
-    return _count(text, low=1)
 
 
 NAME = "demo"
@@ -63,27 +50,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of the data and the runs (default: %(default)s)"
     )
     p.add_argument(
-        "--show", type=_count, default=3, help="samples shown per split (default: %(default)s)"
+        "--show", type=count_arg(), default=3, help="samples shown per split (default: %(default)s)"
     )
     p.add_argument(
         "--summary-only", action="store_true", help="show the dataset, skip the training"
     )
     p.add_argument(
         "--n",
-        type=_positive,
+        type=count_arg(1),
         nargs="+",
         default=None,
         help="training sample sizes (default: the recipe's)",
     )
     p.add_argument(
         "--max-steps",
-        type=_positive,
+        type=count_arg(1),
         default=None,
         help="step budget per run (default: the recipe's)",
     )
     p.add_argument(
         "--n-test",
-        type=_positive,
+        type=count_arg(1),
         default=None,
         help="test samples, on unseen symbols (default: the recipe's)",
     )
@@ -100,20 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probe.cli import standalone
-
-    return standalone(sys.modules[__name__])
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from probe.cli import subcommand
-
-    return subcommand(subparsers, sys.modules[__name__])
-
-
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    return run(build_parser().parse_args(argv))
+build_parser, add_parser, main = entry_points(__name__)
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probe.analysis import EFFECTIVE_SCORES, SCORES
+from probe.cli import entry_points
+from probe.errors import CannotLoad
 
 if TYPE_CHECKING:  # torch waits for a model: `probe diagonal --help` answers at once
     from torch import nn
@@ -37,7 +38,7 @@ def load_model(
     try:
         config = ref.load_config()
     except OSError as err:
-        raise OSError(
+        raise CannotLoad(
             f"could not load a config for {str(name_or_path)!r}"
             + (f" (gguf_file={gguf!r})" if gguf else "")
             + f": {err}\nOffline, pass a local folder, or a .gguf file with --gguf."
@@ -57,7 +58,10 @@ def load_model(
 
         model = load_injected(name_or_path, **kwargs)
     else:
-        model = auto.from_pretrained(name_or_path, **kwargs)
+        try:
+            model = auto.from_pretrained(name_or_path, **kwargs)
+        except OSError as err:  # e.g. a folder with a config and no weights
+            raise CannotLoad(f"could not load the weights of {str(name_or_path)!r}: {err}") from err
     return model.eval()
 
 
@@ -102,20 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probe.cli import standalone
-
-    return standalone(sys.modules[__name__])
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from probe.cli import subcommand
-
-    return subcommand(subparsers, sys.modules[__name__])
-
-
-def main(argv: list[str] | None = None) -> None:
-    return run(build_parser().parse_args(argv))
+build_parser, add_parser, main = entry_points(__name__)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -129,10 +120,8 @@ def run(args: argparse.Namespace) -> None:
     from probe.analysis.diagonal import attn_diagonal, top_heads
     from probe.analysis.plots import plot_diagonal, plot_head, save_figure
 
-    try:
-        model = load_model(args.model, args.gguf, args.from_scratch, args.seed)
-    except (OSError, ValueError) as err:  # not found / offline / unsupported: no traceback
-        parser.exit(2, f"probe diagonal: error: {err}\n")
+    # not found / offline / unsupported: ProbeError or ValueError, one line (probe.errors)
+    model = load_model(args.model, args.gguf, args.from_scratch, args.seed)
     df = attn_diagonal(model, fold_layernorm=args.fold_layernorm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,5 +149,7 @@ def run(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in written))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m probe.cli.diagonal`: as `probe diagonal`
+    from probe.cli import run_command
+
+    run_command(NAME)

@@ -4,10 +4,10 @@ symbols, with a random-weight twin and control labels (``probe.linear_probe``)."
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from probe.analysis import CONTROLS, POSITIONS
+from probe.cli import entry_points
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -74,16 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for linear_probe.csv/.md/.png")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probe.cli import standalone
-
-    return standalone(sys.modules[__name__])
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from probe.cli import subcommand
-
-    return subcommand(subparsers, sys.modules[__name__])
+build_parser, add_parser, main = entry_points(__name__)
 
 
 def _tokenizer(model: str, pretrained: bool):
@@ -95,10 +86,6 @@ def _tokenizer(model: str, pretrained: bool):
     if ref.kind != "checkpoint" or not ref.pretrained:
         return None
     return load_tokenizer_by_name(ref.source, gguf_file=ref.gguf_file)
-
-
-def main(argv: list[str] | None = None) -> None:
-    return run(build_parser().parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> None:

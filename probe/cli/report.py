@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from probe.cli import entry_points
 
 NAME = "report"
 HELP = "tables and curves from sweep results"
@@ -39,16 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probe.cli import standalone
-
-    return standalone(sys.modules[__name__])
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from probe.cli import subcommand
-
-    return subcommand(subparsers, sys.modules[__name__])
+build_parser, add_parser, _ = entry_points(__name__)  # main: `probe report ARGV`, below
 
 
 def run(args: argparse.Namespace) -> None:

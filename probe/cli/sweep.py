@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
 
 from probe import preempt
+from probe.cli import entry_points
 from probe.errors import Preempted, ProbeError
 from probe.experiments import sweep
 from probe.experiments.cells import (
@@ -115,16 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probe.cli import standalone
-
-    return standalone(sys.modules[__name__])
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from probe.cli import subcommand
-
-    return subcommand(subparsers, sys.modules[__name__])
+build_parser, add_parser, _ = entry_points(__name__)  # main: `probe sweep ARGV`, below
 
 
 def run(args: argparse.Namespace) -> None:
@@ -167,44 +157,31 @@ def main(argv: list[str] | None = None) -> None:
     run_command(NAME, argv)
 
 
-def _until_n_star(
-    args: argparse.Namespace,
-    config: SweepConfig,
-    shard: tuple[int, int] | None,
-    out: Path,
-    variants: Sequence[str] | None,
-    launcher: Any = None,
-) -> None:
+def _until_n_star(config: SweepConfig, out: Path, options: sweep.SweepOptions) -> None:
     """``probe sweep --until-n-star``: one :func:`run_sweep` per sample size, ascending,
     over the variants whose n* the rows so far leave open (each round through
     ``launcher``, which must hand its rows back before the next); then the skipped
     cells."""
-    work_dir = args.work_dir if args.work_dir is not None else default_work_dir(args.recipe, config)
-    chosen = list(variants or config.variants)
+    chosen = list(options.variants or config.variants)
     run = failed = 0
     for i, n in enumerate(sorted(config.n)):
-        settled = {} if i == 0 and args.overwrite else n_star_skips(config, out)
+        settled = {} if i == 0 and options.overwrite else n_star_skips(config, out)
         open_variants = [v for v in chosen if v not in settled or n <= settled[v]]
         if not open_variants:
             continue
         rows = sweep.run_sweep(
             config,
             out,
-            shard=shard,
+            options,
             variants=open_variants,
             ns=[n],
-            resume=args.resume or i > 0,
-            overwrite=args.overwrite and i == 0,
-            retry_failed=args.retry_failed,
-            work_dir=work_dir,
-            jobs=args.jobs,
-            allow_dirty=args.allow_dirty,
-            pack=args.pack,
-            launcher=launcher,
+            resume=options.resume or i > 0,
+            overwrite=options.overwrite and i == 0,
         )
         run += len(rows)
         failed += sum(is_failed(r) for r in rows)
-    mine = select_cells(config, shard, variants)
+    shard = options.shard
+    mine = select_cells(config, shard, options.variants)
     skipped = skipped_cells(config, mine, n_star_skips(config, out))
     note = f", {failed} failed (--retry-failed runs them again)" if failed else ""
     print(
@@ -295,12 +272,7 @@ def _main(args: argparse.Namespace) -> None:
             for c in skipped:
                 print(f"  skipped {c.variant:>12}  n={c.n:<6} seed={c.seed}")
         return
-    if args.until_n_star:
-        _until_n_star(args, config, shard, out, variants, launcher)
-        return
-    rows = sweep.run_sweep(
-        config,
-        out,
+    options = sweep.SweepOptions(
         shard=shard,
         variants=variants,
         resume=args.resume,
@@ -314,6 +286,10 @@ def _main(args: argparse.Namespace) -> None:
         pack=args.pack,
         launcher=launcher,
     )
+    if args.until_n_star:
+        _until_n_star(config, out, options)
+        return
+    rows = sweep.run_sweep(config, out, options)
     failed = sum(is_failed(r) for r in rows)
     note = (
         f", {failed} failed (their rows give status and error; --retry-failed runs them again)"

@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,23 +153,35 @@ def _code_version() -> str:
     return code_version(dirty=bool(uncommitted_code()))
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """How :func:`run_sweep` runs a recipe's grid (each field as its keyword argument
+    there): which cells (``shard``, ``variants``, ``ns``), what becomes of the rows
+    already there (``resume``, ``overwrite``, ``retry_failed``), where and how cells run
+    (``work_dir``, ``runner``, ``jobs``, ``pack``, ``launcher``), ``allow_dirty`` and
+    ``progress``. ``dataclasses.replace`` makes one round's options from a sweep's
+    (``probe sweep --until-n-star``)."""
+
+    shard: tuple[int, int] | None = None
+    resume: bool = False
+    overwrite: bool = False
+    retry_failed: bool = False
+    work_dir: str | os.PathLike | None = None
+    runner: Callable[[Any], Mapping[str, Any]] | None = None
+    jobs: int = 1
+    allow_dirty: bool = True
+    progress: bool = True
+    variants: Sequence[str] | None = None
+    pack: int = 1
+    ns: Sequence[int] | None = None
+    launcher: Any = None
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | os.PathLike | None = None,
-    *,
-    shard: tuple[int, int] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    retry_failed: bool = False,
-    work_dir: str | os.PathLike | None = None,
-    runner: Callable[[Any], Mapping[str, Any]] | None = None,
-    jobs: int = 1,
-    allow_dirty: bool = True,
-    progress: bool = True,
-    variants: Sequence[str] | None = None,
-    pack: int = 1,
-    ns: Sequence[int] | None = None,
-    launcher: Any = None,
+    options: SweepOptions | None = None,
+    **given: Any,
 ) -> list[dict[str, Any]]:
     """Run the (shard of the) grid; returns the rows appended by this call (failed
     cells' rows included: ``status`` says which).
@@ -190,8 +203,16 @@ def run_sweep(
     ``launcher`` (a :class:`probe.experiments.launchers.LauncherSpec`, ``"ray"`` /
     ``"slurm"``, or a launcher made by ``launchers.make_launcher``; default: local)
     runs the units elsewhere; this process still writes every row.
+
+    The options are ``options`` (a :class:`SweepOptions`) with the keyword arguments
+    ``given`` (its field names) put over it: ``run_sweep(config, out, resume=True)``.
     """
     from probe.files import file_lock
+
+    o = replace(options if options is not None else SweepOptions(), **given)
+    shard, resume, overwrite, retry_failed = o.shard, o.resume, o.overwrite, o.retry_failed
+    work_dir, runner, jobs, pack, launcher = o.work_dir, o.runner, o.jobs, o.pack, o.launcher
+    variants, ns, allow_dirty, progress = o.variants, o.ns, o.allow_dirty, o.progress
 
     out = Path(out if out is not None else Path("results") / config.name)
     work_dir = Path(work_dir if work_dir is not None else Path("runs") / "sweep" / config.name)

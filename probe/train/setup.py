@@ -7,7 +7,6 @@ every name of the config resolved once; nothing here resolves a name again.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +125,7 @@ def build_run_model(plan: RunPlan, data: RunData) -> tuple[nn.Module, int]:
     number of trainable parameters."""
     from probe.models.build import build_from_ref
     from probe.models.identity import inject_ab
+    from probe.models.lora import with_lora
 
     config = plan.config
     overrides = dict(config.model_overrides)
@@ -151,7 +151,14 @@ def build_run_model(plan: RunPlan, data: RunData) -> tuple[nn.Module, int]:
     if plan.ab:
         inject_ab(model, kq=plan.ab.inject_kq, vo=plan.ab.vo)
     if config.lora_r:
-        model = _with_lora(model, plan, data.label_kind)
+        model = with_lora(
+            model,
+            config.lora_r,
+            config.lora_alpha,
+            config.lora_targets,
+            ab=bool(plan.ab),
+            regression=data.label_kind == "regression",
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, trainable
 
@@ -182,52 +189,6 @@ def describe_model(plan: RunPlan, model: nn.Module) -> str:
     if config.lora_r:
         text += f", LoRA r={config.lora_r}"
     return text
-
-
-def _with_lora(model: nn.Module, plan: RunPlan, label_kind: str) -> nn.Module:
-    """LoRA adapters on the target modules; a/b and a regression head train in full."""
-    from peft import LoraConfig, get_peft_model
-
-    from probe.models.identity import MODULE_NAME
-
-    config = plan.config
-    full = [MODULE_NAME] if plan.ab else []
-    if label_kind == "regression":  # (LoRA on an MLP baseline is refused earlier)
-        head = arch_spec(model).regression_head
-        full += [head] if isinstance(getattr(model, head, None), nn.Module) else []
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
-    targets = None  # peft's per-architecture default
-    if config.lora_targets:
-        targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
-        missing = [t for t in targets if t not in linear]
-        if missing:
-            raise ValueError(
-                f"--lora-targets: {', '.join(missing)} names no linear layer of "
-                f"{type(model).__name__}; its linear layers: {', '.join(linear)}"
-            )
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha or config.lora_r,
-        target_modules=targets,
-        lora_dropout=0.0,
-        modules_to_save=full or None,
-        # GPT-2's Conv1D stores its weight transposed ([in, out])
-        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
-    )
-    try:
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated name; nothing the user can act on
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-            return get_peft_model(model, lora)
-    except ValueError as err:  # e.g. no default targets known for this architecture
-        raise ValueError(
-            f"LoRA could not wrap {type(model).__name__}: {err}. Name the layers to adapt "
-            f"with --lora-targets; its linear layers: {', '.join(linear)}"
-        ) from err
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 def build_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
