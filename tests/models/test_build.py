@@ -261,17 +261,19 @@ def test_offline_hub_id_fails_at_once_naming_the_model():
 
 
 def test_offline_hub_error_keeps_the_ids_case_and_names_the_offline_models(capsys):
-    from probe.cli.diagonal import main as diagonal
+    from probe.cli import main as probe_cli
 
     with pytest.raises(OSError) as err:
         build_model("HuggingFaceTB/SmolLM2-135M")
     message = str(err.value)
     assert "hf download HuggingFaceTB/SmolLM2-135M" in message  # was lowercased
     assert "offline:smollm2, offline:minilm" in message
-    with pytest.raises(SystemExit):
-        diagonal(["--model", "HuggingFaceTB/SmolLM2-135M", "--out", "unused"])
+    with pytest.raises(SystemExit) as stop:  # probe diagonal: one line, exit 2
+        probe_cli(["diagonal", "--model", "HuggingFaceTB/SmolLM2-135M", "--out", "unused"])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "offline:smollm2" in err and "hf download HuggingFaceTB/SmolLM2-135M" in err
+    assert err.startswith("probe diagonal: error:") and "Traceback" not in err
 
 
 def test_unreachable_hub_is_asked_once(monkeypatch):
