@@ -22,9 +22,18 @@ starts its own processes, so their imports are counted). Prints the wall times,
 the CPU seconds of this process tree (every process started for the sweep:
 workers, Ray's daemons, submitit's controllers), ``ray/local overhead: <x>`` and
 ``submitit-local/local overhead: <x>`` (wall-time ratios; target <= 1.15), and
-checks that all three give the same metrics.
+checks that all three give the same metrics. These launcher figures are "warm": the
+local pool's fork server and Ray's workers have imported torch and probe before the
+timed runs, while every submitit array task is a fresh process that imports them
+(~4-5 s here) against cells of ~1 s, which is most of submitit's overhead.
 
-    OMP_NUM_THREADS=1 python bench/sweep.py [--repeat 2] [--steps 150] [--only jobs|launchers]
+Last, what a user waits for: one fresh ``probe sweep`` command per launcher, start
+to end, with every process start and import counted (local: the driver and its fork
+server; submitit: the driver and its array tasks; ray: the driver, a local Ray
+started and stopped by the command, its workers). Prints ``fresh command ray/local
+overhead`` and ``fresh command submitit-local/local overhead`` (wall time).
+
+    OMP_NUM_THREADS=1 python bench/sweep.py [--repeat 2] [--steps 150] [--only jobs|launchers|commands]
 """
 
 from __future__ import annotations
@@ -40,28 +49,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from probe.experiments.sweep import SweepConfig, run_sweep  # noqa: E402
 
 
+def recipe_dict(steps: int) -> dict:
+    return {
+        "name": "bench_sweep",
+        "task": "aba_vs_abb",
+        "n": [16, 32, 64, 128],
+        "seeds": [0],
+        "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
+        "finetune": {
+            "model": "gpt2",
+            "pretrained": False,
+            "n_layer": 2,
+            "n_embd": 64,
+            "n_head": 4,
+            "batch_size": 64,
+            "max_steps": steps,
+            "n_val": 0,
+            "n_test": 256,
+            "checkpoints": False,
+        },
+    }
+
+
 def recipe(steps: int) -> SweepConfig:
-    return SweepConfig.from_dict(
-        {
-            "name": "bench_sweep",
-            "task": "aba_vs_abb",
-            "n": [16, 32, 64, 128],
-            "seeds": [0],
-            "variants": {"none": {"ab": "none"}, "kq": {"ab": "kq"}},
-            "finetune": {
-                "model": "gpt2",
-                "pretrained": False,
-                "n_layer": 2,
-                "n_embd": 64,
-                "n_head": 4,
-                "batch_size": 64,
-                "max_steps": steps,
-                "n_val": 0,
-                "n_test": 256,
-                "checkpoints": False,
-            },
-        }
-    )
+    return SweepConfig.from_dict(recipe_dict(steps))
 
 
 def timed(
@@ -154,6 +165,63 @@ def compare_launchers(config: SweepConfig, repeat: int) -> None:
     )
 
 
+def compare_commands(steps: int, repeat: int) -> None:
+    """What a user waits for: one fresh ``probe sweep`` command per launcher, start to
+    end, every process start and import counted (the driver's, the local pool's fork
+    server, the array tasks'; Ray starts its own local cluster, which a sweep that
+    joins a running cluster with ``--address`` does not pay). Alternated, best of
+    ``repeat``; wall time only (Ray's daemons outlive the command, so no CPU sum)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from probe.jsonl import read_rows
+
+    exe = Path(sys.executable).with_name("probe")
+    probe = (
+        [str(exe)]
+        if exe.is_file()
+        else [sys.executable, "-c", "from probe.cli import main; main()"]
+    )
+    cells = len(recipe(steps).cells())
+    flags = {
+        "local": ["--launcher", "local", "--jobs", "2"],
+        "submitit-local": [
+            "--launcher", "slurm", "--cluster", "local", "--array-parallelism", "2", "--wait",
+        ],
+        "ray": ["--launcher", "ray", "--cpus-per-cell", "1"],
+    }  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    best: dict[str, float] = {}
+    seen: dict[str, list[tuple]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench_sweep.yaml"
+        path.write_text(yaml.safe_dump(recipe_dict(steps)))
+        for i in range(repeat):
+            for name, extra in flags.items():
+                out = Path(tmp) / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                command = [*probe, "sweep", str(path), "--out", str(out / "results"),
+                           "--work-dir", str(out / "work"), "--allow-dirty", *extra]  # fmt: skip
+                t0 = time.perf_counter()
+                done = subprocess.run(command, env=env, capture_output=True, text=True)
+                seconds = time.perf_counter() - t0
+                if done.returncode != 0:
+                    raise SystemExit(f"{name}: probe sweep failed:\n{done.stderr[-2000:]}")
+                print(f"  run {i + 1}, {name}: {seconds:.1f} s ({seconds / cells:.2f} s/cell)")
+                best[name] = min(best.get(name, seconds), seconds)
+                seen[name] = metrics(read_rows(out / "results" / "results.jsonl"))
+    same = seen["local"] == seen["ray"] == seen["submitit-local"]
+    print(f"same metrics from the three commands: {'yes' if same else 'NO'}")
+    for name, seconds in best.items():
+        print(f"command {name}: {seconds:.1f} s wall (best of {repeat})")
+    local = best["local"]
+    print(f"fresh command ray/local overhead: {best['ray'] / local:.2f}")
+    print(f"fresh command submitit-local/local overhead: {best['submitit-local'] / local:.2f}")
+
+
 def metrics(rows: list[dict]) -> list[tuple]:
     return sorted((r["variant"], r["n"], r["seed"], r["test_loss"], r["steps"]) for r in rows)
 
@@ -163,7 +231,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, best kept")
     parser.add_argument("--steps", type=int, default=150, help="training steps per cell")
     parser.add_argument(
-        "--only", choices=("jobs", "launchers"), default=None, help="one of the two comparisons"
+        "--only",
+        choices=("jobs", "launchers", "commands"),
+        default=None,
+        help="one of the three comparisons",
     )
     args = parser.parse_args()
     import torch
@@ -179,6 +250,9 @@ def main() -> None:
     if args.only != "jobs":
         print(f"launchers: {cells} cells on 2 CPUs (--jobs 2, ray num_cpus=2, 2 array tasks)")
         compare_launchers(config, args.repeat)
+    if args.only in (None, "commands"):
+        print(f"fresh probe sweep commands: {cells} cells on 2 CPUs, each command from its start")
+        compare_commands(args.steps, args.repeat)
 
 
 def compare_jobs(config: SweepConfig, repeat: int) -> None:

@@ -506,7 +506,7 @@ class SlurmLauncher:
                         "submit them again"
                     )
                 break
-            time.sleep(1.0 if self.spec.cluster == "local" else 30.0)  # sacct is no toy
+            time.sleep(0.2 if self.spec.cluster == "local" else 30.0)  # sacct is no toy
 
     def _collect(
         self, cells: Iterable[Any], hashes: Mapping[tuple, str], work_dir: Path
