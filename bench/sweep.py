@@ -245,9 +245,9 @@ def main() -> None:
         f"{cells} cells x {args.steps} steps; --jobs 1 with {torch.get_num_threads()} torch "
         f"thread(s), {os.cpu_count()} cores visible"
     )
-    if args.only != "launchers":
+    if args.only in (None, "jobs"):
         compare_jobs(config, args.repeat)
-    if args.only != "jobs":
+    if args.only in (None, "launchers"):
         print(f"launchers: {cells} cells on 2 CPUs (--jobs 2, ray num_cpus=2, 2 array tasks)")
         compare_launchers(config, args.repeat)
     if args.only in (None, "commands"):
