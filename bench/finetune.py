@@ -118,7 +118,8 @@ class ProbeSide:
         loop.fast_activations(model)
         optimizer = build_optimizer(model, cfg)
         accelerator = Accelerator(cpu=True)
-        loader = loop.train_loader(loop.TensorRows(data.splits["train"]), BATCH, cfg.seed)
+        rows = loop.training_rows(model, data.splits["train"])
+        loader = loop.train_loader(rows, BATCH, cfg.seed)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         self.state = loop.TrainState(window=cfg.converge_window)
         fields = {f: getattr(cfg, f) for f in ("epochs", "converge_loss", "max_grad_norm")}

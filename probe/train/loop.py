@@ -73,6 +73,42 @@ class TensorRows(Dataset):
         return {k: v[index] for k, v in self.columns.items()}
 
 
+# the readout's checked positions, worked out once per split (training_rows)
+READ_MASK, READ_AT = "readout_mask", "readout_at"
+
+
+def training_rows(model: torch.nn.Module, columns: dict[str, torch.Tensor]) -> TensorRows:
+    """A training split as rows, with the readout's checked mask and positions worked out
+    once for the whole split (``probe.models.build.readout_where``; a bad padding fails
+    here, before the first step): each step then reads its batch's rows of them
+    (``read_at``) instead of checking its masks again."""
+    from probe.models.build import readout_where
+
+    where = readout_where(model, columns["attention_mask"])
+    if where is not None:
+        columns = {**columns, READ_MASK: where[0], READ_AT: where[1]}
+    return TensorRows(columns)
+
+
+def batch_loss(
+    model: torch.nn.Module, readout: Readout, label_kind: str
+) -> Callable[[Batch], torch.Tensor]:
+    """A training batch's loss: the model's forward, the readout and the loss, the
+    function ``--compile`` compiles whole. A batch of :func:`training_rows` carries its
+    readout positions (no check, no data-dependent branch: one graph); any other batch
+    goes through ``readout`` itself."""
+    from probe.models.build import read_at
+
+    def loss(batch: Batch) -> torch.Tensor:
+        if READ_AT in batch:
+            logits = read_at(model, batch["input_ids"], batch[READ_MASK], batch[READ_AT])
+        else:
+            logits = readout(model, batch["input_ids"], batch["attention_mask"])
+        return loss_fn(logits, batch["labels"], label_kind)
+
+    return loss
+
+
 def _whole_batch(batch: Batch) -> Batch:
     """Collate function: ``TensorRows.__getitems__`` already returns a batch."""
     return batch
@@ -150,14 +186,31 @@ def fast_activations(model: torch.nn.Module) -> int:
     return len(found)
 
 
-def _compile(model: torch.nn.Module) -> None:
-    """The model's forward (and, through AOTAutograd, its backward) compiled;
-    ``_uncompile`` restores the eager one."""
-    model.forward = torch.compile(model.forward)
+def _compile(loss: Callable[[Batch], torch.Tensor]) -> Callable[[Batch], torch.Tensor]:
+    """``loss`` (:func:`batch_loss`: forward, readout and loss) compiled whole, and through
+    AOTAutograd its backward; the compiled code is kept in the persistent cache
+    (:func:`compile_cache`)."""
+    compile_cache()
+    return torch.compile(loss)
 
 
-def _uncompile(model: torch.nn.Module) -> None:
-    model.__dict__.pop("forward", None)
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def compile_cache() -> str:
+    """The folder of inductor's persistent caches (compiled graphs, AOTAutograd's
+    forward/backward pairs): ``$TORCHINDUCTOR_CACHE_DIR`` where set, else probe's own
+    ``~/.cache/probe/inductor`` (``$XDG_CACHE_HOME`` respected), set for this process and
+    the processes it starts. Every cell of a sweep, in any process and on any machine
+    that shares the folder, then pays a shape's compilation once; later cells load it
+    (a few seconds instead of tens)."""
+    import os
+
+    folder = os.environ.get(COMPILE_CACHE_ENV)
+    if not folder:
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.environ[COMPILE_CACHE_ENV] = os.path.join(root, "probe", "inductor")
+    return folder
 
 
 def _rng_states() -> tuple:
@@ -340,10 +393,13 @@ def train(
     distributed = accelerator.num_processes > 1
     watch = LongRunWatch(total, accelerator.device, enabled=accelerator.is_main_process)
 
+    eager_loss = batch_loss(model, readout, label_kind)
+    compiled = s.compile and not stop_reason(state, s)
+    step_loss = _compile(eager_loss) if compiled else eager_loss
+
     def forward_backward(batch: Batch) -> float:
         """One step's loss, read back, checked finite, and its gradients."""
-        logits = readout(model, batch["input_ids"], batch["attention_mask"])
-        loss = loss_fn(logits, batch["labels"], label_kind)
+        loss = step_loss(batch)
         detached = loss.detach()
         value = float(accelerator.reduce(detached, "mean") if distributed else detached)
         if not math.isfinite(value):
@@ -362,7 +418,8 @@ def train(
         except FloatingPointError:
             raise
         except Exception as err:  # dynamo / inductor failures come in many classes
-            _uncompile(model)
+            nonlocal step_loss
+            step_loss = eager_loss
             reason = (str(err).strip().splitlines() or [""])[0][:200]
             state.compile_error = f"{type(err).__name__}: {reason}"
             warnings.warn(
@@ -382,57 +439,46 @@ def train(
             asked = bool(accelerator.reduce(flag, "sum") > 0)
         return asked
 
-    compiled = s.compile and not stop_reason(state, s)
-    if compiled:
-        _compile(model)
     step = first_compiled_step if compiled else forward_backward
-    try:
-        with _compiling() if compiled else contextlib.nullcontext():
-            state.stopped = stop_reason(state, s)
-            model.train()
-            while not state.stopped:
-                loader.set_epoch(state.epoch)
-                epoch_batches = (
-                    skip_first_batches(loader, state.batch_in_epoch)
-                    if state.batch_in_epoch
-                    else loader
-                )
-                for batch in epoch_batches:
-                    value = step(batch)
-                    step = forward_backward
-                    if s.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.stepped(value)
-                    bar.update(1)
-                    watch.tick(state.step)
-                    if state.step % s.log_every == 0:
-                        bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
-                        if accelerator.trackers:  # the loss, and a and b head by head
-                            scalars = {"train_loss": state.recent_loss, "epoch": state.epoch}
-                            scalars.update(ab_scalars(accelerator.unwrap_model(model)))
-                            accelerator.log(scalars, step=state.step)
-                    if validate is not None and s.eval_every and state.step % s.eval_every == 0:
-                        accelerator.log(validate(), step=state.step)
-                        model.train()
-                    state.stopped = stop_reason(state, s)
-                    if state.stopped:
-                        break
-                    saved = None
-                    if s.checkpoint_every and state.step % s.checkpoint_every == 0:
-                        saved = last_checkpoint = save()
-                    if preempting():
-                        bar.close()
-                        raise Preempted(
-                            preempt.requested() or "a signal", state.step, saved or save()
-                        )
-                else:  # the epoch ran out
-                    state.next_epoch()
-                    state.stopped = stop_reason(state, s)
-    finally:
-        if compiled:
-            _uncompile(model)
+    with _compiling() if compiled else contextlib.nullcontext():
+        state.stopped = stop_reason(state, s)
+        model.train()
+        while not state.stopped:
+            loader.set_epoch(state.epoch)
+            epoch_batches = (
+                skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+            )
+            for batch in epoch_batches:
+                value = step(batch)
+                step = forward_backward
+                if s.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.stepped(value)
+                bar.update(1)
+                watch.tick(state.step)
+                if state.step % s.log_every == 0:
+                    bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
+                    if accelerator.trackers:  # the loss, and a and b head by head
+                        scalars = {"train_loss": state.recent_loss, "epoch": state.epoch}
+                        scalars.update(ab_scalars(accelerator.unwrap_model(model)))
+                        accelerator.log(scalars, step=state.step)
+                if validate is not None and s.eval_every and state.step % s.eval_every == 0:
+                    accelerator.log(validate(), step=state.step)
+                    model.train()
+                state.stopped = stop_reason(state, s)
+                if state.stopped:
+                    break
+                saved = None
+                if s.checkpoint_every and state.step % s.checkpoint_every == 0:
+                    saved = last_checkpoint = save()
+                if preempting():
+                    bar.close()
+                    raise Preempted(preempt.requested() or "a signal", state.step, saved or save())
+            else:  # the epoch ran out
+                state.next_epoch()
+                state.stopped = stop_reason(state, s)
     bar.close()
 
 

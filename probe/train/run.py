@@ -164,6 +164,7 @@ def _run(
         fast_activations,
         train,
         train_loader,
+        training_rows,
     )
 
     config = plan.config
@@ -183,6 +184,7 @@ def _run(
     label_kind = data.label_kind
 
     rows = {s: TensorRows(cols) for s, cols in data.splits.items()}
+    rows["train"] = training_rows(model, data.splits["train"])  # readout checked once
     loaders = {"train": train_loader(rows["train"], config.batch_size, config.seed)}
     for split in ("validation", "test"):
         if len(rows[split]):

@@ -87,12 +87,12 @@ def test_a_compiled_run_reaches_the_plain_runs_test_loss(tmp_path, variant, chec
 
 
 def test_a_failing_compile_falls_back_to_the_plain_run(tmp_path, monkeypatch):
-    def broken(model):
-        def forward(*args, **kwargs):
+    def broken(loss):
+        def compiled(batch):
             torch.rand(3)  # draws from the generator, as a compiled dropout would
             raise RuntimeError("backend failed\nmore lines")
 
-        model.forward = forward
+        return compiled
 
     settings = dict(max_steps=5, converge_loss=0.0)
     plain = run(tmp_path, "plain", **settings)
