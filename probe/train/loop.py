@@ -8,11 +8,17 @@ the steps an uninterrupted run would have taken.
 Speed (``bench/finetune.py`` measures it): the paper's small model spends its
 step on small matmuls and on elementwise kernels around them. Two levers keep
 the numbers (up to float rounding): :func:`fast_activations` runs GPT-2's
-``gelu_new`` as one kernel, and ``--compile`` (:class:`LoopSettings`
-``compile``) hands the model's forward and backward to ``torch.compile``, with
-inductor's random ops falling back to eager ones so dropout draws the very
-masks of a plain run. Compiling costs tens of seconds of warm-up per process,
-more than it saves on a cell of a few hundred steps, so it is off by default.
+``gelu_new`` as one kernel, and the compiled step (:class:`LoopSettings`
+``compile``; :func:`compiles`: on by default for runs of ``COMPILE_MIN_STEPS`` or
+more) hands forward, readout and loss (:func:`batch_loss`) and their backward to
+``torch.compile``, with inductor's random ops falling back to eager ones so dropout
+draws the very masks of a plain run. Its warm-up is a few seconds from inductor's
+persistent caches (``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_$USER``:
+every cell on a machine shares them; set it to a shared folder on a cluster), tens
+of seconds cold, more than it saves on a cell of a few hundred steps. The eager step
+keeps its numbers bit for bit: the readout's mask checks run once per split
+(:func:`training_rows`), and backward / step / zero_grad skip accelerate's wrapper
+where it adds nothing (:func:`_plain_calls`).
 The training loss is read back every step, on purpose: the early stop and the
 NaN stop decide before the next step, so a run stops at exactly the step it
 would stop at with any other loop (a read-back costs nothing on a CPU, where
@@ -188,11 +194,9 @@ def fast_activations(model: torch.nn.Module) -> int:
 
 def _compile(loss: Callable[[Batch], torch.Tensor]) -> Callable[[Batch], torch.Tensor]:
     """``loss`` (:func:`batch_loss`: forward, readout and loss) compiled whole, and through
-    AOTAutograd its backward; the compiled code is kept in the persistent cache
-    (:func:`compile_cache`)."""
-    compile_cache()
+    AOTAutograd its backward; inductor keeps the compiled code in its persistent caches."""
     # the compiled graph called from C++ rather than from generated Python: a few hundred
-    # microseconds less per step of a small model (bench/finetune.py --compile)
+    # microseconds less per step of a small model (bench/finetune.py)
     return torch.compile(loss, options={"cpp_wrapper": True})
 
 
@@ -208,25 +212,6 @@ def _compiled_attention(model: torch.nn.Module) -> Callable[[], None]:
         return lambda: None  # eager already, or probe's injected a/b attention (eager too)
     base.set_attn_implementation("eager")
     return lambda: base.set_attn_implementation("sdpa")
-
-
-COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-
-
-def compile_cache() -> str:
-    """The folder of inductor's persistent caches (compiled graphs, AOTAutograd's
-    forward/backward pairs): ``$TORCHINDUCTOR_CACHE_DIR`` where set, else probe's own
-    ``~/.cache/probe/inductor`` (``$XDG_CACHE_HOME`` respected), set for this process and
-    the processes it starts. Every cell of a sweep, in any process and on any machine
-    that shares the folder, then pays a shape's compilation once; later cells load it
-    (a few seconds instead of tens)."""
-    import os
-
-    folder = os.environ.get(COMPILE_CACHE_ENV)
-    if not folder:
-        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.environ[COMPILE_CACHE_ENV] = os.path.join(root, "probe", "inductor")
-    return folder
 
 
 def _rng_states() -> tuple:
