@@ -31,18 +31,23 @@ matmuls see (the padded sequence length, 4 for ``aba_vs_abb``), and 6 = 2 FLOPs 
 multiply-add × (forward + the two backward products). Attention's own products and
 the embedding lookups are left out (under 1 % here).
 
-With ``--compile`` a third side trains with probe's ``compile=True`` (its first
-window's CPU time over its best is the warm-up). ``--trainer`` also runs whole runs of
+probe's side runs what ``probe finetune`` runs for a paper-protocol cell of this shape
+(n 1024, 1000 epochs, no step limit: 16,000 steps, so the step is compiled by default:
+``probe.train.loop.compiles``); a third side, ``eager``, trains with ``compile=False``,
+what cells under ``COMPILE_MIN_STEPS`` steps run (its fraction and ratio are printed
+too, and ``compiled/eager``; the compiled side's first window's CPU time over its best
+is the warm-up, from inductor's cache when it holds the shape). ``--trainer`` also runs whole runs of
 probe against a plain ``transformers.Trainer`` (``probe/trainer``, CPU time of each
 training loop). ``--pack S`` also prints ``bench/pack.py``'s ``pack<4·S>/lone`` on the
 aba_vs_abb 4 variants × S seeds grid at width 128.
 
-    python bench/finetune.py [--windows 20] [--ab kq,vo] [--compile] [--trainer] [--pack 3]
+    python bench/finetune.py [--windows 20] [--ab kq,vo] [--trainer] [--pack 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -60,6 +65,7 @@ from probe.train.plan import plan_run  # noqa: E402
 from probe.train.setup import build_run_model, load_run_data  # noqa: E402
 
 N_TRAIN, BATCH, CHUNK = 1024, 64, 16
+PROTOCOL_EPOCHS = 1000  # the paper's (recipes/paper/base.yaml), no step limit
 SETTINGS = {"ab": "none", "model": "paper"}  # --ab, --model: every side
 
 
@@ -103,7 +109,7 @@ class ProbeSide:
     """probe's loop on the model, data and optimizer of a run; ``window()`` trains
     CHUNK more steps (one call of ``probe.train.loop.train``)."""
 
-    def __init__(self, compile_step: bool = False):
+    def __init__(self, compile_step: bool | None = None):
         from accelerate import Accelerator
 
         from probe.models.build import readout
@@ -118,10 +124,17 @@ class ProbeSide:
         loop.fast_activations(model)
         optimizer = build_optimizer(model, cfg)
         accelerator = Accelerator(cpu=True)
-        loader = loop.train_loader(loop.TensorRows(data.splits["train"]), BATCH, cfg.seed)
+        rows = loop.training_rows(model, data.splits["train"])
+        loader = loop.train_loader(rows, BATCH, cfg.seed)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         self.state = loop.TrainState(window=cfg.converge_window)
         fields = {f: getattr(cfg, f) for f in ("epochs", "converge_loss", "max_grad_norm")}
+        if compile_step is None:  # the default of a paper-protocol cell of this shape
+            protocol = loop.LoopSettings.from_config(
+                dataclasses.replace(cfg, epochs=PROTOCOL_EPOCHS, max_steps=0)
+            )
+            compile_step = loop.compiles(protocol, 0, len(loader))
+        self.compiled = compile_step
 
         def window() -> None:
             settings = loop.LoopSettings(
@@ -323,7 +336,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="paper", help="probe's side (the reference: paper)")
     parser.add_argument("--ab", default="none", help="inject a/b (e.g. kq,vo) on every side")
-    parser.add_argument("--compile", action="store_true", help="also time compile=True")
     parser.add_argument("--trainer", action="store_true", help="also probe/trainer (whole runs)")
     parser.add_argument("--steps", type=int, default=300, help="--trainer: steps per run")
     parser.add_argument("--repeat", type=int, default=3, help="--trainer: runs per side")
@@ -333,9 +345,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     SETTINGS.update(ab=args.ab, model=args.model)
-    sides = {"probe": ProbeSide(), "official-fused": ReferenceSide()}
-    if args.compile:
-        sides["compiled"] = ProbeSide(compile_step=True)
+    probe = ProbeSide()
+    sides = {"probe": probe, "official-fused": ReferenceSide(), "eager": ProbeSide(False)}
     cpu = dict.fromkeys(sides, float("inf"))
     wall = dict.fromkeys(sides, float("inf"))
     first = {}
@@ -355,7 +366,8 @@ def main() -> None:
         f"sgemm 512x512, {args.threads} thread(s): {peak_cpu / 1e9:.1f} GFLOP/cpu-s "
         f"({peak_wall / 1e9:.1f} GFLOP/wall-s); step matmuls: 6 x {weights} weights x "
         f"{tokens} tokens per sample; best of {args.windows} alternated rounds of "
-        f"{CHUNK} steps, {args.model} ab={args.ab}"
+        f"{CHUNK} steps, {args.model} ab={args.ab}; probe: compiled={probe.compiled} (the "
+        f"default of a {PROTOCOL_EPOCHS}-epoch cell of n {N_TRAIN})"
     )
     for name in sides:
         rate = BATCH * CHUNK / cpu[name]
@@ -375,10 +387,11 @@ def main() -> None:
         )
     print(f"probe/official-fused: {cpu['official-fused'] / cpu['probe']:.2f}")
     print(f"probe/official-fused (wall): {wall['official-fused'] / wall['probe']:.2f}")
-    if args.compile:
-        print(f"compiled/probe: {cpu['probe'] / cpu['compiled']:.2f}")
+    print(f"eager/official-fused: {cpu['official-fused'] / cpu['eager']:.2f}")
+    if probe.compiled:
+        print(f"compiled/eager: {cpu['eager'] / cpu['probe']:.2f}")
         print(
-            f"compile warm-up: {first['compiled'] - cpu['compiled']:.1f} cpu-s (first window over best)"
+            f"compile warm-up: {first['probe'] - cpu['probe']:.1f} cpu-s (first window over best)"
         )
     if args.trainer:
         trainer_rounds(args.steps, args.repeat)

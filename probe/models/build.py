@@ -238,6 +238,29 @@ def readout(
     return mode.read(model, base, input_ids, mask, at)
 
 
+def readout_where(model: nn.Module, attention_mask: torch.Tensor) -> tuple | None:
+    """The checked half of :func:`readout` for a whole split at once: ``(mask, positions)``,
+    the mask the model sees and the position read in each row (``[n, seq]``, ``[n]``).
+    It works row by row, so a batch's rows of it are what :func:`readout` works out for
+    that batch: a training loop checks its split once here, then each step calls
+    :func:`read_at` with its rows. None where there is nothing to work out once (the MLP
+    baselines, and modes that read no position: the model's own pooling)."""
+    base = _unwrapped(model)
+    if isinstance(base, SymbolMLP):
+        return None
+    mask, at = readout_mode(base).where(attention_mask)
+    return None if at is None else (mask, at)
+
+
+def read_at(
+    model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, at: torch.Tensor
+) -> torch.Tensor:
+    """:func:`readout`'s answer from a batch's rows of :func:`readout_where`: pure tensor
+    work, no check of the mask (so it compiles as one graph)."""
+    base = _unwrapped(model)
+    return readout_mode(base).read(model, base, input_ids, mask, at)
+
+
 FIT_ADVICE = (
     "use the data the model's run was trained on: `probe attention --model RUN` (the run "
     "folder, without --dataset), `probe data render --from-run RUN --out DIR`, or "
@@ -383,10 +406,22 @@ def _last_token_logits(model, base, input_ids, attention_mask, at) -> torch.Tens
 
 
 def _last_token_score(model, base, input_ids, attention_mask, at) -> torch.Tensor:
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    hidden = out.hidden_states[-1]  # [batch, seq, d_model], after the final norm
+    hidden = _final_hidden(model, base, input_ids, attention_mask)
     # decoder-only classifiers in transformers name their head `score`
     return base.score(torch.take_along_dim(hidden, at[:, None, None], dim=1)[:, 0])
+
+
+def _final_hidden(model, base, input_ids, attention_mask) -> torch.Tensor:
+    """The last layer's hidden states after the final norm, ``[batch, seq, d_model]``. A
+    bare classifier (no peft or DDP wrapper, no forward patched by accelerate's mixed
+    precision) has its decoder called alone: the same tensor as the classifier's last
+    ``hidden_states``, without its head on every position, its own pooling or the
+    collection of every layer's states (which also breaks a compiled graph)."""
+    decoder = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    if model is base and "forward" not in vars(base) and isinstance(decoder, nn.Module):
+        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.hidden_states[-1]
 
 
 def _last_token_logits_full(model, base, input_ids, attention_mask, at) -> torch.Tensor:

@@ -375,13 +375,16 @@ class FinetuneConfig:
             group=OPTIMIZATION,
         ),
     )
-    compile: bool = field(
-        default=False,
+    compile: bool | None = field(
+        default=None,
         metadata=_help(
-            "torch.compile the training step's forward and backward (same numbers up to "
-            "float rounding; falls back with a warning where it fails). Off by default: "
-            "its warm-up (tens of seconds on a CPU) outweighs what it saves on a cell of a "
-            "few hundred steps (bench/finetune.py --compile measures both)",
+            "torch.compile the training step: forward, readout and loss in one graph, and "
+            "its backward (same numbers up to float rounding; falls back to eager with a "
+            "warning where it fails). Unset (the default): on for a run of at least "
+            "2,000 steps (probe.train.loop.COMPILE_MIN_STEPS), where its warm-up (seconds "
+            "from inductor's cache, tens of seconds cold) pays back, off for shorter ones "
+            "and for --pack; --compile / --no-compile force it. The row says what ran "
+            "(compiled). bench/finetune.py measures both",
             group=OPTIMIZATION,
             # how the steps are computed, not what: free to change on resume, not hashed
             roles=(RESUMABLE, UNHASHED, LOOP),

@@ -8,11 +8,17 @@ the steps an uninterrupted run would have taken.
 Speed (``bench/finetune.py`` measures it): the paper's small model spends its
 step on small matmuls and on elementwise kernels around them. Two levers keep
 the numbers (up to float rounding): :func:`fast_activations` runs GPT-2's
-``gelu_new`` as one kernel, and ``--compile`` (:class:`LoopSettings`
-``compile``) hands the model's forward and backward to ``torch.compile``, with
-inductor's random ops falling back to eager ones so dropout draws the very
-masks of a plain run. Compiling costs tens of seconds of warm-up per process,
-more than it saves on a cell of a few hundred steps, so it is off by default.
+``gelu_new`` as one kernel, and the compiled step (:class:`LoopSettings`
+``compile``; :func:`compiles`: on by default for runs of ``COMPILE_MIN_STEPS`` or
+more) hands forward, readout and loss (:func:`batch_loss`) and their backward to
+``torch.compile``, with inductor's random ops falling back to eager ones so dropout
+draws the very masks of a plain run. Its warm-up is a few seconds from inductor's
+persistent caches (``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_$USER``:
+every cell on a machine shares them; set it to a shared folder on a cluster), tens
+of seconds cold, more than it saves on a cell of a few hundred steps. The eager step
+keeps its numbers bit for bit: the readout's mask checks run once per split
+(:func:`training_rows`), and backward / step / zero_grad skip accelerate's wrapper
+where it adds nothing (:func:`_plain_calls`).
 The training loss is read back every step, on purpose: the early stop and the
 NaN stop decide before the next step, so a run stops at exactly the step it
 would stop at with any other loop (a read-back costs nothing on a CPU, where
@@ -71,6 +77,42 @@ class TensorRows(Dataset):
     def __getitems__(self, indices: list[int]) -> Batch:
         index = torch.as_tensor(indices, dtype=torch.long)
         return {k: v[index] for k, v in self.columns.items()}
+
+
+# the readout's checked positions, worked out once per split (training_rows)
+READ_MASK, READ_AT = "readout_mask", "readout_at"
+
+
+def training_rows(model: torch.nn.Module, columns: dict[str, torch.Tensor]) -> TensorRows:
+    """A training split as rows, with the readout's checked mask and positions worked out
+    once for the whole split (``probe.models.build.readout_where``; a bad padding fails
+    here, before the first step): each step then reads its batch's rows of them
+    (``read_at``) instead of checking its masks again."""
+    from probe.models.build import readout_where
+
+    where = readout_where(model, columns["attention_mask"])
+    if where is not None:
+        columns = {**columns, READ_MASK: where[0], READ_AT: where[1]}
+    return TensorRows(columns)
+
+
+def batch_loss(
+    model: torch.nn.Module, readout: Readout, label_kind: str
+) -> Callable[[Batch], torch.Tensor]:
+    """A training batch's loss: the model's forward, the readout and the loss, the
+    function ``--compile`` compiles whole. A batch of :func:`training_rows` carries its
+    readout positions (no check, no data-dependent branch: one graph); any other batch
+    goes through ``readout`` itself."""
+    from probe.models.build import read_at
+
+    def loss(batch: Batch) -> torch.Tensor:
+        if READ_AT in batch:
+            logits = read_at(model, batch["input_ids"], batch[READ_MASK], batch[READ_AT])
+        else:
+            logits = readout(model, batch["input_ids"], batch["attention_mask"])
+        return loss_fn(logits, batch["labels"], label_kind)
+
+    return loss
 
 
 def _whole_batch(batch: Batch) -> Batch:
@@ -150,14 +192,26 @@ def fast_activations(model: torch.nn.Module) -> int:
     return len(found)
 
 
-def _compile(model: torch.nn.Module) -> None:
-    """The model's forward (and, through AOTAutograd, its backward) compiled;
-    ``_uncompile`` restores the eager one."""
-    model.forward = torch.compile(model.forward)
+def _compile(loss: Callable[[Batch], torch.Tensor]) -> Callable[[Batch], torch.Tensor]:
+    """``loss`` (:func:`batch_loss`: forward, readout and loss) compiled whole, and through
+    AOTAutograd its backward; inductor keeps the compiled code in its persistent caches."""
+    # the compiled graph called from C++ rather than from generated Python: a few hundred
+    # microseconds less per step of a small model (bench/finetune.py)
+    return torch.compile(loss, options={"cpp_wrapper": True})
 
 
-def _uncompile(model: torch.nn.Module) -> None:
-    model.__dict__.pop("forward", None)
+def _compiled_attention(model: torch.nn.Module) -> Callable[[], None]:
+    """Attention as matmuls and a softmax (transformers' "eager") while the step is
+    compiled, in place of sdpa, whose CPU kernels cost more at these sizes than
+    inductor's fused softmax (the same numbers up to float rounding); returns the
+    function that puts the model's own attention back."""
+    base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    config = getattr(base, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return lambda: None  # eager already, or probe's injected a/b attention (eager too)
+    base.set_attn_implementation("eager")
+    return lambda: base.set_attn_implementation("sdpa")
 
 
 def _rng_states() -> tuple:
@@ -182,6 +236,7 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
     recent: deque = field(default_factory=deque)  # the last ``window`` training losses
     stopped: str = ""  # why training ended: max_steps, epochs or converged
+    compiled: bool = False  # this process trained with the compiled step (not checkpointed)
     compile_error: str = ""  # --compile fell back to eager: why (not checkpointed)
 
     def record(self, loss: float) -> None:
@@ -234,7 +289,7 @@ class LoopSettings:
     epochs: int
     converge_loss: float
     max_grad_norm: float
-    compile: bool
+    compile: bool | None  # None: when the run is long enough (compiles)
     eval_every: int
     checkpoint_every: int
     log_every: int
@@ -243,6 +298,27 @@ class LoopSettings:
     @classmethod
     def from_config(cls, config: Any) -> LoopSettings:
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+
+# a run of this many steps (or more) compiles its step unless told otherwise (--compile /
+# --no-compile). bench/finetune.py --compile, the paper model at width 128, one thread:
+# the compiled step saves about 2 ms of 13 (1.15x); its warm-up costs about 3 s of CPU
+# from inductor's cache (tens of seconds of wall time cold, once per shape and machine),
+# so it pays back within about 1,500 steps once the cache holds the shape
+COMPILE_MIN_STEPS = 2000
+
+
+def compiles(settings: LoopSettings, step: int, steps_per_epoch: int) -> bool:
+    """Whether the loop compiles its step: ``settings.compile`` where set, else whether
+    the steps left (``max_steps``, or ``epochs`` of ``steps_per_epoch``) reach
+    ``COMPILE_MIN_STEPS``. An early stop may end a run sooner; the rule counts the
+    steps the run may take."""
+    if settings.compile is not None:
+        return settings.compile
+    limits = [settings.max_steps] if settings.max_steps else []
+    if settings.epochs:
+        limits.append(settings.epochs * steps_per_epoch)
+    return bool(limits) and min(limits) - step >= COMPILE_MIN_STEPS
 
 
 def non_finite_loss(value: float, step: int, last_checkpoint: Any) -> FloatingPointError:
@@ -340,17 +416,23 @@ def train(
     distributed = accelerator.num_processes > 1
     watch = LongRunWatch(total, accelerator.device, enabled=accelerator.is_main_process)
 
+    eager_loss = batch_loss(model, readout, label_kind)
+    compiled = compiles(s, state.step, len(loader)) and not stop_reason(state, s)
+    state.compiled = compiled
+    step_loss = _compile(eager_loss) if compiled else eager_loss
+    own_attention = _compiled_attention(model) if compiled else lambda: None
+    backward, optimizer_step, zero_grad = _plain_calls(accelerator, optimizer)
+
     def forward_backward(batch: Batch) -> float:
         """One step's loss, read back, checked finite, and its gradients."""
-        logits = readout(model, batch["input_ids"], batch["attention_mask"])
-        loss = loss_fn(logits, batch["labels"], label_kind)
+        loss = step_loss(batch)
         detached = loss.detach()
         value = float(accelerator.reduce(detached, "mean") if distributed else detached)
         if not math.isfinite(value):
             bar.close()
             where = last_checkpoint or "none (this run saved no checkpoint yet)"
             raise non_finite_loss(value, state.step + 1, where)
-        accelerator.backward(loss)
+        backward(loss)
         return value
 
     def first_compiled_step(batch: Batch) -> float:
@@ -362,7 +444,10 @@ def train(
         except FloatingPointError:
             raise
         except Exception as err:  # dynamo / inductor failures come in many classes
-            _uncompile(model)
+            nonlocal step_loss
+            step_loss = eager_loss
+            state.compiled = False
+            own_attention()  # the plain run's attention, so the plain run's numbers
             reason = (str(err).strip().splitlines() or [""])[0][:200]
             state.compile_error = f"{type(err).__name__}: {reason}"
             warnings.warn(
@@ -370,7 +455,7 @@ def train(
                 RuntimeWarning,
                 stacklevel=3,
             )
-            optimizer.zero_grad(set_to_none=True)
+            zero_grad()
             _set_rng_states(rng)
             return forward_backward(batch)
 
@@ -382,58 +467,82 @@ def train(
             asked = bool(accelerator.reduce(flag, "sum") > 0)
         return asked
 
-    compiled = s.compile and not stop_reason(state, s)
-    if compiled:
-        _compile(model)
     step = first_compiled_step if compiled else forward_backward
-    try:
-        with _compiling() if compiled else contextlib.nullcontext():
-            state.stopped = stop_reason(state, s)
-            model.train()
-            while not state.stopped:
-                loader.set_epoch(state.epoch)
-                epoch_batches = (
-                    skip_first_batches(loader, state.batch_in_epoch)
-                    if state.batch_in_epoch
-                    else loader
-                )
-                for batch in epoch_batches:
-                    value = step(batch)
-                    step = forward_backward
-                    if s.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.stepped(value)
-                    bar.update(1)
-                    watch.tick(state.step)
-                    if state.step % s.log_every == 0:
-                        bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
-                        if accelerator.trackers:  # the loss, and a and b head by head
-                            scalars = {"train_loss": state.recent_loss, "epoch": state.epoch}
-                            scalars.update(ab_scalars(accelerator.unwrap_model(model)))
-                            accelerator.log(scalars, step=state.step)
-                    if validate is not None and s.eval_every and state.step % s.eval_every == 0:
-                        accelerator.log(validate(), step=state.step)
-                        model.train()
-                    state.stopped = stop_reason(state, s)
-                    if state.stopped:
-                        break
-                    saved = None
-                    if s.checkpoint_every and state.step % s.checkpoint_every == 0:
-                        saved = last_checkpoint = save()
-                    if preempting():
-                        bar.close()
-                        raise Preempted(
-                            preempt.requested() or "a signal", state.step, saved or save()
-                        )
-                else:  # the epoch ran out
-                    state.next_epoch()
-                    state.stopped = stop_reason(state, s)
-    finally:
-        if compiled:
-            _uncompile(model)
+    with _compiling() if compiled else contextlib.nullcontext(), _finally(own_attention):
+        state.stopped = stop_reason(state, s)
+        model.train()
+        while not state.stopped:
+            loader.set_epoch(state.epoch)
+            epoch_batches = (
+                skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+            )
+            for batch in epoch_batches:
+                value = step(batch)
+                step = forward_backward
+                if s.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+                optimizer_step()
+                zero_grad()
+                state.stepped(value)
+                bar.update(1)
+                watch.tick(state.step)
+                if state.step % s.log_every == 0:
+                    bar.set_postfix(loss=f"{state.recent_loss:.4g}", refresh=False)
+                    if accelerator.trackers:  # the loss, and a and b head by head
+                        scalars = {"train_loss": state.recent_loss, "epoch": state.epoch}
+                        scalars.update(ab_scalars(accelerator.unwrap_model(model)))
+                        accelerator.log(scalars, step=state.step)
+                if validate is not None and s.eval_every and state.step % s.eval_every == 0:
+                    accelerator.log(validate(), step=state.step)
+                    model.train()
+                state.stopped = stop_reason(state, s)
+                if state.stopped:
+                    break
+                saved = None
+                if s.checkpoint_every and state.step % s.checkpoint_every == 0:
+                    saved = last_checkpoint = save()
+                if preempting():
+                    bar.close()
+                    raise Preempted(preempt.requested() or "a signal", state.step, saved or save())
+            else:  # the epoch ran out
+                state.next_epoch()
+                state.stopped = stop_reason(state, s)
     bar.close()
+
+
+def _plain_calls(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> tuple:
+    """``(backward(loss), step(), zero_grad())`` of a training step: accelerate's own where
+    it adds something to them (an fp16 gradient scaler, DeepSpeed, Megatron, XLA, gradient
+    accumulation), else the plain torch calls it would make. On a plain run accelerate's
+    ``AcceleratedOptimizer`` looks the ``lomo_optim`` package up on disk twice a step and
+    inspects ``zero_grad``'s signature once (about 0.6 ms of the paper model's 12 ms
+    step); the optimizer stepped is the same object either way (its state, checkpoints
+    and numbers unchanged)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    if not _plain(accelerator):
+        return accelerator.backward, optimizer.step, lambda: optimizer.zero_grad(set_to_none=True)
+    inner = optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
+    return lambda loss: loss.backward(), inner.step, lambda: inner.zero_grad(set_to_none=True)
+
+
+def _plain(accelerator: Accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return (
+        accelerator.scaler is None
+        and accelerator.gradient_accumulation_steps == 1
+        and accelerator.distributed_type
+        not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM, DistributedType.XLA)
+    )
+
+
+@contextlib.contextmanager
+def _finally(undo: Callable[[], None]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        undo()
 
 
 @contextlib.contextmanager

@@ -281,6 +281,7 @@ class _Cell:
             processes=1,
             mixed_precision=precision_ran(accelerator),
             packed=packed,
+            compiled=False,  # a pack's step is its own (vmap), never compiled
         )
         finish_run(self.run_dir, self.config, row, self.model, self.data.tokenizer)
         return row

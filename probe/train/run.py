@@ -164,6 +164,7 @@ def _run(
         fast_activations,
         train,
         train_loader,
+        training_rows,
     )
 
     config = plan.config
@@ -183,6 +184,7 @@ def _run(
     label_kind = data.label_kind
 
     rows = {s: TensorRows(cols) for s, cols in data.splits.items()}
+    rows["train"] = training_rows(model, data.splits["train"])  # readout checked once
     loaders = {"train": train_loader(rows["train"], config.batch_size, config.seed)}
     for split in ("validation", "test"):
         if len(rows[split]):
@@ -265,8 +267,9 @@ def _run(
         steps_timed=state.step - first_step,
         processes=accelerator.num_processes,
         mixed_precision=precision_ran(accelerator),
-        # what ran: --compile may have fallen back to eager (config.compile stays true)
-        **({"compiled": not state.compile_error} if config.compile else {}),
+        # what ran: compiled or not (the default decides by the run's length; --compile
+        # may have fallen back to eager, and config.compile stays what was asked)
+        compiled=state.compiled,
         **({"compile_error": state.compile_error} if state.compile_error else {}),
     )
     if accelerator.is_main_process:

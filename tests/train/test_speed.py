@@ -87,12 +87,12 @@ def test_a_compiled_run_reaches_the_plain_runs_test_loss(tmp_path, variant, chec
 
 
 def test_a_failing_compile_falls_back_to_the_plain_run(tmp_path, monkeypatch):
-    def broken(model):
-        def forward(*args, **kwargs):
+    def broken(loss):
+        def compiled(batch):
             torch.rand(3)  # draws from the generator, as a compiled dropout would
             raise RuntimeError("backend failed\nmore lines")
 
-        model.forward = forward
+        return compiled
 
     settings = dict(max_steps=5, converge_loss=0.0)
     plain = run(tmp_path, "plain", **settings)
@@ -105,7 +105,25 @@ def test_a_failing_compile_falls_back_to_the_plain_run(tmp_path, monkeypatch):
     # the row says what ran (config.compile stays true): issue 21
     assert fallen["compiled"] is False and fallen["config"]["compile"] is True
     assert fallen["compile_error"] == "RuntimeError: backend failed"
-    assert "compiled" not in plain
+    assert plain["compiled"] is False  # short: the default leaves it eager
+
+
+def test_the_default_compiles_long_runs_only():
+    from probe.train.loop import COMPILE_MIN_STEPS, LoopSettings, compiles
+
+    def settings(**kw):
+        base = dict(max_steps=0, epochs=0, converge_loss=0.0, max_grad_norm=0.0, compile=None)
+        base.update(eval_every=0, checkpoint_every=0, log_every=1, progress=False)
+        return LoopSettings(**{**base, **kw})
+
+    assert compiles(settings(max_steps=COMPILE_MIN_STEPS), 0, 16)
+    assert not compiles(settings(max_steps=COMPILE_MIN_STEPS), 1, 16)  # steps left count
+    assert not compiles(settings(max_steps=COMPILE_MIN_STEPS - 1), 0, 16)
+    assert compiles(settings(epochs=1000), 0, 2)  # the paper protocol at n = 128
+    assert not compiles(settings(epochs=1000), 0, 1)  # n <= 64: 1000 steps
+    assert not compiles(settings(max_steps=100, epochs=1000), 0, 16)  # the nearer limit
+    assert not compiles(settings(max_steps=10**6, compile=False), 0, 16)
+    assert compiles(settings(max_steps=1, compile=True), 0, 16)
 
 
 @pytest.mark.slow
