@@ -32,7 +32,7 @@ multiply-add × (forward + the two backward products). Attention's own products 
 the embedding lookups are left out (under 1 % here).
 
 probe's side runs what ``probe finetune`` runs for a paper-protocol cell of this shape
-(n 1024, 1000 epochs, no step limit: 16,000 steps, so the step is compiled by default:
+(n 2048, 1000 epochs, no step limit: 32,000 steps, so the step is compiled by default:
 ``probe.train.loop.compiles``); a third side, ``eager``, trains with ``compile=False``,
 what cells under ``COMPILE_MIN_STEPS`` steps run (its fraction and ratio are printed
 too, and ``compiled/eager``; the compiled side's first window's CPU time over its best
@@ -64,7 +64,7 @@ from probe.train.config import FinetuneConfig  # noqa: E402
 from probe.train.plan import plan_run  # noqa: E402
 from probe.train.setup import build_run_model, load_run_data  # noqa: E402
 
-N_TRAIN, BATCH, CHUNK = 1024, 64, 16
+N_TRAIN, BATCH, CHUNK = 2048, 64, 16
 PROTOCOL_EPOCHS = 1000  # the paper's (recipes/paper/base.yaml), no step limit
 SETTINGS = {"ab": "none", "model": "paper"}  # --ab, --model: every side
 

@@ -381,7 +381,7 @@ class FinetuneConfig:
             "torch.compile the training step: forward, readout and loss in one graph, and "
             "its backward (same numbers up to float rounding; falls back to eager with a "
             "warning where it fails). Unset (the default): on for a run of at least "
-            "2,000 steps (probe.train.loop.COMPILE_MIN_STEPS), where its warm-up (seconds "
+            "20,000 steps (probe.train.loop.COMPILE_MIN_STEPS), where its warm-up (seconds "
             "from inductor's cache, tens of seconds cold) pays back, off for shorter ones "
             "and for --pack; --compile / --no-compile force it. The row says what ran "
             "(compiled). bench/finetune.py measures both",

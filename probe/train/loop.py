@@ -301,11 +301,13 @@ class LoopSettings:
 
 
 # a run of this many steps (or more) compiles its step unless told otherwise (--compile /
-# --no-compile). bench/finetune.py --compile, the paper model at width 128, one thread:
-# the compiled step saves about 2 ms of 13 (1.15x); its warm-up costs about 3 s of CPU
-# from inductor's cache (tens of seconds of wall time cold, once per shape and machine),
-# so it pays back within about 1,500 steps once the cache holds the shape
-COMPILE_MIN_STEPS = 2000
+# --no-compile). Measured on whole paper-protocol cells (aba_vs_abb + KQ, width 128, one
+# thread, process CPU time): at n 128 (2,000 steps) eager 45 s, compiled 49 s from a warm
+# inductor cache and 76 s from a cold one; at n 1024 (16,000 steps) eager 316 s, compiled
+# 314 s cold. The compiled step saves about 2 ms, its warm-up costs ~8 CPU-s warm and
+# ~35 cold: it pays back from about 4,000 steps warm and 17,000 cold, so a run compiles
+# where it pays even on a cold cache
+COMPILE_MIN_STEPS = 20_000
 
 
 def compiles(settings: LoopSettings, step: int, steps_per_epoch: int) -> bool:

@@ -119,8 +119,8 @@ def test_the_default_compiles_long_runs_only():
     assert compiles(settings(max_steps=COMPILE_MIN_STEPS), 0, 16)
     assert not compiles(settings(max_steps=COMPILE_MIN_STEPS), 1, 16)  # steps left count
     assert not compiles(settings(max_steps=COMPILE_MIN_STEPS - 1), 0, 16)
-    assert compiles(settings(epochs=1000), 0, 2)  # the paper protocol at n = 128
-    assert not compiles(settings(epochs=1000), 0, 1)  # n <= 64: 1000 steps
+    assert compiles(settings(epochs=1000), 0, 32)  # the paper protocol at n = 2048
+    assert not compiles(settings(epochs=1000), 0, 16)  # n = 1024: 16,000 steps
     assert not compiles(settings(max_steps=100, epochs=1000), 0, 16)  # the nearer limit
     assert not compiles(settings(max_steps=10**6, compile=False), 0, 16)
     assert compiles(settings(max_steps=1, compile=True), 0, 16)
