@@ -7,8 +7,8 @@ their identity scalings and the scalings' learning rates (``ab``: plain / + KQ /
 :func:`probe.train.run.finetune` would set it up (its folder, its seed, its own
 rendered data, its model with a/b, its AdamW groups), then the K models' trainable
 tensors are stacked on a new leading dim and one step trains them all:
-``torch.func.vmap(grad_and_value(loss))`` over ``functional_call`` of the first
-model computes K losses and K gradients in one call, and one AdamW steps the
+``torch.func.vmap(loss)`` over ``functional_call`` of the first model computes K
+losses in one call, autograd's backward of their sum the K gradients, and one AdamW steps the
 stacked tensors. AdamW is elementwise with per-group settings, and every cell has
 the same groups, so that is K AdamWs. Cells of other a/b variants share the step: the
 pack's model carries every term some cell has (:func:`union_ab`), a cell without a term
@@ -392,9 +392,10 @@ class _Stack:
         self.optimizer = self._optimizer()
 
     def inputs(self) -> dict[str, torch.Tensor]:
-        """Every trainable tensor stacked [K, ...]: the step's input."""
+        """Every trainable tensor stacked [K, ...], each a leaf autograd differentiates
+        the step's losses by (a split group's stacked from its cells' leaves afresh)."""
         with torch.no_grad():
-            split = {n: torch.stack(rows) for n, rows in self.split.items()}
+            split = {n: torch.stack(rows).requires_grad_() for n, rows in self.split.items()}
         return {**self.params, **split}
 
     def set_grads(self, grads: dict[str, torch.Tensor]) -> None:
@@ -561,11 +562,11 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
 
 class _PackedStep:
     """One training step of the live cells: their batches stacked, K losses and K
-    gradients from one ``vmap(grad_and_value(...))`` call, clipping per cell, one AdamW
+    gradients from one ``vmap``'d forward and autograd's backward, clipping per cell, one AdamW
     step over the stacked tensors, each cell's loop state advanced."""
 
     def __init__(self, cells: list[_Cell], accelerator):
-        from torch.func import grad_and_value, vmap
+        from torch.func import vmap
 
         from probe.models.build import readout_mode
 
@@ -576,7 +577,7 @@ class _PackedStep:
         self.config, self.kind, self.accelerator = first.config, first.data.label_kind, accelerator
         self.stack = _Stack(self.base, [c.model for c in cells], [c.config for c in cells])
         self.read = _Read(self.base, self.mode)
-        self.step_all = vmap(grad_and_value(self._loss), randomness="error")
+        self.losses = vmap(self._loss, randomness="error")
 
     def _loss(self, params, consts, input_ids, mask, at, labels, weight):
         from torch.func import functional_call
@@ -594,10 +595,16 @@ class _PackedStep:
         from probe.train.loop import non_finite_loss, stop_reason
 
         inputs = _stacked_inputs(batches, self.mode, self.base)
-        # grad is a function transform: no_grad outside it only keeps autograd from
-        # recording the step itself (the gradients need no graph of their own)
-        with torch.no_grad(), self.accelerator.autocast():
-            grads, losses = self.step_all(self.stack.inputs(), self.stack.consts, *inputs)
+        params = self.stack.inputs()
+        # vmap over the forward only, autograd's own backward over the stacked tensors:
+        # the sum's gradient in cell k's slice is cell k's loss's gradient (no op mixes
+        # cells), and the backward runs the batched kernels the forward recorded, where
+        # grad_and_value under vmap runs batching rules for every backward op too (layer
+        # norm's and GELU's backward cost 2-3 times as much under them)
+        with torch.enable_grad(), self.accelerator.autocast():
+            losses = self.losses(params, self.stack.consts, *inputs)
+            tensors = list(params.values())
+            grads = dict(zip(params, torch.autograd.grad(losses.sum(), tensors), strict=True))
         values = losses.tolist()
         # vmap can hand back a gradient laid out [n, K, ...] in memory; the fused AdamW
         # kernel reads the gradient in its parameter's layout, so give it that layout
