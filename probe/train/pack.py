@@ -7,8 +7,8 @@ their identity scalings and the scalings' learning rates (``ab``: plain / + KQ /
 :func:`probe.train.run.finetune` would set it up (its folder, its seed, its own
 rendered data, its model with a/b, its AdamW groups), then the K models' trainable
 tensors are stacked on a new leading dim and one step trains them all:
-``torch.func.vmap(grad_and_value(loss))`` over ``functional_call`` of the first
-model computes K losses and K gradients in one call, and one AdamW steps the
+``torch.func.vmap(loss)`` over ``functional_call`` of the first model computes K
+losses in one call, autograd's backward of their sum the K gradients, and one AdamW steps the
 stacked tensors. AdamW is elementwise with per-group settings, and every cell has
 the same groups, so that is K AdamWs. Cells of other a/b variants share the step: the
 pack's model carries every term some cell has (:func:`union_ab`), a cell without a term
@@ -392,9 +392,10 @@ class _Stack:
         self.optimizer = self._optimizer()
 
     def inputs(self) -> dict[str, torch.Tensor]:
-        """Every trainable tensor stacked [K, ...]: the step's input."""
+        """Every trainable tensor stacked [K, ...], each a leaf autograd differentiates
+        the step's losses by (a split group's stacked from its cells' leaves afresh)."""
         with torch.no_grad():
-            split = {n: torch.stack(rows) for n, rows in self.split.items()}
+            split = {n: torch.stack(rows).requires_grad_() for n, rows in self.split.items()}
         return {**self.params, **split}
 
     def set_grads(self, grads: dict[str, torch.Tensor]) -> None:
@@ -561,11 +562,11 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
 
 class _PackedStep:
     """One training step of the live cells: their batches stacked, K losses and K
-    gradients from one ``vmap(grad_and_value(...))`` call, clipping per cell, one AdamW
+    gradients from one ``vmap``'d forward and autograd's backward, clipping per cell, one AdamW
     step over the stacked tensors, each cell's loop state advanced."""
 
     def __init__(self, cells: list[_Cell], accelerator):
-        from torch.func import grad_and_value, vmap
+        from torch.func import vmap
 
         from probe.models.build import readout_mode
 
@@ -576,7 +577,10 @@ class _PackedStep:
         self.config, self.kind, self.accelerator = first.config, first.data.label_kind, accelerator
         self.stack = _Stack(self.base, [c.model for c in cells], [c.config for c in cells])
         self.read = _Read(self.base, self.mode)
-        self.step_all = vmap(grad_and_value(self._loss), randomness="error")
+        self.losses = vmap(self._loss, randomness="error")
+        self.looked_up = _lookup_only(self.base, self.stack)
+        self.table_grad: torch.Tensor | None = None  # the input table's, kept across steps
+        self.touched: torch.Tensor | None = None  # its rows holding last step's gradient
 
     def _loss(self, params, consts, input_ids, mask, at, labels, weight):
         from torch.func import functional_call
@@ -594,17 +598,34 @@ class _PackedStep:
         from probe.train.loop import non_finite_loss, stop_reason
 
         inputs = _stacked_inputs(batches, self.mode, self.base)
-        # grad is a function transform: no_grad outside it only keeps autograd from
-        # recording the step itself (the gradients need no graph of their own)
-        with torch.no_grad(), self.accelerator.autocast():
-            grads, losses = self.step_all(self.stack.inputs(), self.stack.consts, *inputs)
+        params = self.stack.inputs()
+        table = self.looked_up
+        if table is not None:
+            # the step sees only the input table's rows some cell looks up (ids renumbered
+            # into them): the backward makes a [K, rows used, d] gradient, not a dense
+            # [K, vocab, d] one zeroed and scattered into every step
+            used, local = torch.unique(inputs[0], return_inverse=True)
+            with torch.no_grad():
+                params[table] = params[table].index_select(1, used).requires_grad_()
+            inputs = (local, *inputs[1:])
+        # vmap over the forward only, autograd's own backward over the stacked tensors:
+        # the sum's gradient in cell k's slice is cell k's loss's gradient (no op mixes
+        # cells), and the backward runs the batched kernels the forward recorded, where
+        # grad_and_value under vmap runs batching rules for every backward op too (layer
+        # norm's and GELU's backward cost 2-3 times as much under them)
+        with torch.enable_grad(), self.accelerator.autocast():
+            losses = self.losses(params, self.stack.consts, *inputs)
+            tensors = list(params.values())
+            grads = dict(zip(params, torch.autograd.grad(losses.sum(), tensors), strict=True))
         values = losses.tolist()
         # vmap can hand back a gradient laid out [n, K, ...] in memory; the fused AdamW
         # kernel reads the gradient in its parameter's layout, so give it that layout
         grads = {n: g.contiguous() for n, g in grads.items()}
         self.stack.mask_absent(grads)  # before clipping: a lone run has no such gradient
-        if self.config.max_grad_norm:
+        if self.config.max_grad_norm:  # the rows not looked up add 0 to a cell's norm
             _clip_per_cell(grads, self.config.max_grad_norm)
+        if table is not None:
+            grads[table] = self._table_grad(table, used, grads[table])
         self.stack.set_grads(grads)
         self.stack.optimizer.step()
         self.stack.optimizer.zero_grad(set_to_none=True)
@@ -620,6 +641,19 @@ class _PackedStep:
                 stopped[i] = None
         return stopped
 
+    def _table_grad(self, name: str, used: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The input table's whole gradient ``[K, vocab, d]``, what a lone run's embedding
+        backward makes: ``rows`` (the gradient of the rows ``used``) in a buffer kept
+        across steps, zero elsewhere (last step's rows zeroed again)."""
+        shape = self.stack.params[name].shape
+        if self.table_grad is None or self.table_grad.shape != shape:
+            self.table_grad = torch.zeros(shape, dtype=rows.dtype, device=rows.device)
+        elif self.touched is not None:
+            self.table_grad.index_fill_(1, self.touched, 0)
+        self.table_grad.index_copy_(1, used, rows)
+        self.touched = used
+        return self.table_grad
+
     def keep(self, live: list[_Cell], leaving: list[int]) -> list[_Cell]:
         """The live cells without ``leaving`` (indices), the stack sliced to match."""
         if not leaving:
@@ -627,6 +661,7 @@ class _PackedStep:
         alive = [i for i in range(len(live)) if i not in leaving]
         if alive:
             self.stack.keep(alive)
+            self.table_grad = self.touched = None  # a buffer of the old stack's shape
         return [live[i] for i in alive]
 
 
@@ -646,6 +681,28 @@ def _pack_model(cells: list[_Cell]) -> nn.Module:
     model, _ = build_run_model(plan, first.data)
     fast_activations(model)
     return model
+
+
+def _lookup_only(base: nn.Module, stack: _Stack) -> str | None:
+    """The name of the pack's input table where the step may hand it only the rows its
+    batches look up: a trained stacked tensor the model only looks rows up in (a plain
+    ``nn.Embedding`` not tied to an output head, no ``padding_idx``, ``max_norm`` or
+    ``scale_grad_by_freq``, which depend on the row numbers or the whole table). None:
+    the step takes the whole table."""
+    embedding = base.get_input_embeddings()
+    name = stack.table
+    names = [n for n, p in base.named_parameters(remove_duplicate=False) if p is embedding.weight]
+    plain = type(embedding) is nn.Embedding and embedding.padding_idx is None
+    if (
+        names != [name]
+        or name not in stack.params
+        or not plain
+        or embedding.max_norm is not None
+        or embedding.scale_grad_by_freq
+        or embedding.sparse
+    ):
+        return None
+    return name
 
 
 def _batchable_attention(model: nn.Module) -> None:
