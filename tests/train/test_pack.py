@@ -59,17 +59,28 @@ def assert_same_runs(lone: list[dict], packed: list[dict]) -> None:
 
 
 @pytest.mark.parametrize(
-    "over",
+    ("over", "rows_only"),
     [
-        {"ab": "kq,vo"},  # GPT-2 without dropout, regression, a and b at their own lr
-        {"model": "paper", "task": "copy", "ab": "vo"},  # symbolic, the input's last token
-        {"model": "llama", "ab": "kq"},  # RoPE inside vmap; no dropout by default
+        # GPT-2 without dropout, regression, a and b at their own lr; its input table is
+        # handed to the step as the rows the batches look up (pack._lookup_only)
+        ({"ab": "kq,vo"}, "transformer.wte.weight"),
+        # symbolic, the input's last token; the table is tied to the output head: whole
+        ({"model": "paper", "task": "copy", "ab": "vo"}, None),
+        ({"model": "llama", "ab": "kq"}, None),  # RoPE inside vmap; no dropout by default
     ],
     ids=["gpt2-kq,vo", "paper-copy-vo", "llama-kq"],
 )
-def test_a_packed_cell_reaches_its_lone_runs_numbers(tmp_path, over):
+def test_a_packed_cell_reaches_its_lone_runs_numbers(tmp_path, monkeypatch, over, rows_only):
+    from probe.train import pack
+
     over.setdefault("task", "aba_vs_abb")
+    chosen = []
+    lookup_only = pack._lookup_only
+    monkeypatch.setattr(
+        pack, "_lookup_only", lambda *a: chosen.append(lookup_only(*a)) or chosen[-1]
+    )
     lone, packed = lone_and_packed(tmp_path, **over)
+    assert chosen == [rows_only]  # both input-table paths are held to the lone numbers
     assert_same_runs(lone, packed)
     assert len({r["test_loss"] for r in packed}) == 3  # three seeds, three different runs
     on_disk = json.loads((tmp_path / "pack1" / "results.jsonl").read_text())
