@@ -133,7 +133,7 @@ class ProbeSide:
             protocol = loop.LoopSettings.from_config(
                 dataclasses.replace(cfg, epochs=PROTOCOL_EPOCHS, max_steps=0)
             )
-            compile_step = loop.compiles(protocol, 0, len(loader))
+            compile_step = loop.compiles(protocol, len(loader))
         self.compiled = compile_step
 
         def window() -> None:

@@ -310,17 +310,19 @@ class LoopSettings:
 COMPILE_MIN_STEPS = 20_000
 
 
-def compiles(settings: LoopSettings, step: int, steps_per_epoch: int) -> bool:
+def compiles(settings: LoopSettings, steps_per_epoch: int) -> bool:
     """Whether the loop compiles its step: ``settings.compile`` where set, else whether
-    the steps left (``max_steps``, or ``epochs`` of ``steps_per_epoch``) reach
+    the run's steps (``max_steps``, or ``epochs`` of ``steps_per_epoch``) reach
     ``COMPILE_MIN_STEPS``. An early stop may end a run sooner; the rule counts the
-    steps the run may take."""
+    steps the run may take, from its first: a run resumed from a checkpoint decides as
+    it did when it started, so its steps after the resume are computed as an
+    uninterrupted run's would be (compiled and eager steps differ by float rounding)."""
     if settings.compile is not None:
         return settings.compile
     limits = [settings.max_steps] if settings.max_steps else []
     if settings.epochs:
         limits.append(settings.epochs * steps_per_epoch)
-    return bool(limits) and min(limits) - step >= COMPILE_MIN_STEPS
+    return bool(limits) and min(limits) >= COMPILE_MIN_STEPS
 
 
 def non_finite_loss(value: float, step: int, last_checkpoint: Any) -> FloatingPointError:
@@ -419,7 +421,7 @@ def train(
     watch = LongRunWatch(total, accelerator.device, enabled=accelerator.is_main_process)
 
     eager_loss = batch_loss(model, readout, label_kind)
-    compiled = compiles(s, state.step, len(loader)) and not stop_reason(state, s)
+    compiled = compiles(s, len(loader)) and not stop_reason(state, s)
     state.compiled = compiled
     step_loss = _compile(eager_loss) if compiled else eager_loss
     own_attention = _compiled_attention(model) if compiled else lambda: None

@@ -116,14 +116,13 @@ def test_the_default_compiles_long_runs_only():
         base.update(eval_every=0, checkpoint_every=0, log_every=1, progress=False)
         return LoopSettings(**{**base, **kw})
 
-    assert compiles(settings(max_steps=COMPILE_MIN_STEPS), 0, 16)
-    assert not compiles(settings(max_steps=COMPILE_MIN_STEPS), 1, 16)  # steps left count
-    assert not compiles(settings(max_steps=COMPILE_MIN_STEPS - 1), 0, 16)
-    assert compiles(settings(epochs=1000), 0, 32)  # the paper protocol at n = 2048
-    assert not compiles(settings(epochs=1000), 0, 16)  # n = 1024: 16,000 steps
-    assert not compiles(settings(max_steps=100, epochs=1000), 0, 16)  # the nearer limit
-    assert not compiles(settings(max_steps=10**6, compile=False), 0, 16)
-    assert compiles(settings(max_steps=1, compile=True), 0, 16)
+    assert compiles(settings(max_steps=COMPILE_MIN_STEPS), 16)
+    assert not compiles(settings(max_steps=COMPILE_MIN_STEPS - 1), 16)
+    assert compiles(settings(epochs=1000), 32)  # the paper protocol at n = 2048
+    assert not compiles(settings(epochs=1000), 16)  # n = 1024: 16,000 steps
+    assert not compiles(settings(max_steps=100, epochs=1000), 16)  # the nearer limit
+    assert not compiles(settings(max_steps=10**6, compile=False), 16)
+    assert compiles(settings(max_steps=1, compile=True), 16)
 
 
 @pytest.mark.slow
@@ -174,3 +173,29 @@ def test_loop_settings_are_the_loop_fields_of_the_config():
     config = FinetuneConfig(max_steps=7, log_every=3)
     settings = LoopSettings.from_config(config)
     assert settings.max_steps == 7 and settings.log_every == 3
+
+
+def test_a_resumed_run_decides_to_compile_as_it_did_when_it_started(tmp_path, monkeypatch):
+    """The default decides on the run's steps, not the steps left: a run killed past
+    half-way and resumed keeps computing its steps the way it began (compiled and eager
+    steps differ by float rounding, so a resume would not reproduce the run otherwise)."""
+    calls = []
+
+    def recording(loss):  # stands in for torch.compile: the same function, counted
+        def step(batch):
+            calls.append(len(calls))
+            if len(calls) == 7:  # killed mid-run, after the checkpoint of step 5
+                raise KeyboardInterrupt
+            return loss(batch)
+
+        return step
+
+    monkeypatch.setattr(probe.train.loop, "COMPILE_MIN_STEPS", 10)
+    monkeypatch.setattr(probe.train.loop, "_compile", recording)
+    settings = dict(max_steps=10, converge_loss=0.0, checkpoints=True, checkpoint_every=5)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "run", **settings)
+    calls.clear()
+    resumed = run(tmp_path, "run", resume=True, **settings)
+    assert resumed["steps"] == 10 and resumed["compiled"] is True
+    assert len(calls) == 5  # steps 6-10, through the compiled step (5 steps left < 10)
