@@ -199,3 +199,31 @@ def test_a_resumed_run_decides_to_compile_as_it_did_when_it_started(tmp_path, mo
     resumed = run(tmp_path, "run", resume=True, **settings)
     assert resumed["steps"] == 10 and resumed["compiled"] is True
     assert len(calls) == 5  # steps 6-10, through the compiled step (5 steps left < 10)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_killed_and_resumed_is_the_uninterrupted_run(tmp_path, monkeypatch):
+    settings = dict(max_steps=10, converge_loss=0.0, compile=True, checkpoint_every=5)
+    settings.update(checkpoints=True)  # dropout on (GPT-2's 0.1): the RNG resumes too
+    whole = run(tmp_path, "whole", **settings)
+    compile_step, calls = probe.train.loop._compile, []
+
+    def killed_at_step_7(loss):
+        compiled = compile_step(loss)
+
+        def step(batch):
+            calls.append(1)
+            if len(calls) == 7:
+                raise KeyboardInterrupt
+            return compiled(batch)
+
+        return step
+
+    monkeypatch.setattr(probe.train.loop, "_compile", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "cut", **settings)
+    monkeypatch.setattr(probe.train.loop, "_compile", compile_step)
+    resumed = run(tmp_path, "cut", resume=True, **settings)
+    assert whole["compiled"] is resumed["compiled"] is True
+    for k in ("test_loss", "val_loss", "train_loss"):
+        assert resumed[k] == whole[k], k
