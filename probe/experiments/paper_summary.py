@@ -111,6 +111,20 @@ def mismatch(
     return factor, _fmt(factor)
 
 
+def within_2x(factor: float, factor_text: str) -> str:
+    """Whether a row is within 2x of the paper, given :func:`mismatch`: ``"yes"``,
+    ``"no"``, or ``"not yet (bound)"`` where the bound still allows 2x (``">1"``, or
+    ``">=2"``: exactly 2 would do); ``">2"`` (our n* beyond twice the paper's) is a no."""
+    if math.isnan(factor):
+        return "? (both beyond the n run)"
+    if not factor_text.startswith(">"):
+        return "yes" if factor <= 2 else "no"
+    at_least = factor_text.startswith(">=")
+    if factor > 2 or (factor == 2 and not at_least):
+        return "no"
+    return "not yet (bound)"
+
+
 def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
     """One row per variant of the sweep in ``folder`` (see the module docstring); n*
     and its seeds come from ``probe.experiments.report.n_star``."""
@@ -277,14 +291,7 @@ def paper_table(
             factor, factor_text, within = float("nan"), "", "not run"
         else:
             factor, factor_text = mismatch(row.task, row.key, n, reached, smallest)
-            if math.isnan(factor):
-                within = "? (both beyond the n run)"
-            elif factor <= 2 and not factor_text.startswith(">"):
-                within = "yes"
-            elif factor_text.startswith(">") and factor <= 2:
-                within = "not yet (bound)"
-            else:
-                within = "no"
+            within = within_2x(factor, factor_text)
         out.append(
             {
                 "row": row.label,

@@ -86,6 +86,17 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
         "not yet (bound)",
     )
     assert table.loc["same_different, plain", "within 2x"] == "not run"
+    from probe.experiments.paper_summary import within_2x
+
+    # a bound decides once it passes 2x: ">2" (beyond twice the paper's n*) is a no,
+    # ">=2" (the smallest n run, which may be exactly 2x) and ">1" are not yet
+    assert [within_2x(f, t) for f, t in [(2, ">2"), (4, ">=4"), (2, ">=2"), (1, ">1")]] == [
+        "no",
+        "no",
+        "not yet (bound)",
+        "not yet (bound)",
+    ]
+    assert within_2x(float("nan"), "?") == "? (both beyond the n run)"
     (root / "causes.yaml").write_text("'aba_vs_abb, + KQ,VO': from the file\n")
     main(["--table", str(root)])
     text = (root / "table.md").read_text()
