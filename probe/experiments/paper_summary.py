@@ -9,6 +9,11 @@ reached is written ``>N`` (N the largest n run) and gets a lower bound for a
 ratio, never a number; so does a paper n* that its figure gives only as a bound
 (``<=16``, ``PAPER_AT_MOST``). ``NO_RATIO`` names the rows with no ratio, and why.
 Writes ``paper_summary.md`` into each folder and prints it.
+
+``--table results/paper`` writes the table of both protocols (REPORT section 9) to
+``results/paper/table.md``; ``--into results/REPORT.md`` also puts it into that file,
+in place of whatever stands between the lines ``<!-- paper-table -->`` and
+``<!-- /paper-table -->`` (:func:`put_between`).
 """
 
 from __future__ import annotations
@@ -306,6 +311,27 @@ def paper_table(
     return pd.DataFrame(out)
 
 
+TABLE_START, TABLE_END = "<!-- paper-table -->", "<!-- /paper-table -->"
+
+
+def put_between(path: Path, text: str, start: str = TABLE_START, end: str = TABLE_END) -> None:
+    """``path`` with what stands between its lines ``start`` and ``end`` replaced by
+    ``text``; ``ValueError`` naming the file and the missing or repeated marker, with
+    nothing written, when the two do not appear once each and in that order."""
+    lines = path.read_text().splitlines(keepends=True)
+    at = {m: [i for i, line in enumerate(lines) if line.strip() == m] for m in (start, end)}
+    bad = [m for m, found in at.items() if len(found) != 1]
+    if bad or at[start][0] > at[end][0]:
+        found = f"found {len(at[start])} and {len(at[end])}" if bad else "found them reversed"
+        raise ValueError(
+            f"{path}: expected one line {start!r} and, after it, one line {end!r} around "
+            f"the table ({found}); add them where the table goes"
+        )
+    i, j = at[start][0], at[end][0]
+    body = text if text.endswith("\n") else text + "\n"
+    path.write_text("".join(lines[: i + 1]) + body + "".join(lines[j:]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m probe.experiments.paper_summary", description=__doc__
@@ -318,7 +344,19 @@ def main(argv: list[str] | None = None) -> None:
         help="FOLDERS is the paper's results root (results/paper): write its table.md, "
         "REPORT section 9's table of both protocols (causes read from causes.yaml there)",
     )
+    parser.add_argument(
+        "--into",
+        type=Path,
+        help=f"with --table: also put the table into this file (results/REPORT.md) between "
+        f"its lines {TABLE_START} and {TABLE_END}",
+    )
     args = parser.parse_args(argv)
+    if args.into is not None and not args.table:
+        parser.error("--into puts the table of --table into a file: pass --table too")
+    if args.into is not None and not args.into.is_file():
+        parser.error(
+            f"--into {str(args.into)!r} is not a file; pass the report, e.g. results/REPORT.md"
+        )
     if args.table:
         import yaml
 
@@ -328,6 +366,11 @@ def main(argv: list[str] | None = None) -> None:
         causes = yaml.safe_load(causes_file.read_text()) if causes_file.is_file() else {}
         table = paper_table(root, causes, args.threshold)
         text = markdown_table(table) + "\n"
+        if args.into is not None:  # checked before table.md is written
+            try:
+                put_between(args.into, text)
+            except ValueError as err:
+                parser.error(str(err))
         (root / "table.md").write_text(text)
         print(text)
         return

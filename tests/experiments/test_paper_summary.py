@@ -3,6 +3,8 @@ the readout makes the task degenerate (issue 20)."""
 
 import json
 
+import pytest
+
 from probe.experiments.paper_summary import summary
 
 
@@ -116,7 +118,49 @@ def test_the_reports_table_is_what_the_committed_rows_give():
     root = Path(__file__).resolve().parents[2] / "results" / "paper"
     causes = yaml.safe_load((root / "causes.yaml").read_text())
     table = markdown_table(paper_table(root, causes)) + "\n"
-    assert (root / "table.md").read_text() == table, (
-        "run: python -m probe.experiments.paper_summary --table results/paper"
+    again = "run: python -m probe.experiments.paper_summary --table results/paper --into results/REPORT.md"
+    assert (root / "table.md").read_text() == table, again
+    report = (root.parent / "REPORT.md").read_text()
+    assert f"<!-- paper-table -->\n{table}<!-- /paper-table -->\n" in report, again
+
+
+def test_into_puts_the_table_between_the_reports_markers_and_nothing_elsewhere(tmp_path):
+    from probe.experiments.paper_summary import put_between
+
+    report = tmp_path / "REPORT.md"
+    report.write_text(
+        "# R\n\ntext\n<!-- paper-table -->\n| old |\n|---|\n<!-- /paper-table -->\nafter\n"
     )
-    assert table in (root.parent / "REPORT.md").read_text(), "paste table.md into REPORT section 9"
+    put_between(report, "| new |\n|---|\n| 1 |\n")
+    assert report.read_text() == (
+        "# R\n\ntext\n<!-- paper-table -->\n| new |\n|---|\n| 1 |\n<!-- /paper-table -->\nafter\n"
+    )
+    put_between(report, "| new |\n|---|\n| 1 |\n")  # again: the same file
+    assert report.read_text().count("| new |") == 1
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("no markers\n", "found 0 and 0"),
+        ("<!-- paper-table -->\n| t |\n", "found 1 and 0"),
+        ("<!-- /paper-table -->\n| t |\n<!-- paper-table -->\n", "found them reversed"),
+        ("<!-- paper-table -->\n<!-- paper-table -->\n<!-- /paper-table -->\n", "found 2 and 1"),
+    ],
+)
+def test_into_refuses_a_report_without_one_pair_of_markers_and_writes_nothing(
+    tmp_path, capsys, text, found
+):
+    from probe.experiments.paper_summary import main
+
+    root = tmp_path / "paper"
+    (root / "aba_vs_abb").mkdir(parents=True)
+    report = tmp_path / "REPORT.md"
+    report.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--table", str(root), "--into", str(report)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert str(report) in err and "<!-- paper-table -->" in err and found in err
+    assert report.read_text() == text  # untouched
+    assert not (root / "table.md").exists()  # nothing half-written
