@@ -20,9 +20,17 @@ of each counts. Before timing, the bench checks that the two sides reached the s
 test losses. Prints per width ``pack<K>/lone: <x>`` (lone CPU time / packed CPU time,
 per cell; > 1: packing pays) and the same ratio in wall time.
 
+``--lone-compiled``: the lone runs compile their step, as every cell of
+``COMPILE_MIN_STEPS`` steps or more does by default (``probe.train.loop.compiles``: a
+paper-protocol cell of n >= 2048), while a pack never compiles; so it answers whether
+``--pack`` pays on a grid of long cells. Both sides are then timed in their steady
+state: the CPU time from the end of a cell's (or the pack's) second step to the end of
+its last (the lone step's compile warm-up, paid once per shape, left out; ``--steps``
+should then be a few hundred). Prints ``pack<K>/lone-compiled``.
+
     python bench/pack.py [--grid variants] [--seeds 3] [--k 16] [--widths 128]
                          [--steps 40] [--repeat 3] [--threads 1] [--task aba_vs_abb]
-                         [--ab kq,vo]
+                         [--ab kq,vo] [--lone-compiled]
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ def cells(
     task: str = "aba_vs_abb",
     ab: str = "kq,vo",
     variants: tuple[str, ...] | None = None,
+    compile_step: bool | None = None,
 ) -> list[FinetuneConfig]:
     """K cells: K seeds of ``ab``, or with ``variants`` each variant × K // len seeds."""
     grid = (
@@ -81,6 +90,7 @@ def cells(
             seed=seed,
             progress=False,
             checkpoints=False,
+            compile=compile_step,
             output_dir=os.path.join(out, f"{tag}{width}-{variant}-{seed}"),
         )
         for variant, seed in grid
@@ -118,6 +128,32 @@ def timing(clock: Clock, *targets: tuple[object, str]):
             setattr(owner, name, fn)
 
 
+class Steady:
+    """CPU time (this thread) from the end of each run's ``skip``-th step to the end of
+    its last: the intervals between consecutive step ends, summed past the first
+    ``skip`` steps (the first holds a compiled step's warm-up). ``cpu`` is the sum over
+    runs; wall time likewise."""
+
+    def __init__(self, skip: int = 2):
+        self.skip, self.cpu, self.wall = skip, 0.0, 0.0
+        # id(run) -> (the run, steps ended, cpu and wall time at the last end); holding the
+        # run keeps its id from being reused by a later one
+        self.last: dict[int, tuple[object, int, float, float]] = {}
+
+    def wrap(self, fn):
+        def timed(owner, *args, **kwargs):
+            out = fn(owner, *args, **kwargs)
+            c, w = time.thread_time(), time.perf_counter()
+            _, steps, c0, w0 = self.last.get(id(owner), (owner, 0, c, w))
+            if steps >= self.skip:
+                self.cpu += c - c0
+                self.wall += w - w0
+            self.last[id(owner)] = (owner, steps + 1, c, w)
+            return out
+
+        return timed
+
+
 def run_lone(configs) -> tuple[list[dict], Clock]:
     with timing(Clock(), (loop, "train")) as clock:
         rows = [finetune(c) for c in configs]
@@ -135,20 +171,57 @@ def run_packed(configs) -> tuple[dict, Clock]:
     return rows, clock
 
 
-def measure(k: int, width: int, steps: int, repeat: int = 1, variants=None, **task) -> float:
+def steady_lone(configs) -> tuple[list[dict], Steady]:
+    clock = Steady()
+    with timing(clock, (loop.TrainState, "stepped")):
+        rows = [finetune(c) for c in configs]
+    return rows, clock
+
+
+def steady_packed(configs) -> tuple[dict, Steady]:
+    clock = Steady()
+    with timing(clock, (pack_module._PackedStep, "__call__")):
+        rows = dict(finetune_packed(configs))
+    return rows, clock
+
+
+def measure(
+    k: int,
+    width: int,
+    steps: int,
+    repeat: int = 1,
+    variants=None,
+    lone_compiled: bool = False,
+    **task,
+) -> float:
     """pack<k>/lone at one width: the lone runs' summed loop CPU time over the pack's,
-    best round of each side."""
+    best round of each side (``lone_compiled``: lone runs compiled, both sides in their
+    steady state, :class:`Steady`)."""
+    if lone_compiled and steps <= Steady().skip:
+        raise ValueError(
+            f"--lone-compiled times steps past the second: --steps {steps} leaves none"
+        )
     best = {"lone": (float("inf"), float("inf")), "pack": (float("inf"), float("inf"))}
     gap = 0.0
     with tempfile.TemporaryDirectory() as out:
         for r in range(repeat):
             order = ("lone", "pack") if r % 2 == 0 else ("pack", "lone")
             for side in order:
-                configs = cells(out, k, width, steps, f"{side}{r}-", variants=variants, **task)
+                compile_step = lone_compiled if side == "lone" else None
+                configs = cells(
+                    out,
+                    k,
+                    width,
+                    steps,
+                    f"{side}{r}-",
+                    variants=variants,
+                    compile_step=compile_step,
+                    **task,
+                )
                 if side == "lone":
-                    lone, clock = run_lone(configs)
+                    lone, clock = (steady_lone if lone_compiled else run_lone)(configs)
                 else:
-                    packed, clock = run_packed(configs)
+                    packed, clock = (steady_packed if lone_compiled else run_packed)(configs)
                 best[side] = min(best[side], (clock.cpu, clock.wall))
             gap = max(
                 gap,
@@ -159,13 +232,17 @@ def measure(k: int, width: int, steps: int, repeat: int = 1, variants=None, **ta
             )
     (lone_cpu, lone_wall), (pack_cpu, pack_wall) = best["lone"], best["pack"]
     grid = f"{len(variants)} variants x {k // len(variants)} seeds" if variants else f"{k} seeds"
+    timed = steps - Steady().skip if lone_compiled else steps
+    lone_name = "lone-compiled" if lone_compiled else "lone"
     print(
-        f"width {width} ({grid}): lone {1e3 * lone_cpu / (k * steps):.2f} ms CPU/step per "
-        f"cell, packed {1e3 * pack_cpu / (k * steps):.2f} ms CPU/step per cell, best of "
-        f"{repeat} alternated rounds (test losses within {gap:.1e})"
+        f"width {width} ({grid}): {lone_name} {1e3 * lone_cpu / (k * timed):.2f} ms CPU/step "
+        f"per cell, packed {1e3 * pack_cpu / (k * timed):.2f} ms CPU/step per cell, best of "
+        f"{repeat} alternated rounds"
+        + (f", steps 3-{steps} (steady state)" if lone_compiled else "")
+        + f" (test losses within {gap:.1e})"
     )
-    print(f"pack{k}/lone: {lone_cpu / pack_cpu:.2f}  (width {width}, cpu time)")
-    print(f"pack{k}/lone (wall): {lone_wall / pack_wall:.2f}")
+    print(f"pack{k}/{lone_name}: {lone_cpu / pack_cpu:.2f}  (width {width}, cpu time)")
+    print(f"pack{k}/{lone_name} (wall): {lone_wall / pack_wall:.2f}")
     return lone_cpu / pack_cpu
 
 
@@ -180,12 +257,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--task", default="aba_vs_abb", help="e.g. majority_k:k=6")
     parser.add_argument("--ab", default="kq,vo", help="--grid seeds: the variant")
+    parser.add_argument(
+        "--lone-compiled",
+        action="store_true",
+        help="lone runs compile their step (long cells' default); both sides timed past step 2",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = VARIANTS if args.grid == "variants" else None
     k = len(VARIANTS) * args.seeds if variants else args.k
     for width in (int(w) for w in args.widths.split(",")):
-        measure(k, width, args.steps, args.repeat, variants, task=args.task, ab=args.ab)
+        measure(
+            k,
+            width,
+            args.steps,
+            args.repeat,
+            variants,
+            args.lone_compiled,
+            task=args.task,
+            ab=args.ab,
+        )
 
 
 if __name__ == "__main__":
