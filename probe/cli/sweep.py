@@ -15,7 +15,7 @@ from probe.cli import entry_points
 from probe.errors import Preempted, ProbeError
 from probe.experiments import sweep
 from probe.experiments.cells import (
-    cell_estimates,
+    estimate_cells,
     n_star_skips,
     parse_shard,
     pending_cells,
@@ -239,15 +239,18 @@ def _main(args: argparse.Namespace) -> None:
         )
         print(f"recipe {config.name}: {len(todo)} of {len(cells)} cells to run{grouped}")
         sources = [p for p in (out, committed_out(args.recipe, config)) if p is not None]
-        estimates = cell_estimates(sources)
+        by_place = {p.resolve(): p for p in reversed(sources)}  # one folder once, first name
+        sources = list(reversed(by_place.values()))
+        estimates = estimate_cells(todo, configs, sources)
         for c in todo:
-            known = estimates.get((c.variant, c.n))
-            guess = f"  ~{format_seconds(known)}" if known is not None else ""
-            print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}{guess}")
-        known = [estimates[(c.variant, c.n)] for c in todo if (c.variant, c.n) in estimates]
+            seconds, how = estimates.get(c.key, (None, ""))
+            guess = f"  ~{format_seconds(seconds)}" if seconds is not None else ""
+            print(f"  {c.variant:>12}  n={c.n:<6} seed={c.seed}{guess}{f' ({how})' if how else ''}")
+        known = [estimates[c.key][0] for c in todo if c.key in estimates]
         if known:
             jobs = parse_jobs(args.jobs)
             unknown = len(todo) - len(known)
+            scaled = sum(1 for c in todo if estimates.get(c.key, (0, ""))[1])
             print(
                 f"estimated time: ~{format_seconds(sum(known))} of cells"
                 + (
@@ -255,14 +258,27 @@ def _main(args: argparse.Namespace) -> None:
                     if jobs > 1
                     else ""
                 )
-                + (f", and {unknown} cells never run before" if unknown else "")
-                + f", from the wall_s of earlier rows in {', '.join(map(str, sources))} "
-                "(measured on their machine; another load or core count changes it)"
+                + (f", and {unknown} cells not estimated" if unknown else "")
+                + f", from the wall_s of earlier rows in {', '.join(map(str, sources))}"
+                + (
+                    f" ({scaled} cells never run before: their planned steps at their "
+                    "variant's seconds per step, an upper bound where an early stop may "
+                    "end them sooner)"
+                    if scaled
+                    else ""
+                )
+                + " (measured on their machine; another load or core count changes it)"
             )
         elif todo:
+            steps = [configs[c.key].planned_steps for c in todo if c.key in configs]
+            planned = (
+                f"; its cells plan {sum(steps):,} steps in all, at most"
+                if steps and all(steps)
+                else ""
+            )
             print(
-                "estimated time: unknown (no earlier rows of this recipe; a cell of the small "
-                "model takes up to 1000 steps, 1-4 min on a CPU core)"
+                f"estimated time: unknown (no earlier rows of this recipe{planned}; a step of "
+                "the small model takes ~10-20 ms on a CPU core)"
             )
         if args.until_n_star:
             print(

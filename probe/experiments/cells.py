@@ -226,6 +226,74 @@ def cell_estimates(folders: Iterable[Path]) -> dict[tuple[str, int], float]:
 
 
 @dataclass(frozen=True)
+class StepCost:
+    """A variant's cost from earlier rows, at its largest n run: seconds per training
+    step and seconds outside training (set-up, evaluation) per cell."""
+
+    per_step: float
+    outside: float
+
+    def seconds(self, steps: int) -> float:
+        return self.outside + steps * self.per_step
+
+
+def step_costs(folders: Iterable[Path]) -> dict[str | None, StepCost]:
+    """Per variant, :class:`StepCost` from the finished rows in ``folders``' results
+    files at the variant's largest n (the steps of a small n are cheaper: its batch is
+    the whole set); under ``None``, the mean over variants, for a variant never run."""
+    rows_at: dict[str, tuple[int, list[dict]]] = {}
+    for folder in folders:
+        files = sorted(folder.glob("results*.jsonl")) if folder.is_dir() else []
+        for row in read_rows(files) if files else []:
+            fields = (row.get(k) for k in ("wall_s", "train_s", "steps"))
+            if row.get("status", OK) != OK or not all(
+                isinstance(x, (int, float)) and x > 0 for x in fields
+            ):
+                continue
+            n, rows = rows_at.get(row["variant"], (-1, []))
+            if int(row["n"]) > n:
+                rows_at[row["variant"]] = (int(row["n"]), [row])
+            elif int(row["n"]) == n:
+                rows.append(row)
+    costs: dict[str | None, StepCost] = {
+        variant: StepCost(
+            sum(r["train_s"] / r["steps"] for r in rows) / len(rows),
+            sum(max(r["wall_s"] - r["train_s"], 0.0) for r in rows) / len(rows),
+        )
+        for variant, (_, rows) in rows_at.items()
+    }
+    if costs:
+        costs[None] = StepCost(
+            sum(c.per_step for c in costs.values()) / len(costs),
+            sum(c.outside for c in costs.values()) / len(costs),
+        )
+    return costs
+
+
+def estimate_cells(
+    cells: Sequence[Cell], configs: Mapping[tuple, Any], folders: Sequence[Path]
+) -> dict[tuple, tuple[float, str]]:
+    """Seconds each of ``cells`` should take, with how that was estimated: the mean
+    ``wall_s`` of the same (variant, n) in earlier rows (:func:`cell_estimates`), else
+    the cell's planned steps (``FinetuneConfig.planned_steps``) at its variant's
+    seconds per step (:func:`step_costs`; "N steps at M ms"). Cells with neither are
+    left out."""
+    same = cell_estimates(folders)
+    costs = step_costs(folders)
+    out: dict[tuple, tuple[float, str]] = {}
+    for c in cells:
+        if (c.variant, c.n) in same:
+            out[c.key] = (same[(c.variant, c.n)], "")
+            continue
+        cost = costs.get(c.variant) or costs.get(None)
+        steps = configs[c.key].planned_steps if c.key in configs else None
+        if cost is not None and steps:
+            how = f"{steps:,} steps at {1e3 * cost.per_step:.0f} ms"
+            out[c.key] = (cost.seconds(steps), how)
+    return out
+
+
+@dataclass(frozen=True)
 class SweepPlan:
     """A sweep call worked out before its first cell: this call's cells, each one's
     checked run plan and config, their settings hashes, and the workers and packs."""

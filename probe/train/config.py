@@ -125,6 +125,15 @@ def _help(
     return meta
 
 
+def step_limit(max_steps: int, epochs: int, steps_per_epoch: int) -> int:
+    """The most steps a run may take: ``max_steps`` or ``epochs`` of ``steps_per_epoch``,
+    whichever ends it first (0: neither is set). An early stop may end it sooner."""
+    limits = [max_steps] if max_steps else []
+    if epochs:
+        limits.append(epochs * steps_per_epoch)
+    return min(limits) if limits else 0
+
+
 @dataclass
 class FinetuneConfig:
     """One training run: model, data, optimization and outputs.
@@ -520,6 +529,16 @@ class FinetuneConfig:
         if self.pretrained:
             return {}
         return {k: getattr(self, k) or v for k, v in SMALL_SHAPE.items()}
+
+    @property
+    def planned_steps(self) -> int | None:
+        """The most optimizer steps the run may take (:func:`step_limit` of its
+        ``max_steps``, ``epochs`` and a task's ``n_train`` in batches); None for a
+        ``--dataset``, whose size is known only once it is loaded."""
+        if self.dataset is not None:
+            return None
+        n = self.n_train or DEFAULT_SIZES["n_train"]
+        return step_limit(self.max_steps, self.epochs, math.ceil(n / self.batch_size))
 
     @property
     def trackers(self) -> list[str]:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from probe import preempt
 from probe.errors import Preempted
 from probe.models.identity import ab_scalars
+from probe.train.config import step_limit
 from probe.train.metrics import load_metric, loss_fn
 
 Batch = dict[str, torch.Tensor]
@@ -319,10 +320,7 @@ def compiles(settings: LoopSettings, steps_per_epoch: int) -> bool:
     uninterrupted run's would be (compiled and eager steps differ by float rounding)."""
     if settings.compile is not None:
         return settings.compile
-    limits = [settings.max_steps] if settings.max_steps else []
-    if settings.epochs:
-        limits.append(settings.epochs * steps_per_epoch)
-    return bool(limits) and min(limits) >= COMPILE_MIN_STEPS
+    return step_limit(settings.max_steps, settings.epochs, steps_per_epoch) >= COMPILE_MIN_STEPS
 
 
 def non_finite_loss(value: float, step: int, last_checkpoint: Any) -> FloatingPointError:

@@ -279,8 +279,9 @@ def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, c
         "finetune: {n_layer: 1, n_embd: 16, n_head: 2}\n",
     )
     args = [str(recipe), "--out", str(tmp_path / "out"), "--dry-run"]
-    main(args)  # nothing run before: says so
-    assert "estimated time: unknown" in capsys.readouterr().out
+    main(args)  # nothing run before: says so, with the steps the cells plan
+    out = capsys.readouterr().out
+    assert "estimated time: unknown" in out and "its cells plan 8,000 steps in all" in out
 
     def timed(cfg) -> dict:
         return {"test_loss": 0.5, "test_error": 0.5, "steps": 3, "wall_s": 30.0 * cfg.n_train / 8}
@@ -293,6 +294,34 @@ def test_dry_run_estimates_each_cell_and_the_whole_from_earlier_rows(tmp_path, c
     out = capsys.readouterr().out
     assert "none  n=8      seed=1  ~30 s" in out and "kq  n=16     seed=1  ~60 s" in out
     assert "estimated time: ~6 min of cells (~3 min with --jobs 2)" in out  # 4 x 30 + 4 x 60
+
+
+def test_dry_run_prices_a_never_run_n_by_its_planned_steps(tmp_path, capsys):
+    """A (variant, n) with no earlier row gets its planned steps (epochs of n / batch)
+    at the seconds per step of its variant's largest n run, plus the time outside
+    training; the total says how many cells were priced so."""
+    from probe.cli.sweep import main
+
+    def recipe(ns: str) -> Path:
+        return write(
+            tmp_path / "mini.yaml",
+            f"task: aba_vs_abb\nn: {ns}\nseeds: [0]\nbaseline: none\n"
+            "variants: {none: {ab: none}}\n"
+            "finetune: {n_layer: 1, n_embd: 16, n_head: 2, batch_size: 8, epochs: 10, "
+            "max_steps: 0}\n",
+        )
+
+    def timed(cfg) -> dict:  # 10 epochs of n / 8 steps, 0.1 s each, 1 s outside them
+        steps = 10 * cfg.n_train // 8
+        return {"test_loss": 0.5, "steps": steps, "train_s": 0.1 * steps, "wall_s": 0.1 * steps + 1}
+
+    kw = dict(runner=timed, work_dir=tmp_path / "w", progress=False)
+    run_sweep(SweepConfig.from_yaml(recipe("[8, 16]")), tmp_path / "out", **kw)
+    main([str(recipe("[8, 16, 64]")), "--out", str(tmp_path / "out"), "--dry-run", "--resume"])
+    out = capsys.readouterr().out
+    assert "mini: 1 of 3 cells to run" in out
+    assert "none  n=64     seed=0  ~9 s (80 steps at 100 ms)" in out  # 80 x 0.1 + 1
+    assert "estimated time: ~9 s of cells" in out and "1 cells never run before" in out
 
 
 def test_default_out_keeps_a_recipe_subfolder(tmp_path):
