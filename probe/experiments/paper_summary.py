@@ -98,16 +98,20 @@ def mismatch(
     ours)``), and its text: ``">4"`` where ours was not reached up to the largest n
     run, ``">=2"`` where ours is the ``smallest`` n run and below the paper's (it may
     lie lower still); both are bounds. A paper n* given as a bound (``PAPER_AT_MOST``:
-    "<= 16") is met by any n* at or below it. A paper n* beyond its largest n (None,
+    "<= 16") is met by any n* at or below it, and an n* above it is at least that far
+    off (``">=4"`` for 64 against "<= 16"). A paper n* beyond its largest n (None,
     "> 8192") and an n* not reached are consistent but not comparable: NaN, ``"?"``."""
     paper = PAPER_N_STAR[(task, row)]
     if paper is None:
         if reached:
             return PAPER_MAX_N / ours, f">={_fmt(PAPER_MAX_N / ours)}"
         return float("nan"), "?"
-    if (task, row) in PAPER_AT_MOST and ours <= paper:
+    at_most = (task, row) in PAPER_AT_MOST
+    if at_most and ours <= paper:
         return 1.0, "1"
     factor = max(ours / paper, paper / ours)
+    if at_most and reached:  # the paper's n* may lie below its bound: ours is further off
+        return factor, f">={_fmt(factor)}"
     if not reached:  # our n* lies beyond the largest n run
         factor = max(ours / paper, 1.0)
         return factor, f">{_fmt(factor)}"
