@@ -24,7 +24,7 @@ from probe.experiments.cells import (
     select_cells,
     skipped_cells,
 )
-from probe.experiments.pool import is_failed, packs, parse_jobs
+from probe.experiments.pool import is_failed, packs, parse_jobs, start_fork_server
 from probe.experiments.recipe import (
     SweepConfig,
     committed_out,
@@ -211,6 +211,8 @@ def _main(args: argparse.Namespace) -> None:
             "by the rows of the one before, so the sweep must collect them before it "
             "submits the next (or drop --until-n-star to submit the whole grid at once)"
         )
+    if not args.dry_run and spec.kind == "local" and parse_jobs(args.jobs) > 1:
+        start_fork_server()  # its imports overlap the planning below
     launcher = make_launcher(spec)
     if args.dry_run:
         planned = plan_sweep(  # checks every cell as the sweep would

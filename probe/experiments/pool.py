@@ -122,6 +122,18 @@ def _worker_context() -> Any:
     return ctx
 
 
+def start_fork_server() -> None:
+    """Start the workers' fork server now (:func:`_worker_context`), so that it imports
+    ``WORKER_PRELOAD`` while the sweep's driver imports and plans its cells, on another
+    core, instead of after it; the pool forks its workers from it later. No-op where
+    there is no fork server."""
+    ctx = _worker_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def parse_jobs(jobs: int) -> int:
     """``--jobs N``: N worker processes; 0 means one per core."""
     if not is_int(jobs) or jobs < 0:
