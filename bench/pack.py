@@ -20,17 +20,17 @@ of each counts. Before timing, the bench checks that the two sides reached the s
 test losses. Prints per width ``pack<K>/lone: <x>`` (lone CPU time / packed CPU time,
 per cell; > 1: packing pays) and the same ratio in wall time.
 
-``--lone-compiled``: the lone runs compile their step, as every cell of
-``COMPILE_MIN_STEPS`` steps or more does by default (``probe.train.loop.compiles``: a
-paper-protocol cell of n >= 2048), while a pack never compiles; so it answers whether
-``--pack`` pays on a grid of long cells. Both sides are then timed in their steady
-state: the CPU time from the end of a cell's (or the pack's) second step to the end of
-its last (the lone step's compile warm-up, paid once per shape, left out; ``--steps``
-should then be a few hundred). Prints ``pack<K>/lone-compiled``.
+``--compiled``: both sides compile their step, as every lone cell and every pack of
+cells of ``COMPILE_MIN_STEPS`` steps or more does by default
+(``probe.train.loop.compiles``: a paper-protocol cell of n >= 2048), so it answers
+whether ``--pack`` pays on a grid of long cells. Both sides are then timed in their
+steady state: the CPU time from the end of a cell's (or the pack's) second step to the
+end of its last (the compile's warm-up, paid once per shape, left out; ``--steps``
+should then be a few hundred). Prints ``pack<K>/lone (compiled)``.
 
     python bench/pack.py [--grid variants] [--seeds 3] [--k 16] [--widths 128]
                          [--steps 40] [--repeat 3] [--threads 1] [--task aba_vs_abb]
-                         [--ab kq,vo] [--lone-compiled]
+                         [--ab kq,vo] [--compiled]
 """
 
 from __future__ import annotations
@@ -191,23 +191,21 @@ def measure(
     steps: int,
     repeat: int = 1,
     variants=None,
-    lone_compiled: bool = False,
+    compiled: bool = False,
     **task,
 ) -> float:
     """pack<k>/lone at one width: the lone runs' summed loop CPU time over the pack's,
-    best round of each side (``lone_compiled``: lone runs compiled, both sides in their
+    best round of each side (``compiled``: both sides compiled, timed in their
     steady state, :class:`Steady`)."""
-    if lone_compiled and steps <= Steady().skip:
-        raise ValueError(
-            f"--lone-compiled times steps past the second: --steps {steps} leaves none"
-        )
+    if compiled and steps <= Steady().skip:
+        raise ValueError(f"--compiled times steps past the second: --steps {steps} leaves none")
     best = {"lone": (float("inf"), float("inf")), "pack": (float("inf"), float("inf"))}
     gap = 0.0
     with tempfile.TemporaryDirectory() as out:
         for r in range(repeat):
             order = ("lone", "pack") if r % 2 == 0 else ("pack", "lone")
             for side in order:
-                compile_step = lone_compiled if side == "lone" else None
+                compile_step = True if compiled else None
                 configs = cells(
                     out,
                     k,
@@ -219,9 +217,9 @@ def measure(
                     **task,
                 )
                 if side == "lone":
-                    lone, clock = (steady_lone if lone_compiled else run_lone)(configs)
+                    lone, clock = (steady_lone if compiled else run_lone)(configs)
                 else:
-                    packed, clock = (steady_packed if lone_compiled else run_packed)(configs)
+                    packed, clock = (steady_packed if compiled else run_packed)(configs)
                 best[side] = min(best[side], (clock.cpu, clock.wall))
             gap = max(
                 gap,
@@ -232,17 +230,17 @@ def measure(
             )
     (lone_cpu, lone_wall), (pack_cpu, pack_wall) = best["lone"], best["pack"]
     grid = f"{len(variants)} variants x {k // len(variants)} seeds" if variants else f"{k} seeds"
-    timed = steps - Steady().skip if lone_compiled else steps
-    lone_name = "lone-compiled" if lone_compiled else "lone"
+    timed = steps - Steady().skip if compiled else steps
+    label = " (compiled)" if compiled else ""
     print(
-        f"width {width} ({grid}): {lone_name} {1e3 * lone_cpu / (k * timed):.2f} ms CPU/step "
+        f"width {width} ({grid}){label}: lone {1e3 * lone_cpu / (k * timed):.2f} ms CPU/step "
         f"per cell, packed {1e3 * pack_cpu / (k * timed):.2f} ms CPU/step per cell, best of "
         f"{repeat} alternated rounds"
-        + (f", steps 3-{steps} (steady state)" if lone_compiled else "")
+        + (f", steps 3-{steps} (steady state)" if compiled else "")
         + f" (test losses within {gap:.1e})"
     )
-    print(f"pack{k}/{lone_name}: {lone_cpu / pack_cpu:.2f}  (width {width}, cpu time)")
-    print(f"pack{k}/{lone_name} (wall): {lone_wall / pack_wall:.2f}")
+    print(f"pack{k}/lone{label}: {lone_cpu / pack_cpu:.2f}  (width {width}, cpu time)")
+    print(f"pack{k}/lone{label} (wall): {lone_wall / pack_wall:.2f}")
     return lone_cpu / pack_cpu
 
 
@@ -258,9 +256,9 @@ def main() -> None:
     parser.add_argument("--task", default="aba_vs_abb", help="e.g. majority_k:k=6")
     parser.add_argument("--ab", default="kq,vo", help="--grid seeds: the variant")
     parser.add_argument(
-        "--lone-compiled",
+        "--compiled",
         action="store_true",
-        help="lone runs compile their step (long cells' default); both sides timed past step 2",
+        help="both sides compile their step (long cells' default); timed past step 2",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -273,7 +271,7 @@ def main() -> None:
             args.steps,
             args.repeat,
             variants,
-            args.lone_compiled,
+            args.compiled,
             task=args.task,
             ab=args.ab,
         )

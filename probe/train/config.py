@@ -391,9 +391,10 @@ class FinetuneConfig:
             "its backward (same numbers up to float rounding; falls back to eager with a "
             "warning where it fails). Unset (the default): on for a run of at least "
             "20,000 steps (probe.train.loop.COMPILE_MIN_STEPS), where its warm-up (seconds "
-            "from inductor's cache, tens of seconds cold) pays back, off for shorter ones "
-            "and for --pack; --compile / --no-compile force it. The row says what ran "
-            "(compiled). bench/finetune.py measures both",
+            "from inductor's cache, tens of seconds cold) pays back, off for shorter ones; "
+            "a --pack compiles where each of its cells would alone; --compile / "
+            "--no-compile force it. The row says what ran (compiled). bench/finetune.py "
+            "and bench/pack.py --lone-compiled measure it",
             group=OPTIMIZATION,
             # how the steps are computed, not what: free to change on resume, not hashed
             roles=(RESUMABLE, UNHASHED, LOOP),

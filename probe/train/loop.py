@@ -193,7 +193,7 @@ def fast_activations(model: torch.nn.Module) -> int:
     return len(found)
 
 
-def _compile(loss: Callable[[Batch], torch.Tensor]) -> Callable[[Batch], torch.Tensor]:
+def compile_loss(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``loss`` (:func:`batch_loss`: forward, readout and loss) compiled whole, and through
     AOTAutograd its backward; inductor keeps the compiled code in its persistent caches."""
     # the compiled graph called from C++ rather than from generated Python: a few hundred
@@ -421,7 +421,7 @@ def train(
     eager_loss = batch_loss(model, readout, label_kind)
     compiled = compiles(s, len(loader)) and not stop_reason(state, s)
     state.compiled = compiled
-    step_loss = _compile(eager_loss) if compiled else eager_loss
+    step_loss = compile_loss(eager_loss) if compiled else eager_loss
     own_attention = _compiled_attention(model) if compiled else lambda: None
     backward, optimizer_step, zero_grad = _plain_calls(accelerator, optimizer)
 
@@ -470,7 +470,7 @@ def train(
         return asked
 
     step = first_compiled_step if compiled else forward_backward
-    with _compiling() if compiled else contextlib.nullcontext(), _finally(own_attention):
+    with compiling() if compiled else contextlib.nullcontext(), _finally(own_attention):
         state.stopped = stop_reason(state, s)
         model.train()
         while not state.stopped:
@@ -548,7 +548,7 @@ def _finally(undo: Callable[[], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _compiling() -> Iterator[None]:
+def compiling() -> Iterator[None]:
     """The settings a compiled training loop runs under: inductor's own random kernels
     would draw other dropout masks than the eager ones of a plain run."""
     import torch._inductor.config

@@ -35,9 +35,16 @@ What a pack needs, checked before any work (:func:`check_packable`):
   transformers' mask helpers branch on the mask's values, which ``vmap`` refuses.
   GPT-2, Llama-family models and the paper model pack; T5, BERT and the MLP
   baselines run alone.
-- from-scratch weights, full training (no LoRA), no ``--compile``, no trackers, no
-  checkpoints: a pack keeps none, and a killed pack's unfinished cells run again
-  from their start on ``--resume``.
+- from-scratch weights, full training (no LoRA), no trackers, no checkpoints: a pack
+  keeps none, and a killed pack's unfinished cells run again from their start on
+  ``--resume``.
+
+The pack compiles its step (the ``vmap``'d forward, readout and loss, and through
+AOTAutograd their backward; ``probe.train.loop.compile_loss``) where each of its cells
+would compile alone (``probe.train.loop.compiles``: ``--compile``, or a run of
+``COMPILE_MIN_STEPS`` steps or more), and then hands the step the whole input table.
+A compile that fails falls back to the eager step with a warning, as a lone run's
+does; each row says ``compiled``.
 
 Where it pays (``bench/pack.py``): on a CPU the step of a small model is dispatch
 overhead around small kernels, and one step of K models pays that overhead once;
@@ -51,6 +58,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -61,6 +69,7 @@ from torch import nn
 from probe import preempt
 from probe.errors import Preempted
 from probe.train.config import AB, FinetuneConfig
+from probe.train.loop import compiling
 from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RunDir
 
@@ -119,7 +128,6 @@ def check_config(cell: FinetuneConfig | RunPlan) -> None:
     refusals = [
         (config.pretrained, "pretrained weights (pretrained: true)", "train from scratch"),
         (bool(config.lora_r), f"LoRA (lora_r {config.lora_r})", "drop lora_r"),
-        (config.compile, "compile: true", "drop compile (the packed step is its own)"),
         (bool(config.trackers), f"trackers (log_with {config.trackers})", "drop log_with"),
         (config.push_to_hub is not None, "push_to_hub", "push the cells one by one"),
         (
@@ -251,7 +259,9 @@ class _Cell:
         self.run_dir.save_config(config)
         return self
 
-    def finish(self, accelerator, trained, start: float, train_s: float, packed: int) -> dict:
+    def finish(
+        self, accelerator, trained, start: float, train_s: float, packed: int, compiled: bool
+    ) -> dict:
         """The cell's ``trained`` tensors into its model, evaluated as a lone run
         evaluates; its row appended, its model saved where asked."""
         from probe.models.build import readout
@@ -281,7 +291,8 @@ class _Cell:
             processes=1,
             mixed_precision=precision_ran(accelerator),
             packed=packed,
-            compiled=False,  # a pack's step is its own (vmap), never compiled
+            compiled=compiled,
+            **({"compile_error": self.state.compile_error} if self.state.compile_error else {}),
         )
         finish_run(self.run_dir, self.config, row, self.model, self.data.tokenizer)
         return row
@@ -531,13 +542,20 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
     cells = [cell.set_up(accelerator) for cell in todo]
     step = _PackedStep(cells, accelerator)
     train_start = time.perf_counter()
+    with compiling() if step.compiled else contextlib.nullcontext():
+        yield from _step_pack(step, cells, accelerator, start, train_start, packed)
+    accelerator.end_training()
+
+
+def _step_pack(step, cells, accelerator, start: float, train_start: float, packed: int):
+    """Step the live cells together until each has stopped; yields as :func:`_train_pack`."""
 
     def finish(cell: _Cell, index: int, error: BaseException | None = None):
         if error is not None:  # as a lone run's: no row, its folder keeps the config
             return cell.index, error
         trained = step.stack.cell(index)
-        row = cell.finish(accelerator, trained, start, time.perf_counter() - train_start, packed)
-        return cell.index, row
+        train_s = time.perf_counter() - train_start
+        return cell.index, cell.finish(accelerator, trained, start, train_s, packed, step.compiled)
 
     live = cells  # a fresh loop state meets no stop rule before its first step
     while live:
@@ -557,7 +575,6 @@ def _train_pack(todo: list, start: float, packed: int) -> Iterator[tuple[int, An
         for i, error in stopped.items():
             yield finish(live[i], i, error)
         live = step.keep(live, list(stopped))
-    accelerator.end_training()
 
 
 class _PackedStep:
@@ -569,6 +586,7 @@ class _PackedStep:
         from torch.func import vmap
 
         from probe.models.build import readout_mode
+        from probe.train.loop import compile_loss, compiles
 
         first = cells[0]
         self.base = _pack_model(cells).to(accelerator.device)
@@ -577,8 +595,13 @@ class _PackedStep:
         self.config, self.kind, self.accelerator = first.config, first.data.label_kind, accelerator
         self.stack = _Stack(self.base, [c.model for c in cells], [c.config for c in cells])
         self.read = _Read(self.base, self.mode)
-        self.losses = vmap(self._loss, randomness="error")
-        self.looked_up = _lookup_only(self.base, self.stack)
+        self.eager_losses = vmap(self._loss, randomness="error")
+        # compiled where every cell would compile alone; the compiled step takes the
+        # whole input table (the rows a step looks up change in number every step)
+        self.compiled = all(compiles(c.settings, c.steps_per_epoch) for c in cells)
+        self.losses = compile_loss(self.eager_losses) if self.compiled else self.eager_losses
+        self.first = self.compiled  # the first compiled call may fail: then eager
+        self.looked_up = None if self.compiled else _lookup_only(self.base, self.stack)
         self.table_grad: torch.Tensor | None = None  # the input table's, kept across steps
         self.touched: torch.Tensor | None = None  # its rows holding last step's gradient
 
@@ -614,7 +637,7 @@ class _PackedStep:
         # grad_and_value under vmap runs batching rules for every backward op too (layer
         # norm's and GELU's backward cost 2-3 times as much under them)
         with torch.enable_grad(), self.accelerator.autocast():
-            losses = self.losses(params, self.stack.consts, *inputs)
+            losses = self._forward(live, params, inputs)
             tensors = list(params.values())
             grads = dict(zip(params, torch.autograd.grad(losses.sum(), tensors), strict=True))
         values = losses.tolist()
@@ -640,6 +663,29 @@ class _PackedStep:
             if s.stopped:
                 stopped[i] = None
         return stopped
+
+    def _forward(self, live: list[_Cell], params: dict, inputs: tuple) -> torch.Tensor:
+        """The live cells' K losses; the first compiled call compiles, and where
+        torch.compile fails the step runs eagerly from then on (one warning; each
+        cell's row says so). A pack draws no random numbers, so the retry is the
+        same step."""
+        if not self.first:
+            return self.losses(params, self.stack.consts, *inputs)
+        self.first = False
+        try:
+            return self.losses(params, self.stack.consts, *inputs)
+        except Exception as err:  # dynamo / inductor failures come in many classes
+            self.losses, self.compiled = self.eager_losses, False
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            for cell in live:
+                cell.state.compile_error = f"{type(err).__name__}: {reason}"
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}: {reason}); the pack trains "
+                "without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self.losses(params, self.stack.consts, *inputs)
 
     def _table_grad(self, name: str, used: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The input table's whole gradient ``[K, vocab, d]``, what a lone run's embedding

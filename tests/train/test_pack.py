@@ -186,7 +186,6 @@ def test_divergence_is_per_cell_and_cells_of_other_settings_are_refused(tmp_path
         ({"model": "t5"}, "t5.*vmap cannot run"),
         ({"model": "mlp"}, "MLP baseline"),
         ({"checkpoints": True}, "checkpoints: false"),
-        ({"compile": True}, "drop compile"),
     ],
 )
 def test_what_cannot_pack_is_refused_before_any_work(tmp_path, over, match):
@@ -194,6 +193,62 @@ def test_what_cannot_pack_is_refused_before_any_work(tmp_path, over, match):
     with pytest.raises(ValueError, match=match):
         check_packable(cells)
     assert not any(p.exists() for p in tmp_path.iterdir() if p.name.startswith("x"))
+
+
+@pytest.mark.slow
+def test_a_compiled_pack_reaches_its_lone_eager_runs_numbers(tmp_path):
+    """--compile on a pack: the vmap'd forward, readout and loss compiled (the short last
+    batch of every epoch a second shape), the rows say so and match the lone runs."""
+    import warnings
+
+    over = {"ab": "kq,vo", "task": "aba_vs_abb"}
+    lone = [finetune(c) for c in configs(tmp_path, "lone", **over)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "torch.compile failed")  # no quiet fallback here
+        packed = dict(finetune_packed(configs(tmp_path, "pack", compile=True, **over)))
+    for i, a in enumerate(lone):
+        b = packed[i]
+        assert b["compiled"] is True and a["compiled"] is False
+        assert (b["steps"], b["stopped"]) == (a["steps"], a["stopped"])
+        for k in METRICS:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.parametrize("long_enough", [True, False], ids=["long", "short"])
+def test_a_pack_compiles_where_its_cells_would_and_falls_back_to_eager(
+    tmp_path, monkeypatch, long_enough
+):
+    """By default a pack compiles where each cell would alone (runs of at least
+    COMPILE_MIN_STEPS steps); a compile that fails leaves the eager pack's numbers,
+    one warning and the reason in every row."""
+    import probe.train.loop
+
+    over = {"ab": "kq", "task": "aba_vs_abb"}
+    eager = dict(finetune_packed(configs(tmp_path, "eager", **over)))
+    asked = []
+
+    def broken(loss):
+        asked.append(loss)
+
+        def compiled(*args):
+            raise RuntimeError("backend failed\nmore lines")
+
+        return compiled
+
+    monkeypatch.setattr(probe.train.loop, "compile_loss", broken)
+    # TINY's cells take 12 steps (4 epochs of 3 batches)
+    monkeypatch.setattr(probe.train.loop, "COMPILE_MIN_STEPS", 12 if long_enough else 13)
+    if long_enough:
+        with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: backend"):
+            fallen = dict(finetune_packed(configs(tmp_path, "fallen", **over)))
+    else:
+        fallen = dict(finetune_packed(configs(tmp_path, "fallen", **over)))
+    assert len(asked) == int(long_enough)
+    for i, row in eager.items():
+        assert fallen[i]["test_loss"] == row["test_loss"]  # the eager step, exactly
+        assert fallen[i]["compiled"] is False and row["compiled"] is False
+        error = fallen[i].get("compile_error")
+        assert error == ("RuntimeError: backend failed" if long_enough else None)
 
 
 @pytest.mark.slow

@@ -96,7 +96,7 @@ def test_a_failing_compile_falls_back_to_the_plain_run(tmp_path, monkeypatch):
 
     settings = dict(max_steps=5, converge_loss=0.0)
     plain = run(tmp_path, "plain", **settings)
-    monkeypatch.setattr(probe.train.loop, "_compile", broken)
+    monkeypatch.setattr(probe.train.loop, "compile_loss", broken)
     with pytest.warns(
         RuntimeWarning, match=r"torch.compile failed \(RuntimeError: backend failed\)"
     ):
@@ -191,7 +191,7 @@ def test_a_resumed_run_decides_to_compile_as_it_did_when_it_started(tmp_path, mo
         return step
 
     monkeypatch.setattr(probe.train.loop, "COMPILE_MIN_STEPS", 10)
-    monkeypatch.setattr(probe.train.loop, "_compile", recording)
+    monkeypatch.setattr(probe.train.loop, "compile_loss", recording)
     settings = dict(max_steps=10, converge_loss=0.0, checkpoints=True, checkpoint_every=5)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "run", **settings)
@@ -206,7 +206,7 @@ def test_a_compiled_run_killed_and_resumed_is_the_uninterrupted_run(tmp_path, mo
     settings = dict(max_steps=10, converge_loss=0.0, compile=True, checkpoint_every=5)
     settings.update(checkpoints=True)  # dropout on (GPT-2's 0.1): the RNG resumes too
     whole = run(tmp_path, "whole", **settings)
-    compile_step, calls = probe.train.loop._compile, []
+    compile_step, calls = probe.train.loop.compile_loss, []
 
     def killed_at_step_7(loss):
         compiled = compile_step(loss)
@@ -219,10 +219,10 @@ def test_a_compiled_run_killed_and_resumed_is_the_uninterrupted_run(tmp_path, mo
 
         return step
 
-    monkeypatch.setattr(probe.train.loop, "_compile", killed_at_step_7)
+    monkeypatch.setattr(probe.train.loop, "compile_loss", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "cut", **settings)
-    monkeypatch.setattr(probe.train.loop, "_compile", compile_step)
+    monkeypatch.setattr(probe.train.loop, "compile_loss", compile_step)
     resumed = run(tmp_path, "cut", resume=True, **settings)
     assert whole["compiled"] is resumed["compiled"] is True
     for k in ("test_loss", "val_loss", "train_loss"):
