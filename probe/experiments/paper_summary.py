@@ -254,22 +254,26 @@ TABLE_ROWS: tuple[TableRow, ...] = (
 )
 
 
-def _n_star_text(folder: Path, variant: str, threshold: float) -> tuple[str, int, bool, int]:
+def _n_star_text(folder: Path, variant: str, threshold: float) -> tuple[str, int, bool, int, str]:
     """``"128 (3/3)"`` / ``">512"`` for one variant of one results folder, with n*,
-    whether it was reached and the smallest n run; ``("not run", ...)`` without rows."""
+    whether it was reached, the smallest n run and, where n* rests on fewer seeds than
+    the variant has elsewhere (its cells at n* still running), ``"1 of 3 seeds"``;
+    ``("not run", ...)`` without rows."""
     if not any(folder.glob("results*.jsonl")):
-        return "not run", 0, False, 0
+        return "not run", 0, False, 0, ""
     df = load_results([folder])
     df = df[df["status"] == "ok"] if "status" in df.columns else df
     df = df[df["variant"] == variant]
     if df.empty:
-        return "not run", 0, False, 0
+        return "not run", 0, False, 0, ""
     metric = metric_of(df)
     curve = curves(df, metric)
     (star,) = n_star(curve, threshold, baseline=None, rows=df, metric=metric).itertuples()
     n, reached = int(star.n_star), bool(star.reached)
     text = f"{star.n_star_text} ({star.seeds_ok})" if reached else star.n_star_text
-    return text, n, reached, int(curve["n"].min())
+    seeds, at_n = df["seed"].nunique(), df.loc[df["n"] == n, "seed"].nunique()
+    partial = f"{at_n} of {seeds} seeds" if reached and at_n < seeds else ""
+    return text, n, reached, int(curve["n"].min()), partial
 
 
 def paper_table(
@@ -293,14 +297,16 @@ def paper_table(
             texts[name] = (
                 _n_star_text(root / where[0], where[1], threshold)
                 if where is not None
-                else ("not run", 0, False, 0)
+                else ("not run", 0, False, 0, "")
             )
-        text, n, reached, smallest = texts["matched"]
+        text, n, reached, smallest, partial = texts["matched"]
         if text == "not run":
             factor, factor_text, within = float("nan"), "", "not run"
         else:
             factor, factor_text = mismatch(row.task, row.key, n, reached, smallest)
             within = within_2x(factor, factor_text)
+            if partial:  # the seeds still running at n* may move it
+                within = f"not yet ({partial} at n*)"
         out.append(
             {
                 "row": row.label,
