@@ -89,10 +89,11 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     )
     assert table.loc["same_different, plain", "within 2x"] == "not run"
     # a seed reaching it alone at the largest n, the others still running: not decided
-    _write(
-        root / "matched/aba_vs_abb", "aba_vs_abb", {("vo", 512): [0.9] * 3, ("vo", 1024): [0.01]}
-    )
-    vo = paper_table(root, causes).set_index("row").loc["aba_vs_abb, + VO"]
+    partial = tmp_path / "partial"
+    (partial / "matched/aba_vs_abb").mkdir(parents=True)
+    values = {("vo", 512): [0.9] * 3, ("vo", 1024): [0.01]}
+    _write(partial / "matched/aba_vs_abb", "aba_vs_abb", values)
+    vo = paper_table(partial).set_index("row").loc["aba_vs_abb, + VO"]
     assert (vo["matched n* (seeds)"], vo["matched / paper"], vo["within 2x"]) == (
         "1024 (1/1)",
         "1",
