@@ -256,8 +256,9 @@ TABLE_ROWS: tuple[TableRow, ...] = (
 
 def _n_star_text(folder: Path, variant: str, threshold: float) -> tuple[str, int, bool, int, str]:
     """``"128 (3/3)"`` / ``">512"`` for one variant of one results folder, with n*,
-    whether it was reached, the smallest n run and, where n* rests on fewer seeds than
-    the variant has elsewhere (its cells at n* still running), ``"1 of 3 seeds"``;
+    whether it was reached, the smallest n run and, where n* (or, not reached, the
+    largest n) rests on fewer seeds than the variant has elsewhere (its cells there
+    still running), ``"1 of 3 seeds at n 1024"``;
     ``("not run", ...)`` without rows."""
     if not any(folder.glob("results*.jsonl")):
         return "not run", 0, False, 0, ""
@@ -271,8 +272,10 @@ def _n_star_text(folder: Path, variant: str, threshold: float) -> tuple[str, int
     (star,) = n_star(curve, threshold, baseline=None, rows=df, metric=metric).itertuples()
     n, reached = int(star.n_star), bool(star.reached)
     text = f"{star.n_star_text} ({star.seeds_ok})" if reached else star.n_star_text
-    seeds, at_n = df["seed"].nunique(), df.loc[df["n"] == n, "seed"].nunique()
-    partial = f"{at_n} of {seeds} seeds" if reached and at_n < seeds else ""
+    # n* reached, or the bound's largest n, on fewer seeds than the variant has elsewhere
+    at = n if reached else int(df["n"].max())
+    seeds, at_n = df["seed"].nunique(), df.loc[df["n"] == at, "seed"].nunique()
+    partial = f"{at_n} of {seeds} seeds at n {at}" if at_n < seeds else ""
     return text, n, reached, int(curve["n"].min()), partial
 
 
@@ -305,8 +308,8 @@ def paper_table(
         else:
             factor, factor_text = mismatch(row.task, row.key, n, reached, smallest)
             within = within_2x(factor, factor_text)
-            if partial:  # the seeds still running at n* may move it
-                within = f"not yet ({partial} at n*)"
+            if partial:  # the seeds still running there may move it
+                within = f"not yet ({partial})"
         out.append(
             {
                 "row": row.label,

@@ -97,7 +97,14 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     assert (vo["matched n* (seeds)"], vo["matched / paper"], vo["within 2x"]) == (
         "1024 (1/1)",
         "1",
-        "not yet (1 of 3 seeds at n*)",
+        "not yet (1 of 3 seeds at n 1024)",
+    )
+    # not reached, with the largest n on one seed: a bound, not decided either
+    _write(partial / "matched/aba_vs_abb", "aba_vs_abb", {**values, ("vo", 1024): [0.6]})
+    vo = paper_table(partial).set_index("row").loc["aba_vs_abb, + VO"]
+    assert (vo["matched n* (seeds)"], vo["within 2x"]) == (
+        ">1024",
+        "not yet (1 of 3 seeds at n 1024)",
     )
     from probe.experiments.paper_summary import within_2x
 
