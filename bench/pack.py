@@ -129,13 +129,15 @@ def timing(clock: Clock, *targets: tuple[object, str]):
 
 
 class Steady:
-    """CPU time (this thread) from the end of each run's ``skip``-th step to the end of
+    """CPU time (this thread) from the end of each run's ``SKIP``-th step to the end of
     its last: the intervals between consecutive step ends, summed past the first
-    ``skip`` steps (the first holds a compiled step's warm-up). ``cpu`` is the sum over
+    ``SKIP`` steps (the first holds a compiled step's warm-up). ``cpu`` is the sum over
     runs; wall time likewise."""
 
-    def __init__(self, skip: int = 2):
-        self.skip, self.cpu, self.wall = skip, 0.0, 0.0
+    SKIP = 2  # steps left out of every run
+
+    def __init__(self):
+        self.cpu = self.wall = 0.0
         # id(run) -> (the run, steps ended, cpu and wall time at the last end); holding the
         # run keeps its id from being reused by a later one
         self.last: dict[int, tuple[object, int, float, float]] = {}
@@ -145,7 +147,7 @@ class Steady:
             out = fn(owner, *args, **kwargs)
             c, w = time.thread_time(), time.perf_counter()
             _, steps, c0, w0 = self.last.get(id(owner), (owner, 0, c, w))
-            if steps >= self.skip:
+            if steps >= self.SKIP:
                 self.cpu += c - c0
                 self.wall += w - w0
             self.last[id(owner)] = (owner, steps + 1, c, w)
@@ -197,7 +199,7 @@ def measure(
     """pack<k>/lone at one width: the lone runs' summed loop CPU time over the pack's,
     best round of each side (``compiled``: both sides compiled, timed in their
     steady state, :class:`Steady`)."""
-    if compiled and steps <= Steady().skip:
+    if compiled and steps <= Steady.SKIP:
         raise ValueError(f"--compiled times steps past the second: --steps {steps} leaves none")
     best = {"lone": (float("inf"), float("inf")), "pack": (float("inf"), float("inf"))}
     gap = 0.0
@@ -205,7 +207,6 @@ def measure(
         for r in range(repeat):
             order = ("lone", "pack") if r % 2 == 0 else ("pack", "lone")
             for side in order:
-                compile_step = True if compiled else None
                 configs = cells(
                     out,
                     k,
@@ -213,7 +214,7 @@ def measure(
                     steps,
                     f"{side}{r}-",
                     variants=variants,
-                    compile_step=compile_step,
+                    compile_step=True if compiled else None,
                     **task,
                 )
                 if side == "lone":
@@ -230,7 +231,7 @@ def measure(
             )
     (lone_cpu, lone_wall), (pack_cpu, pack_wall) = best["lone"], best["pack"]
     grid = f"{len(variants)} variants x {k // len(variants)} seeds" if variants else f"{k} seeds"
-    timed = steps - Steady().skip if compiled else steps
+    timed = steps - Steady.SKIP if compiled else steps
     label = " (compiled)" if compiled else ""
     print(
         f"width {width} ({grid}){label}: lone {1e3 * lone_cpu / (k * timed):.2f} ms CPU/step "

@@ -213,15 +213,22 @@ def skipped_cells(
     return [c for c in mine if c.variant in settled and c.n > settled[c.variant]]
 
 
-def cell_estimates(folders: Iterable[Path]) -> dict[tuple[str, int], float]:
-    """Mean ``wall_s`` per (variant, n) over the finished rows in ``folders``' results
-    files: what a cell of the same recipe took before (any seed)."""
-    seconds: dict[tuple[str, int], list[float]] = {}
+def finished_rows(folders: Iterable[Path]) -> list[dict]:
+    """The finished rows (status ok) of ``folders``' results files."""
+    rows: list[dict] = []
     for folder in folders:
         files = sorted(folder.glob("results*.jsonl")) if folder.is_dir() else []
-        for row in read_rows(files) if files else []:
-            if row.get("status", OK) == OK and isinstance(row.get("wall_s"), (int, float)):
-                seconds.setdefault((row["variant"], int(row["n"])), []).append(row["wall_s"])
+        rows += [r for r in (read_rows(files) if files else []) if r.get("status", OK) == OK]
+    return rows
+
+
+def cell_estimates(rows: Iterable[dict]) -> dict[tuple[str, int], float]:
+    """Mean ``wall_s`` per (variant, n) over finished ``rows`` (:func:`finished_rows`):
+    what a cell of the same recipe took before (any seed)."""
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for row in rows:
+        if isinstance(row.get("wall_s"), (int, float)):
+            seconds.setdefault((row["variant"], int(row["n"])), []).append(row["wall_s"])
     return {k: sum(v) / len(v) for k, v in seconds.items()}
 
 
@@ -237,30 +244,26 @@ class StepCost:
         return self.outside + steps * self.per_step
 
 
-def step_costs(folders: Iterable[Path]) -> dict[str | None, StepCost]:
-    """Per variant, :class:`StepCost` from the finished rows in ``folders``' results
-    files at the variant's largest n (the steps of a small n are cheaper: its batch is
-    the whole set); under ``None``, the mean over variants, for a variant never run."""
+def step_costs(rows: Iterable[dict]) -> dict[str | None, StepCost]:
+    """Per variant, :class:`StepCost` from finished ``rows`` (:func:`finished_rows`) at
+    the variant's largest n (the steps of a small n are cheaper: its batch is the whole
+    set); under ``None``, the mean over variants, for a variant never run."""
     rows_at: dict[str, tuple[int, list[dict]]] = {}
-    for folder in folders:
-        files = sorted(folder.glob("results*.jsonl")) if folder.is_dir() else []
-        for row in read_rows(files) if files else []:
-            fields = (row.get(k) for k in ("wall_s", "train_s", "steps"))
-            if row.get("status", OK) != OK or not all(
-                isinstance(x, (int, float)) and x > 0 for x in fields
-            ):
-                continue
-            n, rows = rows_at.get(row["variant"], (-1, []))
-            if int(row["n"]) > n:
-                rows_at[row["variant"]] = (int(row["n"]), [row])
-            elif int(row["n"]) == n:
-                rows.append(row)
+    for row in rows:
+        fields = (row.get(k) for k in ("wall_s", "train_s", "steps"))
+        if not all(isinstance(x, (int, float)) and x > 0 for x in fields):
+            continue
+        n, at_n = rows_at.get(row["variant"], (-1, []))
+        if int(row["n"]) > n:
+            rows_at[row["variant"]] = (int(row["n"]), [row])
+        elif int(row["n"]) == n:
+            at_n.append(row)
     costs: dict[str | None, StepCost] = {
         variant: StepCost(
-            sum(r["train_s"] / r["steps"] for r in rows) / len(rows),
-            sum(max(r["wall_s"] - r["train_s"], 0.0) for r in rows) / len(rows),
+            sum(r["train_s"] / r["steps"] for r in at_n) / len(at_n),
+            sum(max(r["wall_s"] - r["train_s"], 0.0) for r in at_n) / len(at_n),
         )
-        for variant, (_, rows) in rows_at.items()
+        for variant, (_, at_n) in rows_at.items()
     }
     if costs:
         costs[None] = StepCost(
@@ -274,12 +277,13 @@ def estimate_cells(
     cells: Sequence[Cell], configs: Mapping[tuple, Any], folders: Sequence[Path]
 ) -> dict[tuple, tuple[float, str]]:
     """Seconds each of ``cells`` should take, with how that was estimated: the mean
-    ``wall_s`` of the same (variant, n) in earlier rows (:func:`cell_estimates`), else
+    ``wall_s`` of the same (variant, n) in the rows of ``folders`` (:func:`cell_estimates`), else
     the cell's planned steps (``FinetuneConfig.planned_steps``) at its variant's
     seconds per step (:func:`step_costs`; "N steps at M ms"). Cells with neither are
     left out."""
-    same = cell_estimates(folders)
-    costs = step_costs(folders)
+    rows = finished_rows(folders)  # read once for both
+    same = cell_estimates(rows)
+    costs = step_costs(rows)
     out: dict[tuple, tuple[float, str]] = {}
     for c in cells:
         if (c.variant, c.n) in same:

@@ -394,7 +394,7 @@ class FinetuneConfig:
             "from inductor's cache, tens of seconds cold) pays back, off for shorter ones; "
             "a --pack compiles where each of its cells would alone; --compile / "
             "--no-compile force it. The row says what ran (compiled). bench/finetune.py "
-            "and bench/pack.py --lone-compiled measure it",
+            "and bench/pack.py --compiled measure it",
             group=OPTIMIZATION,
             # how the steps are computed, not what: free to change on resume, not hashed
             roles=(RESUMABLE, UNHASHED, LOOP),

@@ -193,6 +193,13 @@ def fast_activations(model: torch.nn.Module) -> int:
     return len(found)
 
 
+def compile_failure(err: BaseException) -> str:
+    """What a failed torch.compile says in a row's ``compile_error`` and its warning:
+    the error's class and the first line of its message (at most 200 characters)."""
+    reason = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"{type(err).__name__}: {reason}"
+
+
 def compile_loss(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``loss`` (:func:`batch_loss`: forward, readout and loss) compiled whole, and through
     AOTAutograd its backward; inductor keeps the compiled code in its persistent caches."""
@@ -450,10 +457,9 @@ def train(
             step_loss = eager_loss
             state.compiled = False
             own_attention()  # the plain run's attention, so the plain run's numbers
-            reason = (str(err).strip().splitlines() or [""])[0][:200]
-            state.compile_error = f"{type(err).__name__}: {reason}"
+            state.compile_error = compile_failure(err)
             warnings.warn(
-                f"torch.compile failed ({type(err).__name__}: {reason}); training without it",
+                f"torch.compile failed ({state.compile_error}); training without it",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -69,7 +69,7 @@ from torch import nn
 from probe import preempt
 from probe.errors import Preempted
 from probe.train.config import AB, FinetuneConfig
-from probe.train.loop import compiling
+from probe.train.loop import compile_failure, compiling
 from probe.train.malloc import tune_malloc
 from probe.train.run_dir import RunDir
 
@@ -292,7 +292,6 @@ class _Cell:
             mixed_precision=precision_ran(accelerator),
             packed=packed,
             compiled=compiled,
-            **({"compile_error": self.state.compile_error} if self.state.compile_error else {}),
         )
         finish_run(self.run_dir, self.config, row, self.model, self.data.tokenizer)
         return row
@@ -676,12 +675,11 @@ class _PackedStep:
             return self.losses(params, self.stack.consts, *inputs)
         except Exception as err:  # dynamo / inductor failures come in many classes
             self.losses, self.compiled = self.eager_losses, False
-            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            failure = compile_failure(err)
             for cell in live:
-                cell.state.compile_error = f"{type(err).__name__}: {reason}"
+                cell.state.compile_error = failure
             warnings.warn(
-                f"torch.compile failed ({type(err).__name__}: {reason}); the pack trains "
-                "without it",
+                f"torch.compile failed ({failure}); the pack trains without it",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -270,7 +270,6 @@ def _run(
         # what ran: compiled or not (the default decides by the run's length; --compile
         # may have fallen back to eager, and config.compile stays what was asked)
         compiled=state.compiled,
-        **({"compile_error": state.compile_error} if state.compile_error else {}),
     )
     if accelerator.is_main_process:
         finish_run(run_dir, config, row, unwrapped, data.tokenizer)
@@ -349,6 +348,8 @@ def run_row(
         "mixed_precision": mixed_precision,
         "processes": processes,
         **extra,
+        # a --compile that fell back to eager says why (TrainState.compile_error)
+        **({"compile_error": state.compile_error} if state.compile_error else {}),
         "version": __version__,
         "config": config.to_dict(),
     }
