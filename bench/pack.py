@@ -28,15 +28,24 @@ steady state: the CPU time from the end of a cell's (or the pack's) second step 
 end of its last (the compile's warm-up, paid once per shape, left out; ``--steps``
 should then be a few hundred). Prints ``pack<K>/lone (compiled)``.
 
+``--matmuls``: what bounds a pack from above. Every matrix product of one lone training
+step (forward and backward, their shapes recorded from a real ``finetune`` step) timed
+three ways in CPU time: one operand set multiplied again and again (a lone cell, its
+operands in cache), K distinct operand sets one ``mm`` each, and one ``bmm`` over the K
+(what the pack's ``vmap`` runs). Prints ``matmuls K distinct/reused`` and
+``matmuls bmm<K>/reused`` (rates; < 1: a pack's products run slower per cell than a
+lone cell's, the K operand sets no longer fit in cache).
+
     python bench/pack.py [--grid variants] [--seeds 3] [--k 16] [--widths 128]
                          [--steps 40] [--repeat 3] [--threads 1] [--task aba_vs_abb]
-                         [--ab kq,vo] [--compiled]
+                         [--ab kq,vo] [--compiled] [--matmuls]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -245,6 +254,89 @@ def measure(
     return lone_cpu / pack_cpu
 
 
+def step_matmuls(config: FinetuneConfig) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The operand shapes of every matrix product (``mm``, ``addmm``, ``bmm``) of one
+    training step of ``config``'s lone run, forward and backward, recorded from a real
+    ``finetune`` of one step (its evaluation left out)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    products = {aten.mm.default: (0, 1), aten.addmm.default: (1, 2), aten.bmm.default: (0, 1)}
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in products:
+                i, j = products[func]
+                shapes.append((tuple(args[i].shape), tuple(args[j].shape)))
+            return func(*args, **(kwargs or {}))
+
+    train = loop.train
+
+    def recorded(*args, **kwargs):
+        with Record():
+            return train(*args, **kwargs)
+
+    loop.train = recorded
+    try:
+        finetune(dataclasses.replace(config, max_steps=1))
+    finally:
+        loop.train = train
+    return shapes
+
+
+def measure_matmuls(k: int, width: int, repeat: int = 5, **task) -> tuple[float, float]:
+    """The products of one lone step at ``width``, timed reused, over K distinct operand
+    sets, and as one bmm over K; prints and returns (distinct/reused, bmm/reused), rates."""
+    with tempfile.TemporaryDirectory() as out:
+        shapes = step_matmuls(cells(out, 1, width, 1, "shapes-", **task)[0])
+
+    def best(fn) -> float:
+        fn()  # first touch
+        return min(_cpu(fn) for _ in range(repeat))
+
+    reused = distinct = batched = 0.0
+    for a_shape, b_shape in shapes:
+        lone, each, stacked = _three_ways(a_shape, b_shape, k)
+        reused += k * best(lone)
+        distinct += best(each)
+        batched += best(stacked)
+    print(
+        f"width {width}: the {len(shapes)} products of one lone step, x{k}: reused operands "
+        f"{1e3 * reused:.2f} ms CPU, {k} distinct sets {1e3 * distinct:.2f} ms, "
+        f"bmm{k} {1e3 * batched:.2f} ms (best of {repeat})"
+    )
+    print(f"matmuls {k} distinct/reused: {reused / distinct:.2f}  (width {width}, rate)")
+    print(f"matmuls bmm{k}/reused: {reused / batched:.2f}  (width {width}, rate)")
+    return reused / distinct, reused / batched
+
+
+def _three_ways(a_shape: tuple[int, ...], b_shape: tuple[int, ...], k: int):
+    """One product of these shapes as three calls: once on one operand set (call it K
+    times for K cells), once on each of K distinct sets, and one bmm over the K sets
+    stacked (a product that is a bmm already, the attention's core, stacks along its
+    batch)."""
+    op = torch.mm if len(a_shape) == 2 else torch.bmm
+    a1, b1 = torch.randn(*a_shape), torch.randn(*b_shape)
+    a_sets = [torch.randn(*a_shape) for _ in range(k)]
+    b_sets = [torch.randn(*b_shape) for _ in range(k)]
+    join = torch.stack if len(a_shape) == 2 else torch.cat
+    a_k, b_k = join(a_sets), join(b_sets)
+    return (
+        lambda: op(a1, b1),
+        lambda: [op(a, b) for a, b in zip(a_sets, b_sets, strict=True)],
+        lambda: torch.bmm(a_k, b_k),
+    )
+
+
+def _cpu(fn, calls: int = 20) -> float:
+    """CPU time (this thread) of one call of ``fn``, the mean of ``calls``."""
+    start = time.thread_time()
+    for _ in range(calls):
+        fn()
+    return (time.thread_time() - start) / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=("variants", "seeds"), default="variants")
@@ -261,11 +353,19 @@ def main() -> None:
         action="store_true",
         help="both sides compile their step (long cells' default); timed past step 2",
     )
+    parser.add_argument(
+        "--matmuls",
+        action="store_true",
+        help="time one lone step's products reused, over K operand sets and as one bmm",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = VARIANTS if args.grid == "variants" else None
     k = len(VARIANTS) * args.seeds if variants else args.k
     for width in (int(w) for w in args.widths.split(",")):
+        if args.matmuls:
+            measure_matmuls(k, width, task=args.task, ab=args.ab)
+            continue
         measure(
             k,
             width,
