@@ -1,22 +1,29 @@
-"""Same / different, plain, matched protocol: the loss on unseen symbols during training.
+"""A plain cell of the matched protocol rerun with its loss on unseen symbols logged
+during training.
 
-At n 512-4096 every plain cell of this grid ends fitting its training set (train loss
-<= 1.1e-3) with its test loss near 1 (results.jsonl; REPORT section 9). Did it never
-generalize, or did it generalize and then memorize over its 1000 epochs? This script
-reruns the grid's own cell (recipes/paper/matched/same_different.yaml, variant
-``none``, n 2048, seed 0: the paper's n*) with validation every 2,000 steps (the
-validation alphabet, like the test one, unseen in training), and writes the curve to
-``trajectory.jsonl``: step, training loss (the mean over the last logged steps) and
-validation loss and error, then the final row's test loss beside the sweep's own row
-for the same cell. The two need not agree: the sweep's row ran eagerly at an earlier
-commit (before probe compiled long runs' steps; this run compiles, as n 2048 now does by
-default), and past a fitted training set float rounding moves where the run ends.
+At n 512-4096 every plain cell of the matched same_different and aba_vs_abb grids ends
+fitting its training set (train loss <= 1.1e-3) with its test loss near 1
+(results.jsonl; REPORT section 9). Did it never generalize, or did it generalize and
+then lose it over its 1000 epochs? This script reruns one of the grid's own cells
+(``--recipe``, default recipes/paper/matched/same_different.yaml; ``--variant none``,
+``--n 2048``: the paper's n*, ``--seed 0``) with validation every 2,000 steps (the
+validation alphabet, like the test one, unseen in training), and appends the curve to
+``trajectory.jsonl`` beside this script: per logged step the training loss (the mean
+over the last logged steps), validation loss and error, then the final row's test
+loss beside the sweep's own row for the same cell. The two need not agree: the
+sweep's row may have run eagerly at an earlier commit (before probe compiled long
+runs' steps; n 2048 compiles by default now), and past a fitted training set float
+rounding moves where the run ends. A cell already in the file is refused (delete its
+lines to rerun it).
 
     python results/paper/matched/same_different/trajectory.py   # ~10 min on one core
+    python results/paper/matched/same_different/trajectory.py \\
+        --recipe recipes/paper/matched/aba_vs_abb.yaml --seed 0
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import tempfile
@@ -32,18 +39,38 @@ from probe.jsonl import append_row, read_rows  # noqa: E402
 from probe.train.run import finetune  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-RECIPE = HERE.parents[3] / "recipes" / "paper" / "matched" / "same_different.yaml"
+ROOT = HERE.parents[3]
 OUT = HERE / "trajectory.jsonl"
-CELL = {"variant": "none", "n": 2048, "seed": 0}
 EVERY = 2000
 
 
 def main() -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="recipes/paper/matched/same_different.yaml")
+    parser.add_argument("--variant", default="none")
+    parser.add_argument("--n", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    recipe = SweepConfig.from_yaml(RECIPE)
-    (cell,) = [c for c in recipe.cells() if all(getattr(c, k) == v for k, v in CELL.items())]
+    recipe_path = ROOT / args.recipe
+    recipe = SweepConfig.from_yaml(recipe_path)
+    key = {"task": recipe.task, "variant": args.variant, "n": args.n, "seed": args.seed}
+    done = OUT.exists() and any(
+        all(r.get(k) == v for k, v in key.items()) for r in read_rows([OUT])
+    )
+    if done:
+        raise SystemExit(f"{OUT} already holds {key}: delete its lines to rerun it")
+    cells = [
+        c for c in recipe.cells() if (c.variant, c.n, c.seed) == (args.variant, args.n, args.seed)
+    ]
+    if len(cells) != 1:
+        raise SystemExit(
+            f"{args.recipe} has no cell variant={args.variant} n={args.n} seed={args.seed}; "
+            f"its variants: {sorted({c.variant for c in recipe.cells()})}, n: {recipe.n}"
+        )
+    (cell,) = cells
     with tempfile.TemporaryDirectory() as work:
         config = cell_configs(recipe, [cell], work)[cell.key]
         config = dataclasses.replace(
@@ -57,17 +84,18 @@ def main() -> None:
             for tag in events.Tags()["scalars"]
             if tag in ("train_loss", "val_loss", "val_error")
         }
-    OUT.unlink(missing_ok=True)
     for step in sorted({s for values in scalars.values() for s in values}):
-        append_row(OUT, {"step": step, **{t: v.get(step) for t, v in scalars.items()}})
+        append_row(OUT, {**key, "step": step, **{t: v.get(step) for t, v in scalars.items()}})
+    results = ROOT / "results" / "paper" / "matched" / recipe.name
     swept = [
         r
-        for r in read_rows([HERE / "results.jsonl"])
-        if all(r.get(k) == v for k, v in CELL.items())
+        for r in read_rows([results / "results.jsonl"])
+        if all(r.get(k) == v for k, v in key.items() if k != "task")
     ]
     append_row(
         OUT,
         {
+            **key,
             "step": row["steps"],
             "final_test_loss": row["test_loss"],
             "final_train_loss": row.get("train_loss"),
@@ -75,7 +103,8 @@ def main() -> None:
         },
     )
     for r in read_rows([OUT]):
-        print(r, flush=True)
+        if all(r.get(k) == v for k, v in key.items()):
+            print(r, flush=True)
 
 
 if __name__ == "__main__":
