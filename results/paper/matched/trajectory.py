@@ -8,16 +8,17 @@ then lose it over its 1000 epochs? This script reruns one of the grid's own cell
 (``--recipe``, default recipes/paper/matched/same_different.yaml; ``--variant none``,
 ``--n 2048``: the paper's n*, ``--seed 0``) with validation every 2,000 steps (the
 validation alphabet, like the test one, unseen in training), and appends the curve to
-``trajectory.jsonl`` beside this script: per logged step the training loss (the mean
-over the last logged steps), validation loss and error, then the final row's test
-loss beside the sweep's own row for the same cell. The two need not agree: the
+``trajectory.jsonl`` beside this script (rows keyed by task, variant, n and seed):
+per logged step the training loss (the mean over the last logged steps), validation
+loss and error, then the final row's test loss beside the sweep's own row for the
+same cell; ``trajectory.png`` plots every cell in the file (``--plot``: only that). The two need not agree: the
 sweep's row may have run eagerly at an earlier commit (before probe compiled long
 runs' steps; n 2048 compiles by default now), and past a fitted training set float
 rounding moves where the run ends. A cell already in the file is refused (delete its
 lines to rerun it).
 
-    python results/paper/matched/same_different/trajectory.py   # ~10 min on one core
-    python results/paper/matched/same_different/trajectory.py \\
+    python results/paper/matched/trajectory.py   # ~10 min on one core
+    python results/paper/matched/trajectory.py \\
         --recipe recipes/paper/matched/aba_vs_abb.yaml --seed 0
 """
 
@@ -39,9 +40,40 @@ from probe.jsonl import append_row, read_rows  # noqa: E402
 from probe.train.run import finetune  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[3]
+ROOT = HERE.parents[2]
 OUT = HERE / "trajectory.jsonl"
+PLOT = HERE / "trajectory.png"
 EVERY = 2000
+KEY = ("task", "variant", "n", "seed")
+
+
+def plot() -> None:
+    """Validation loss (unseen symbols, solid) and training loss (dotted) per step, one
+    colour per cell of ``trajectory.jsonl``, the 0.05 threshold dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple, list[dict]] = {}
+    for r in read_rows([OUT]):
+        if "val_loss" in r:
+            curves.setdefault(tuple(r[k] for k in KEY), []).append(r)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (cell, rows) in enumerate(sorted(curves.items())):
+        steps = [r["step"] for r in rows]
+        label = "{} {} n={} seed={}".format(*cell)
+        ax.plot(steps, [r["val_loss"] for r in rows], color=f"C{i}", label=label)
+        ax.plot(steps, [r["train_loss"] for r in rows], color=f"C{i}", linestyle=":")
+    ax.axhline(0.05, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss: unseen symbols (solid), training (dotted)")
+    ax.set_title("matched protocol, plain: the loss on unseen symbols during training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -52,7 +84,11 @@ def main() -> None:
     parser.add_argument("--variant", default="none")
     parser.add_argument("--n", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", action="store_true", help="only redraw trajectory.png")
     args = parser.parse_args()
+    if args.plot:
+        plot()
+        return
     torch.set_num_threads(1)
     recipe_path = ROOT / args.recipe
     recipe = SweepConfig.from_yaml(recipe_path)
@@ -105,6 +141,7 @@ def main() -> None:
     for r in read_rows([OUT]):
         if all(r.get(k) == v for k, v in key.items()):
             print(r, flush=True)
+    plot()
 
 
 if __name__ == "__main__":
