@@ -97,7 +97,10 @@ UNHASHED = "unhashed"
 LOOP = "loop"
 # stated by the report under a curve when every row shares it
 SETTING = "setting"
-ROLES = (RESUMABLE, UNHASHED, LOOP, SETTING)
+# added after results were recorded: in a cell's settings hash only when set to other
+# than its default, so the cells recorded before the field existed keep their hashes
+HASHED_WHEN_SET = "hashed_when_set"
+ROLES = (RESUMABLE, UNHASHED, LOOP, SETTING, HASHED_WHEN_SET)
 
 # Fields renamed after results were recorded: new name -> (old name, old value from new).
 # Saved configs and recipes in the old names still load, and a cell's hash is computed
@@ -370,6 +373,27 @@ class FinetuneConfig:
     converge_window: int = field(
         default=50, metadata=_help("steps averaged by the early-stopping rule", group=OPTIMIZATION)
     )
+    keep_best: bool = field(
+        default=False,
+        metadata=_help(
+            "model selection on the validation split: test (and save) the model of the "
+            "step with the lowest validation loss, among every --eval-every step and the "
+            "last, instead of the last step's; the row records that step (best_step). "
+            "Needs --eval-every N and validation samples. The validation symbols are "
+            "unseen in training and apart from the test ones, so the test stays unseen",
+            group=OPTIMIZATION,
+            roles=(SETTING, LOOP, HASHED_WHEN_SET),
+        ),
+    )
+    patience: int = field(
+        default=0,
+        metadata=_help(
+            "with --keep-best: stop once the validation loss has not improved for this "
+            "many steps (0: train until --max-steps / --epochs)",
+            group=OPTIMIZATION,
+            roles=(SETTING, RESUMABLE, LOOP, HASHED_WHEN_SET),
+        ),
+    )
     max_grad_norm: float = field(
         default=0.0,
         metadata=_help(
@@ -568,7 +592,9 @@ class FinetuneConfig:
             raise ValueError(f"--ab {self.ab!r} is not one of {', '.join(AB_CHOICES)}")
         self.ab = self.ab if self.ab in AB_CHOICES else ordered
         positive = ["batch_size", "eval_batch_size", "converge_window", "log_every"]
-        non_negative = ["max_steps", "epochs", "eval_every", "checkpoint_every", "lora_r"]
+        non_negative = [
+            "max_steps", "epochs", "eval_every", "checkpoint_every", "lora_r", "patience"
+        ]
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
         for name in non_negative:
@@ -604,6 +630,21 @@ class FinetuneConfig:
             )
         if self.max_steps == 0 and self.epochs == 0:
             raise ValueError("--max-steps 0 and --epochs 0 never stop; set one of them")
+        if self.keep_best and not self.eval_every:
+            raise ValueError(
+                "--keep-best picks the step with the lowest validation loss, but --eval-every "
+                "is 0 (validate only at the end); pass --eval-every N, e.g. 250"
+            )
+        if self.keep_best and self.n_val == 0:
+            raise ValueError(
+                "--keep-best picks the step with the lowest validation loss, but --n-val is 0 "
+                "(no validation samples); pass --n-val N, e.g. 256"
+            )
+        if self.patience and not self.keep_best:
+            raise ValueError(
+                f"--patience {self.patience} stops on the validation loss, which only "
+                "--keep-best tracks; add --keep-best --eval-every N, or drop --patience"
+            )
         for name in ("lr", "weight_decay", "converge_loss", "max_grad_norm"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -664,6 +705,10 @@ def hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
     without the ``UNHASHED`` fields."""
     unhashed = fields_with(UNHASHED)
     kept = {k: v for k, v in settings.items() if k not in unhashed}
+    defaults = {f.name: _default(f) for f in dataclasses.fields(FinetuneConfig)}
+    for name in fields_with(HASHED_WHEN_SET):
+        if name in kept and kept[name] == defaults[name]:
+            del kept[name]
     for new, (old, old_value) in RENAMED.items():
         if new in kept:
             kept[old] = old_value(kept.pop(new))

@@ -243,7 +243,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
     recent: deque = field(default_factory=deque)  # the last ``window`` training losses
-    stopped: str = ""  # why training ended: max_steps, epochs or converged
+    stopped: str = ""  # why training ended: max_steps, epochs, converged or patience
     compiled: bool = False  # this process trained with the compiled step (not checkpointed)
     compile_error: str = ""  # --compile fell back to eager: why (not checkpointed)
 
@@ -296,6 +296,8 @@ class LoopSettings:
     max_steps: int
     epochs: int
     converge_loss: float
+    keep_best: bool
+    patience: int
     max_grad_norm: float
     compile: bool | None  # None: when the run is long enough (compiles)
     eval_every: int
@@ -340,14 +342,48 @@ def non_finite_loss(value: float, step: int, last_checkpoint: Any) -> FloatingPo
     )
 
 
-def stop_reason(state: TrainState, s: LoopSettings) -> str:
+def stop_reason(state: TrainState, s: LoopSettings, best: BestStep | None = None) -> str:
     if s.max_steps and state.step >= s.max_steps:
         return "max_steps"
     if s.epochs and state.epoch >= s.epochs:
         return "epochs"
     if state.converged(s.converge_loss):
         return "converged"
+    if best is not None and s.patience and best.seen and state.step - best.step >= s.patience:
+        return "patience"
     return ""
+
+
+@dataclass
+class BestStep:
+    """``--keep-best``: the lowest validation loss so far, the step it was seen at and a
+    copy of the model's weights then (on the CPU). Registered for checkpointing beside
+    :class:`TrainState`, so a resumed run goes on choosing among the same steps."""
+
+    loss: float = math.inf
+    step: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def seen(self) -> bool:
+        return self.weights is not None
+
+    def saw(self, loss: float, step: int, model: torch.nn.Module) -> None:
+        """A validation loss at ``step``: kept, with the weights, when lower than any before
+        (the earliest step wins a tie)."""
+        if loss < self.loss or not self.seen:
+            self.loss, self.step = loss, step
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """The kept weights back into ``model``."""
+        model.load_state_dict(self.weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "step": self.step, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss, self.step, self.weights = state["loss"], state["step"], state["weights"]
 
 
 LONG_RUN_S = 3600  # a run whose steps left would take longer is told so, once
@@ -400,6 +436,7 @@ def train(
     save: Callable[[], Path | None],
     validate: Callable[[], dict[str, float]] | None = None,
     last_checkpoint: Path | None = None,
+    best: BestStep | None = None,
 ) -> None:
     """Train until a stop rule holds, from wherever ``state`` says the run is.
 
@@ -411,6 +448,8 @@ def train(
     last good checkpoint (``last_checkpoint`` when this call saved none yet). A
     preempting signal (:mod:`probe.preempt`) ends the loop after the step it arrived
     in: a checkpoint is saved, then :class:`probe.errors.Preempted` raised.
+    ``best`` (``--keep-best``) sees each validation's loss with the model then; with
+    ``patience`` the loop also stops once it has not improved for that many steps.
     """
     s = settings
     total = s.max_steps or s.epochs * len(loader)
@@ -426,7 +465,7 @@ def train(
     watch = LongRunWatch(total, accelerator.device, enabled=accelerator.is_main_process)
 
     eager_loss = batch_loss(model, readout, label_kind)
-    compiled = compiles(s, len(loader)) and not stop_reason(state, s)
+    compiled = compiles(s, len(loader)) and not stop_reason(state, s, best)
     state.compiled = compiled
     step_loss = compile_loss(eager_loss) if compiled else eager_loss
     own_attention = _compiled_attention(model) if compiled else lambda: None
@@ -477,7 +516,7 @@ def train(
 
     step = first_compiled_step if compiled else forward_backward
     with compiling() if compiled else contextlib.nullcontext(), _finally(own_attention):
-        state.stopped = stop_reason(state, s)
+        state.stopped = stop_reason(state, s, best)
         model.train()
         while not state.stopped:
             loader.set_epoch(state.epoch)
@@ -501,9 +540,12 @@ def train(
                         scalars.update(ab_scalars(accelerator.unwrap_model(model)))
                         accelerator.log(scalars, step=state.step)
                 if validate is not None and s.eval_every and state.step % s.eval_every == 0:
-                    accelerator.log(validate(), step=state.step)
+                    metrics = validate()
+                    accelerator.log(metrics, step=state.step)
+                    if best is not None:
+                        best.saw(metrics["val_loss"], state.step, accelerator.unwrap_model(model))
                     model.train()
-                state.stopped = stop_reason(state, s)
+                state.stopped = stop_reason(state, s, best)
                 if state.stopped:
                     break
                 saved = None
@@ -514,7 +556,7 @@ def train(
                     raise Preempted(preempt.requested() or "a signal", state.step, saved or save())
             else:  # the epoch ran out
                 state.next_epoch()
-                state.stopped = stop_reason(state, s)
+                state.stopped = stop_reason(state, s, best)
     bar.close()
 
 
@@ -577,7 +619,11 @@ def evaluate(
 ) -> dict[str, float | int]:
     """``{prefix}_loss``, ``{prefix}_error``, ``{prefix}_samples`` over a prepared
     loader; every sample counts once whatever the number of processes
-    (``gather_for_metrics`` drops the repeats that pad a distributed last batch)."""
+    (``gather_for_metrics`` drops the repeats that pad a distributed last batch).
+    Leaves the random state as it found it: a DataLoader's iterator draws its base seed
+    from it, which would change the next training steps' dropout masks, so a run that
+    validates every N steps would not be the run that does not."""
+    rng = _rng_states()
     model.eval()
     metric = load_metric(label_kind)  # probe's evaluate module: the row's numbers
     # a model compiled for training runs eagerly here: no recompiling for eval mode
@@ -589,4 +635,5 @@ def evaluate(
             logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
             metric.add_batch(predictions=logits.cpu().numpy(), references=labels.cpu().numpy())
     result = metric.compute()
+    _set_rng_states(rng)
     return {f"{prefix}_{k}": v for k, v in result.items()}

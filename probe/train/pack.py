@@ -136,6 +136,11 @@ def check_config(cell: FinetuneConfig | RunPlan) -> None:
             "set checkpoints: false (a killed pack's unfinished cells rerun on --resume)",
         ),
         (
+            config.keep_best,
+            "keep_best: true (a pack validates only at the end)",
+            "run the cells without --pack",
+        ),
+        (
             plan.model_type == MLP_MODEL_TYPE,
             f"the MLP baseline {config.model!r}",
             "run it without --pack",

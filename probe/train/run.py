@@ -156,6 +156,7 @@ def _run(
 
     from probe.models.build import readout
     from probe.train.loop import (
+        BestStep,
         LoopSettings,
         TensorRows,
         TrainState,
@@ -189,6 +190,11 @@ def _run(
     for split in ("validation", "test"):
         if len(rows[split]):
             loaders[split] = eval_loader(rows[split], config.eval_batch_size)
+    if config.keep_best and "validation" not in loaders:  # a --dataset without one
+        raise ProbeError(
+            "--keep-best picks the step with the lowest validation loss, but this run has "
+            "no validation samples; pass --n-val N or a dataset with a validation split"
+        )
     names = list(loaders)
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
     loaders = dict(zip(names, prepared, strict=True))
@@ -202,6 +208,9 @@ def _run(
 
     state = TrainState(window=config.converge_window)
     accelerator.register_for_checkpointing(state)
+    best = BestStep() if config.keep_best else None
+    if best is not None:
+        accelerator.register_for_checkpointing(best)
     loaded = _load_checkpoint(accelerator, run_dir) if config.resume else None
     if finished is not None:
         if accelerator.is_main_process:
@@ -244,6 +253,7 @@ def _run(
         save,
         validate,
         last_checkpoint=previous[-1] if previous else None,
+        best=best,
     )
     train_s = time.perf_counter() - train_start
     if config.checkpoints and not (previous and previous[-1].name == f"step-{state.step}"):
@@ -251,6 +261,13 @@ def _run(
 
     metrics: dict[str, Any] = {"val_loss": None, "val_error": None, "val_samples": 0}
     metrics.update(validate())
+    selected = {}
+    if best is not None:  # the last step is a candidate too
+        best.saw(metrics["val_loss"], state.step, accelerator.unwrap_model(model))
+        if best.step != state.step:
+            best.restore(accelerator.unwrap_model(model))
+            metrics.update(validate())
+        selected = {"best_step": best.step}
     metrics.update(evaluate(accelerator, model, loaders["test"], label_kind, readout, "test"))
     accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
     unwrapped = accelerator.unwrap_model(model)
@@ -270,6 +287,7 @@ def _run(
         # what ran: compiled or not (the default decides by the run's length; --compile
         # may have fallen back to eager, and config.compile stays what was asked)
         compiled=state.compiled,
+        **selected,  # --keep-best: the step whose model was tested
     )
     if accelerator.is_main_process:
         finish_run(run_dir, config, row, unwrapped, data.tokenizer)

@@ -186,6 +186,7 @@ def test_divergence_is_per_cell_and_cells_of_other_settings_are_refused(tmp_path
         ({"model": "t5"}, "t5.*vmap cannot run"),
         ({"model": "mlp"}, "MLP baseline"),
         ({"checkpoints": True}, "checkpoints: false"),
+        ({"keep_best": True, "eval_every": 2}, "keep_best: true"),
     ],
 )
 def test_what_cannot_pack_is_refused_before_any_work(tmp_path, over, match):

@@ -230,6 +230,54 @@ def test_stop_rules_epochs_and_convergence(tmp_path):
     assert (row["steps"], row["stopped"]) == (3, "converged")
 
 
+def test_validating_on_the_way_leaves_the_run_unchanged(tmp_path):
+    # dropout on (gpt2's 0.1): an evaluation that drew from the random state (a
+    # DataLoader iterator draws its base seed) would change the next steps' masks
+    plain = finetune(tiny(tmp_path, "plain", max_steps=8))
+    watched = finetune(tiny(tmp_path, "watched", max_steps=8, eval_every=1))
+    assert (watched["test_loss"], watched["train_loss"]) == (plain["test_loss"], plain["train_loss"])
+
+
+def test_keep_best_tests_the_model_of_the_step_with_the_lowest_validation_loss(tmp_path):
+    # at lr 0.03 the validation loss is lowest early (step 4 of 12) and the last step's
+    # is far above it
+    common = dict(max_steps=12, lr=0.03)
+    best = finetune(tiny(tmp_path, "best", eval_every=2, keep_best=True, **common))
+    last = finetune(tiny(tmp_path, "last", **common))
+    assert best["steps"] == 12 and 0 < best["best_step"] < 12
+    assert best["val_loss"] < last["val_loss"]
+    there = finetune(tiny(tmp_path, "there", max_steps=best["best_step"], lr=0.03))
+    for key in ("val_loss", "test_loss", "test_error"):
+        assert best[key] == there[key], key
+    assert "best_step" not in last
+
+
+def test_keep_best_with_patience_stops_once_validation_stops_improving(tmp_path):
+    row = finetune(tiny(tmp_path, max_steps=12, eval_every=1, keep_best=True, patience=2, lr=0.03))
+    assert row["stopped"] == "patience" and row["steps"] - row["best_step"] == 2
+
+
+def test_resume_of_a_keep_best_run_chooses_among_the_same_steps(tmp_path):
+    # cut at step 6, after the best step (4): the resumed run must still test step 4's model
+    common = dict(eval_every=2, keep_best=True, lr=0.03, checkpoint_every=3)
+    whole = finetune(tiny(tmp_path, "whole", max_steps=12, **common))
+    finetune(tiny(tmp_path, "cut", max_steps=6, **common))
+    resumed = finetune(tiny(tmp_path, "cut", max_steps=12, resume=True, **common))
+    for key in ("best_step", "val_loss", "test_loss", "steps"):
+        assert resumed[key] == whole[key], key
+
+
+def test_keep_best_and_patience_leave_the_hashes_of_cells_recorded_before_them_alone():
+    """Fields added after results were recorded count in a cell's hash only when set."""
+    from probe.experiments.cells import settings_hash
+
+    plain = FinetuneConfig().to_dict()
+    before = {k: v for k, v in plain.items() if k not in ("keep_best", "patience")}
+    assert settings_hash(plain) == settings_hash(before)
+    chosen = FinetuneConfig(keep_best=True, eval_every=100, patience=500).to_dict()
+    assert settings_hash(chosen) != settings_hash({**chosen, "patience": 0})
+
+
 # -- LoRA --------------------------------------------------------------------------------
 
 
@@ -343,6 +391,9 @@ def test_lora_targets_must_name_linear_layers(tmp_path, checkpoint):
         ({"n_head": 3}, ValueError, "not divisible"),
         ({"pretrained": True}, ValueError, "keeps its own shape"),
         ({"max_steps": 0}, ValueError, "never stop"),
+        ({"keep_best": True}, ValueError, "--keep-best .*pass --eval-every N"),
+        ({"keep_best": True, "eval_every": 2, "n_val": 0}, ValueError, "--n-val is 0"),
+        ({"patience": 3}, ValueError, "--patience 3 .*add --keep-best"),
         ({"lr": float("nan")}, ValueError, "finite"),
         ({"b_lr": 0.0}, ValueError, "--b-lr 0.0 must be a finite number > 0"),
         ({"a_lr": float("inf")}, ValueError, "--a-lr inf must be a finite number > 0"),
