@@ -291,19 +291,19 @@ class TrainState:
 class LoopSettings:
     """The parts of a FinetuneConfig the loop reads: the fields whose role is ``LOOP``
     (``probe.train.config.fields_with(LOOP)``; tests/train/test_speed.py holds the two
-    lists equal)."""
+    sets of names equal)."""
 
     max_steps: int
     epochs: int
     converge_loss: float
-    keep_best: bool
-    patience: int
     max_grad_norm: float
     compile: bool | None  # None: when the run is long enough (compiles)
     eval_every: int
     checkpoint_every: int
     log_every: int
     progress: bool
+    keep_best: bool = False  # track the step with the lowest validation loss (BestStep)
+    patience: int = 0  # with keep_best: stop after this many steps without a better one
 
     @classmethod
     def from_config(cls, config: Any) -> LoopSettings:

@@ -169,7 +169,7 @@ def test_loop_settings_are_the_loop_fields_of_the_config():
     from probe.train.config import LOOP, FinetuneConfig, fields_with
     from probe.train.loop import LoopSettings
 
-    assert [f.name for f in dataclasses.fields(LoopSettings)] == list(fields_with(LOOP))
+    assert sorted(f.name for f in dataclasses.fields(LoopSettings)) == sorted(fields_with(LOOP))
     config = FinetuneConfig(max_steps=7, log_every=3)
     settings = LoopSettings.from_config(config)
     assert settings.max_steps == 7 and settings.log_every == 3
