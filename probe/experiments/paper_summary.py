@@ -187,19 +187,27 @@ def summary(folder: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
 class TableRow:
     """A row of the paper's table (REPORT section 9): the paper's (task, variant) in
     ``PAPER_N_STAR`` and where each protocol ran it, as (folder under the paper's
-    results folder, variant); None where a protocol has no run of it."""
+    results folder, variant); None where a protocol has no run of it. ``selected`` is
+    the matched protocol with model selection on the validation split
+    (``recipes/paper/selected``)."""
 
     label: str
     task: str
     key: str
     literal: tuple[str, str] | None
     matched: tuple[str, str] | None
+    selected: tuple[str, str] | None = None
 
 
-def _both(folder: str, variant: str, matched_variant: str | None = None) -> dict:
+# the protocols of the table, in its column order; the last two get a ratio to the paper
+PROTOCOLS = ("literal", "matched", "selected")
+
+
+def _protocols(folder: str, variant: str) -> dict:
     return {
         "literal": (folder, variant),
-        "matched": (f"matched/{folder}", matched_variant or variant),
+        "matched": (f"matched/{folder}", variant),
+        "selected": (f"selected/{folder}", variant),
     }
 
 
@@ -207,12 +215,12 @@ def _both(folder: str, variant: str, matched_variant: str | None = None) -> dict
 # literal one's runs. Majority length 4 plain and lengths 6-8 (n* 8192 or beyond) are
 # listed with what the literal protocol measured (results/paper/NOTES.md: their cost).
 TABLE_ROWS: tuple[TableRow, ...] = (
-    TableRow("same_different, plain", "same_different", "none", **_both("same_different", "none")),
-    TableRow("same_different, + KQ", "same_different", "kq", **_both("same_different", "kq")),
-    TableRow("aba_vs_abb, plain", "aba_vs_abb", "none", **_both("aba_vs_abb", "none")),
-    TableRow("aba_vs_abb, + KQ", "aba_vs_abb", "kq", **_both("aba_vs_abb", "kq")),
-    TableRow("aba_vs_abb, + VO", "aba_vs_abb", "vo", **_both("aba_vs_abb", "vo")),
-    TableRow("aba_vs_abb, + KQ,VO", "aba_vs_abb", "kq,vo", **_both("aba_vs_abb", "kq,vo")),
+    TableRow("same_different, plain", "same_different", "none", **_protocols("same_different", "none")),
+    TableRow("same_different, + KQ", "same_different", "kq", **_protocols("same_different", "kq")),
+    TableRow("aba_vs_abb, plain", "aba_vs_abb", "none", **_protocols("aba_vs_abb", "none")),
+    TableRow("aba_vs_abb, + KQ", "aba_vs_abb", "kq", **_protocols("aba_vs_abb", "kq")),
+    TableRow("aba_vs_abb, + VO", "aba_vs_abb", "vo", **_protocols("aba_vs_abb", "vo")),
+    TableRow("aba_vs_abb, + KQ,VO", "aba_vs_abb", "kq,vo", **_protocols("aba_vs_abb", "kq,vo")),
     TableRow(
         "aba_vs_abb, MLP (one-hot)",
         "aba_vs_abb",
@@ -227,12 +235,12 @@ TABLE_ROWS: tuple[TableRow, ...] = (
         ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
         ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
     ),
-    TableRow("majority, length 2, plain", "majority_k", "len2", **_both("majority", "len2")),
+    TableRow("majority, length 2, plain", "majority_k", "len2", **_protocols("majority", "len2")),
     TableRow(
-        "majority, length 2, + KQ,VO", "majority_k", "len2_kq,vo", **_both("majority", "len2_kq,vo")
+        "majority, length 2, + KQ,VO", "majority_k", "len2_kq,vo", **_protocols("majority", "len2_kq,vo")
     ),
     TableRow(
-        "majority, length 4, + KQ,VO", "majority_k", "len4_kq,vo", **_both("majority", "len4_kq,vo")
+        "majority, length 4, + KQ,VO", "majority_k", "len4_kq,vo", **_protocols("majority", "len4_kq,vo")
     ),
     TableRow("majority, length 4, plain", "majority_k", "len4", ("majority", "len4"), None),
     TableRow("majority, length 6, plain", "majority_k", "len6", ("majority", "len6"), None),
@@ -244,11 +252,11 @@ TABLE_ROWS: tuple[TableRow, ...] = (
         "majority, length 8, + KQ,VO", "majority_k", "len8_kq,vo", ("majority", "len8_kq,vo"), None
     ),
     *(
-        TableRow(f"copy, plain, width {w}", "copy", f"cls_w{w}", **_both("copy", f"cls_w{w}"))
+        TableRow(f"copy, plain, width {w}", "copy", f"cls_w{w}", **_protocols("copy", f"cls_w{w}"))
         for w in (64, 128, 256)
     ),
     *(
-        TableRow(f"copy, + VO, width {w}", "copy", f"cls_vo_w{w}", **_both("copy", f"cls_vo_w{w}"))
+        TableRow(f"copy, + VO, width {w}", "copy", f"cls_vo_w{w}", **_protocols("copy", f"cls_vo_w{w}"))
         for w in (64, 128, 256)
     ),
 )
@@ -283,10 +291,10 @@ def paper_table(
     root: str | Path, causes: dict[str, str] | None = None, threshold: float = THRESHOLD
 ) -> pd.DataFrame:
     """REPORT section 9's table from the results under ``root`` (``results/paper``):
-    per ``TABLE_ROWS`` row, the paper's n*, the literal and the matched protocol's n*
-    with their seeds, the matched protocol's mismatch factor against the paper
-    (:func:`mismatch`), whether it is within 2x, and ``causes[label]`` for a row that
-    is not."""
+    per ``TABLE_ROWS`` row, the paper's n*, each protocol's n* (``PROTOCOLS``) with
+    its seeds, the matched and the selected protocols' mismatch factor against the paper
+    (:func:`mismatch`) and whether it is within 2x, and ``causes[label]`` for a row
+    the matched protocol does not put within 2x."""
     root = Path(root)
     causes = causes or {}
     out = []
@@ -294,30 +302,35 @@ def paper_table(
         paper = PAPER_N_STAR[(row.task, row.key)]
         at_most = (row.task, row.key) in PAPER_AT_MOST
         paper_text = f">{PAPER_MAX_N}" if paper is None else f"<={paper}" if at_most else str(paper)
-        texts = {}
-        for name in ("literal", "matched"):
+        texts, ratios = {}, {}
+        for name in PROTOCOLS:
             where = getattr(row, name)
             texts[name] = (
                 _n_star_text(root / where[0], where[1], threshold)
                 if where is not None
                 else ("not run", 0, False, 0, "")
             )
-        text, n, reached, smallest, partial = texts["matched"]
-        if text == "not run":
-            factor, factor_text, within = float("nan"), "", "not run"
-        else:
+            text, n, reached, smallest, partial = texts[name]
+            if text == "not run":
+                ratios[name] = ("", "not run")
+                continue
             factor, factor_text = mismatch(row.task, row.key, n, reached, smallest)
             within = within_2x(factor, factor_text)
             if partial:  # the seeds still running there may move it
                 within = f"not yet ({partial})"
+            ratios[name] = (factor_text, within)
+        within = ratios["matched"][1]
         out.append(
             {
                 "row": row.label,
                 "paper n*": paper_text,
                 "literal n* (seeds)": texts["literal"][0],
-                "matched n* (seeds)": text,
-                "matched / paper": factor_text,
+                "matched n* (seeds)": texts["matched"][0],
+                "matched / paper": ratios["matched"][0],
                 "within 2x": within,
+                "selected n* (seeds)": texts["selected"][0],
+                "selected / paper": ratios["selected"][0],
+                "selected within 2x": ratios["selected"][1],
                 "cause": causes.get(row.label, "") if within != "yes" else "",
             }
         )

@@ -120,7 +120,16 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     (root / "causes.yaml").write_text("'aba_vs_abb, + KQ,VO': from the file\n")
     main(["--table", str(root)])
     text = (root / "table.md").read_text()
-    assert "| aba_vs_abb, + KQ,VO | 64 | not run | 256 (3/3) | 4 | no | from the file |" in text
+    assert (
+        "| aba_vs_abb, + KQ,VO | 64 | not run | 256 (3/3) | 4 | no | not run |  | not run | "
+        "from the file |" in text
+    )
+    # the matched protocol with model selection on validation: its own n* and ratio
+    (root / "selected/aba_vs_abb").mkdir(parents=True)
+    _write(root / "selected/aba_vs_abb", "aba_vs_abb", {("kq,vo", 64): [0.01, 0.02, 0.01]})
+    kqvo = paper_table(root, causes).set_index("row").loc["aba_vs_abb, + KQ,VO"]
+    assert (kqvo["selected n* (seeds)"], kqvo["selected / paper"]) == ("64 (3/3)", "1")
+    assert (kqvo["selected within 2x"], kqvo["within 2x"]) == ("yes", "no")
 
 
 def test_the_reports_table_is_what_the_committed_rows_give():
