@@ -10,8 +10,8 @@ ratio, never a number; so does a paper n* that its figure gives only as a bound
 (``<=16``, ``PAPER_AT_MOST``). ``NO_RATIO`` names the rows with no ratio, and why.
 Writes ``paper_summary.md`` into each folder and prints it.
 
-``--table results/paper`` writes the table of both protocols (REPORT section 9) to
-``results/paper/table.md``; ``--into results/REPORT.md`` also puts it into that file,
+``--table results/paper`` writes the table of every protocol (REPORT section 9) to
+``results/paper/table.md``, and its picture (:func:`plot_table`) to ``table.png``; ``--into results/REPORT.md`` also puts it into that file,
 in place of whatever stands between the lines ``<!-- paper-table -->`` and
 ``<!-- /paper-table -->`` (:func:`put_between`).
 """
@@ -215,7 +215,9 @@ def _protocols(folder: str, variant: str) -> dict:
 # literal one's runs. Majority length 4 plain and lengths 6-8 (n* 8192 or beyond) are
 # listed with what the literal protocol measured (results/paper/NOTES.md: their cost).
 TABLE_ROWS: tuple[TableRow, ...] = (
-    TableRow("same_different, plain", "same_different", "none", **_protocols("same_different", "none")),
+    TableRow(
+        "same_different, plain", "same_different", "none", **_protocols("same_different", "none")
+    ),
     TableRow("same_different, + KQ", "same_different", "kq", **_protocols("same_different", "kq")),
     TableRow("aba_vs_abb, plain", "aba_vs_abb", "none", **_protocols("aba_vs_abb", "none")),
     TableRow("aba_vs_abb, + KQ", "aba_vs_abb", "kq", **_protocols("aba_vs_abb", "kq")),
@@ -237,10 +239,16 @@ TABLE_ROWS: tuple[TableRow, ...] = (
     ),
     TableRow("majority, length 2, plain", "majority_k", "len2", **_protocols("majority", "len2")),
     TableRow(
-        "majority, length 2, + KQ,VO", "majority_k", "len2_kq,vo", **_protocols("majority", "len2_kq,vo")
+        "majority, length 2, + KQ,VO",
+        "majority_k",
+        "len2_kq,vo",
+        **_protocols("majority", "len2_kq,vo"),
     ),
     TableRow(
-        "majority, length 4, + KQ,VO", "majority_k", "len4_kq,vo", **_protocols("majority", "len4_kq,vo")
+        "majority, length 4, + KQ,VO",
+        "majority_k",
+        "len4_kq,vo",
+        **_protocols("majority", "len4_kq,vo"),
     ),
     TableRow("majority, length 4, plain", "majority_k", "len4", ("majority", "len4"), None),
     TableRow("majority, length 6, plain", "majority_k", "len6", ("majority", "len6"), None),
@@ -256,7 +264,9 @@ TABLE_ROWS: tuple[TableRow, ...] = (
         for w in (64, 128, 256)
     ),
     *(
-        TableRow(f"copy, + VO, width {w}", "copy", f"cls_vo_w{w}", **_protocols("copy", f"cls_vo_w{w}"))
+        TableRow(
+            f"copy, + VO, width {w}", "copy", f"cls_vo_w{w}", **_protocols("copy", f"cls_vo_w{w}")
+        )
         for w in (64, 128, 256)
     ),
 )
@@ -339,6 +349,78 @@ def paper_table(
 
 TABLE_START, TABLE_END = "<!-- paper-table -->", "<!-- /paper-table -->"
 
+# how each n* column of the table is drawn by plot_table: marker and colour
+_MARKS = {
+    "paper n*": ("*", "black"),
+    "literal n* (seeds)": ("o", "tab:gray"),
+    "matched n* (seeds)": ("s", "tab:blue"),
+    "selected n* (seeds)": ("^", "tab:orange"),
+}
+
+
+def parse_n_star(text: str) -> tuple[float, str] | None:
+    """An n* cell of the table as (n, kind): ``"128 (2/3)"`` -> (128, "="), ``">4096"``
+    -> (4096, ">"), ``"<=16"`` -> (16, "<="); None for "not run" and the like."""
+    text = str(text).strip()
+    for kind in ("<=", ">"):
+        if text.startswith(kind):
+            rest = text[len(kind) :].split()[0]
+            return (float(rest), kind) if rest.isdigit() else None
+    first = text.split()[0] if text else ""
+    return (float(first), "=") if first.isdigit() else None
+
+
+def plot_table(table: pd.DataFrame):
+    """The table as a picture: per row, the paper's n* and each protocol's on a log2
+    axis, a bound (``>N``) drawn at N with an arrow to the right, the band within 2x of
+    the paper shaded. Returns a matplotlib ``Figure`` (object API, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    rows = list(table["row"])
+    fig = Figure(figsize=(9, 0.36 * len(rows) + 1.6))
+    ax = fig.add_subplot()
+    offsets = dict(zip(_MARKS, (0.0, -0.27, 0.14, 0.32), strict=True))
+    for i, (_, r) in enumerate(table.iterrows()):
+        y = len(rows) - 1 - i
+        paper = parse_n_star(r["paper n*"])
+        if paper is not None and paper[1] != ">":
+            ax.fill_betweenx([y - 0.4, y + 0.4], paper[0] / 2, paper[0] * 2, color="0.92", lw=0)
+        for column, (marker, colour) in _MARKS.items():
+            got = parse_n_star(r[column])
+            if got is None:
+                continue
+            n, kind = got
+            yy = y + offsets[column]
+            hollow = kind != "="
+            ax.scatter(
+                [n],
+                [yy],
+                marker=marker,
+                s=60 if marker != "*" else 110,
+                facecolors="none" if hollow else colour,
+                edgecolors=colour,
+                zorder=3,
+            )
+            if kind in (">", "<="):
+                ax.annotate(
+                    "",
+                    xy=(n * (1.6 if kind == ">" else 1 / 1.6), yy),
+                    xytext=(n, yy),
+                    arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.2},
+                )
+    ax.set_xscale("log", base=2)
+    ax.set_yticks(range(len(rows)), list(reversed(rows)), fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("n* (training samples = training alphabet size); hollow with an arrow: a bound")
+    for column, (marker, colour) in _MARKS.items():
+        ax.scatter([], [], marker=marker, color=colour, label=column.split(" (")[0])
+    ax.fill_between([], [], color="0.92", label="within 2x of the paper")
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("The paper's n* and each protocol's (results/paper/table.md)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
 
 def put_between(path: Path, text: str, start: str = TABLE_START, end: str = TABLE_END) -> None:
     """``path`` with what stands between its lines ``start`` and ``end`` replaced by
@@ -398,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             except ValueError as err:
                 parser.error(str(err))
         (root / "table.md").write_text(text)
+        plot_table(table).savefig(root / "table.png", dpi=110)
         print(text)
         return
     for folder in args.folders:

@@ -593,7 +593,12 @@ class FinetuneConfig:
         self.ab = self.ab if self.ab in AB_CHOICES else ordered
         positive = ["batch_size", "eval_batch_size", "converge_window", "log_every"]
         non_negative = [
-            "max_steps", "epochs", "eval_every", "checkpoint_every", "lora_r", "patience"
+            "max_steps",
+            "epochs",
+            "eval_every",
+            "checkpoint_every",
+            "lora_r",
+            "patience",
         ]
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)

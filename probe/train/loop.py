@@ -373,7 +373,9 @@ class BestStep:
         (the earliest step wins a tie)."""
         if loss < self.loss or not self.seen:
             self.loss, self.step = loss, step
-            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
 
     def restore(self, model: torch.nn.Module) -> None:
         """The kept weights back into ``model``."""

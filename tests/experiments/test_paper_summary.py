@@ -119,6 +119,7 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     assert within_2x(float("nan"), "?") == "? (both beyond the n run)"
     (root / "causes.yaml").write_text("'aba_vs_abb, + KQ,VO': from the file\n")
     main(["--table", str(root)])
+    assert (root / "table.png").stat().st_size > 0  # the table as a picture
     text = (root / "table.md").read_text()
     assert (
         "| aba_vs_abb, + KQ,VO | 64 | not run | 256 (3/3) | 4 | no | not run |  | not run | "
@@ -191,3 +192,12 @@ def test_into_refuses_a_report_without_one_pair_of_markers_and_writes_nothing(
     assert str(report) in err and "<!-- paper-table -->" in err and found in err
     assert report.read_text() == text  # untouched
     assert not (root / "table.md").exists()  # nothing half-written
+
+
+def test_the_pictures_n_star_cells_read_as_numbers_and_bounds():
+    from probe.experiments.paper_summary import parse_n_star
+
+    assert parse_n_star("128 (2/3)") == (128, "=")
+    assert parse_n_star(">4096") == (4096, ">")
+    assert parse_n_star("<=16") == (16, "<=")
+    assert parse_n_star("not run") is None and parse_n_star("") is None

@@ -235,7 +235,10 @@ def test_validating_on_the_way_leaves_the_run_unchanged(tmp_path):
     # DataLoader iterator draws its base seed) would change the next steps' masks
     plain = finetune(tiny(tmp_path, "plain", max_steps=8))
     watched = finetune(tiny(tmp_path, "watched", max_steps=8, eval_every=1))
-    assert (watched["test_loss"], watched["train_loss"]) == (plain["test_loss"], plain["train_loss"])
+    assert (watched["test_loss"], watched["train_loss"]) == (
+        plain["test_loss"],
+        plain["train_loss"],
+    )
 
 
 def test_keep_best_tests_the_model_of_the_step_with_the_lowest_validation_loss(tmp_path):
