@@ -304,7 +304,8 @@ def paper_table(
     per ``TABLE_ROWS`` row, the paper's n*, each protocol's n* (``PROTOCOLS``) with
     its seeds, the matched and the selected protocols' mismatch factor against the paper
     (:func:`mismatch`) and whether it is within 2x, and ``causes[label]`` for a row
-    the matched protocol does not put within 2x."""
+    that either of the two does not put within 2x (where one does and the other does
+    not, the cause says what makes the difference)."""
     root = Path(root)
     causes = causes or {}
     out = []
@@ -330,6 +331,7 @@ def paper_table(
                 within = f"not yet ({partial})"
             ratios[name] = (factor_text, within)
         within = ratios["matched"][1]
+        both = within == ratios["selected"][1] == "yes"
         out.append(
             {
                 "row": row.label,
@@ -341,7 +343,7 @@ def paper_table(
                 "selected n* (seeds)": texts["selected"][0],
                 "selected / paper": ratios["selected"][0],
                 "selected within 2x": ratios["selected"][1],
-                "cause": causes.get(row.label, "") if within != "yes" else "",
+                "cause": "" if both else causes.get(row.label, ""),
             }
         )
     return pd.DataFrame(out)

@@ -65,7 +65,7 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     ):
         (root / sub).mkdir(parents=True)
         _write(root / sub, "aba_vs_abb", values)
-    causes = {"aba_vs_abb, + KQ,VO": "a measured cause", "aba_vs_abb, + KQ": "never shown"}
+    causes = {"aba_vs_abb, + KQ,VO": "a measured cause", "aba_vs_abb, + KQ": "a cause"}
     table = paper_table(root, causes).set_index("row")
     kq = table.loc["aba_vs_abb, + KQ"]
     assert (kq["paper n*"], kq["literal n* (seeds)"], kq["matched n* (seeds)"]) == (
@@ -73,7 +73,8 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
         "256 (3/3)",
         "32 (2/3)",
     )
-    assert (kq["matched / paper"], kq["within 2x"], kq["cause"]) == ("1", "yes", "")
+    # within 2x under the matched protocol, the selected one not run: its cause shows
+    assert (kq["matched / paper"], kq["within 2x"], kq["cause"]) == ("1", "yes", "a cause")
     kqvo = table.loc["aba_vs_abb, + KQ,VO"]
     assert (kqvo["literal n* (seeds)"], kqvo["matched / paper"], kqvo["within 2x"]) == (
         "not run",
@@ -131,6 +132,11 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     kqvo = paper_table(root, causes).set_index("row").loc["aba_vs_abb, + KQ,VO"]
     assert (kqvo["selected n* (seeds)"], kqvo["selected / paper"]) == ("64 (3/3)", "1")
     assert (kqvo["selected within 2x"], kqvo["within 2x"]) == ("yes", "no")
+    assert kqvo["cause"] == "a measured cause"  # what the selection changed
+    # within 2x under both: no cause, whatever the file says
+    _write(root / "selected/aba_vs_abb", "aba_vs_abb", {("kq", 32): [0.01, 0.02, 0.01]})
+    kq = paper_table(root, causes).set_index("row").loc["aba_vs_abb, + KQ"]
+    assert (kq["within 2x"], kq["selected within 2x"], kq["cause"]) == ("yes", "yes", "")
 
 
 def test_the_reports_table_is_what_the_committed_rows_give():
