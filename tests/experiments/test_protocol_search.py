@@ -91,6 +91,9 @@ def test_settings_ranked_by_worst_row_and_incomplete_settings_left_out(tmp_path)
     ]
     assert list(settings["worst factor"]) == [">2", "4"]
     assert list(settings["worst row"]) == ["same_different kq", "aba_vs_abb kq"]
+    # 0.01/gpt2: aba kq exact 1 is within 2x, same_different kq ">2" (not reached by
+    # 128, twice the paper's 64) is not, though its factor reads 2; 0.1/torch: 4 and 2
+    assert list(settings["rows within 2x"]) == ["1/2", "1/2"]
     ps.main([str(tmp_path)])
     for name in ("rows.csv", "rows.md", "settings.csv", "settings.md", "worst_ratio.png"):
         assert (tmp_path / name).is_file()

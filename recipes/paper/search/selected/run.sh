@@ -2,8 +2,8 @@
 # The protocol search with model selection (issue 20): ../run.sh's settings, each run
 # under the selected protocol (keep_best), setting by setting across the four recipes,
 # so a partial search covers whole settings. The order puts first the settings the
-# unselected search left closest (lr 0.1: 5 of 6 rows within 2x, its worst row lost
-# late), then the matched protocol's (0.01, gpt2) for comparison, then the rest.
+# unselected search left closest (lr 0.1: copy + VO at the paper's 16, its + KQ rows not
+# monotone in n), then the matched protocol's (0.01, gpt2) for comparison, then the rest.
 # Resumable: run it again to finish.
 #   JOBS=1 bash recipes/paper/search/selected/run.sh        (from the repository root)
 set -euo pipefail
