@@ -365,6 +365,9 @@ def run_row(
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "mixed_precision": mixed_precision,
         "processes": processes,
+        # the float reductions' order, which a chaotic run's result depends on: the
+        # paper model's plain cells end apart on 1 and 2 threads (results/paper/NOTES.md)
+        "torch_threads": torch.get_num_threads(),
         **extra,
         # a --compile that fell back to eager says why (TrainState.compile_error)
         **({"compile_error": state.compile_error} if state.compile_error else {}),

@@ -97,6 +97,7 @@ def reference(tmp_path_factory) -> dict[tuple, tuple]:
     tmp = tmp_path_factory.mktemp("local")
     rows = run_sweep(config(), tmp / "out", work_dir=tmp / "work", jobs=2, progress=False)
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    assert {r["torch_threads"] for r in rows} == {1}
     return same(rows)
 
 

@@ -68,6 +68,7 @@ def test_one_process_counts_each_test_sample_once_and_weights_the_last_batch_rig
     config = tiny(tmp_path, save_model=True)
     row = finetune(config)
     assert (row["test_samples"], row["val_samples"], row["processes"]) == (13, 5, 1)
+    assert row["torch_threads"] == torch.get_num_threads()  # the row says what ran it
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
