@@ -186,3 +186,24 @@ def test_readme_clone_paths_exist_and_say_where_to_run():
     for path in paths:
         assert (ROOT / path).exists(), path
     assert "from the root of the clone" in text
+
+
+def prose_paragraphs(text: str) -> list[str]:
+    """The README's paragraphs outside fenced code blocks, whitespace-normalized."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", prose) if p.strip()]
+
+
+def test_readme_says_each_thing_once():
+    # an edit that pasted a second copy of a section (it happened: 491 lines, the tour
+    # twice) is caught here: every heading and every paragraph of prose appears once
+    def repeats(text: str) -> list[str]:
+        paragraphs = [p for p in prose_paragraphs(text) if len(p) > 80 or p.startswith("#")]
+        return sorted({p[:80] for p in paragraphs if paragraphs.count(p) > 1})
+
+    text = README.read_text(encoding="utf-8")
+    assert repeats(text) == []
+    pasted = "A" + " b" * 50
+    twice = text.replace("## Results", f"## Results\n\n{pasted}\n\n{pasted}", 1)
+    assert repeats(twice) == [pasted[:80]]
+    assert repeats(text + "\n## Results\n") == ["## Results"]
