@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -189,7 +189,9 @@ class TableRow:
     ``PAPER_N_STAR`` and where each protocol ran it, as (folder under the paper's
     results folder, variant); None where a protocol has no run of it. ``selected`` is
     the matched protocol with model selection on the validation split
-    (``recipes/paper/selected``)."""
+    (``recipes/paper/selected``); ``heads16`` is the selected protocol with 16 heads of
+    width 8 instead of 2 of width 64 (width 128), where the cause studies
+    ``recipes/paper/selected/*heads*.yaml`` ran it under their own variant names."""
 
     label: str
     task: str
@@ -197,10 +199,30 @@ class TableRow:
     literal: tuple[str, str] | None
     matched: tuple[str, str] | None
     selected: tuple[str, str] | None = None
+    heads16: tuple[str, str] | None = None
 
 
-# the protocols of the table, in its column order; the last two get a ratio to the paper
-PROTOCOLS = ("literal", "matched", "selected")
+# the protocols of the table, in its column order, with their column names; all but the
+# literal one get a ratio to the paper
+PROTOCOLS = ("literal", "matched", "selected", "heads16")
+_COLUMN = {
+    "literal": "literal",
+    "matched": "matched",
+    "selected": "selected",
+    "heads16": "16 heads",
+}
+
+# where the 16-head cause studies ran each row: (folder under results/paper, variant)
+_HEADS16 = {
+    "same_different, plain": ("selected/same_different_heads", "none_h16"),
+    "same_different, + KQ": ("selected/heads16_kq", "kq_h16"),
+    "aba_vs_abb, plain": ("selected/plain_heads", "none_h16"),
+    "aba_vs_abb, + KQ": ("selected/heads16", "kq_h16"),
+    "aba_vs_abb, + VO": ("selected/heads16", "vo_h16"),
+    "aba_vs_abb, + KQ,VO": ("selected/heads16", "kqvo_h16"),
+    "majority, length 2, + KQ,VO": ("selected/majority_heads16", "len2_kq,vo_h16"),
+    "majority, length 4, + KQ,VO": ("selected/majority_heads16", "len4_kq,vo_h16"),
+}
 
 
 def _protocols(folder: str, variant: str) -> dict:
@@ -211,64 +233,98 @@ def _protocols(folder: str, variant: str) -> dict:
     }
 
 
+def _with_heads16(row: TableRow) -> TableRow:
+    return replace(row, heads16=_HEADS16.get(row.label))
+
+
 # The MLPs have no scalings and no attention to initialize: both protocols are the
 # literal one's runs. Majority length 4 plain and lengths 6-8 (n* 8192 or beyond) are
 # listed with what the literal protocol measured (results/paper/NOTES.md: their cost).
-TABLE_ROWS: tuple[TableRow, ...] = (
-    TableRow(
-        "same_different, plain", "same_different", "none", **_protocols("same_different", "none")
-    ),
-    TableRow("same_different, + KQ", "same_different", "kq", **_protocols("same_different", "kq")),
-    TableRow("aba_vs_abb, plain", "aba_vs_abb", "none", **_protocols("aba_vs_abb", "none")),
-    TableRow("aba_vs_abb, + KQ", "aba_vs_abb", "kq", **_protocols("aba_vs_abb", "kq")),
-    TableRow("aba_vs_abb, + VO", "aba_vs_abb", "vo", **_protocols("aba_vs_abb", "vo")),
-    TableRow("aba_vs_abb, + KQ,VO", "aba_vs_abb", "kq,vo", **_protocols("aba_vs_abb", "kq,vo")),
-    TableRow(
-        "aba_vs_abb, MLP (one-hot)",
-        "aba_vs_abb",
-        "mlp_onehot",
-        ("aba_vs_abb_mlp", "mlp_onehot"),
-        ("aba_vs_abb_mlp", "mlp_onehot"),
-    ),
-    TableRow(
-        "aba_vs_abb, MLP + exact XXᵀ",
-        "aba_vs_abb",
-        "mlp_onehot_xxt",
-        ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
-        ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
-    ),
-    TableRow("majority, length 2, plain", "majority_k", "len2", **_protocols("majority", "len2")),
-    TableRow(
-        "majority, length 2, + KQ,VO",
-        "majority_k",
-        "len2_kq,vo",
-        **_protocols("majority", "len2_kq,vo"),
-    ),
-    TableRow(
-        "majority, length 4, + KQ,VO",
-        "majority_k",
-        "len4_kq,vo",
-        **_protocols("majority", "len4_kq,vo"),
-    ),
-    TableRow("majority, length 4, plain", "majority_k", "len4", ("majority", "len4"), None),
-    TableRow("majority, length 6, plain", "majority_k", "len6", ("majority", "len6"), None),
-    TableRow(
-        "majority, length 6, + KQ,VO", "majority_k", "len6_kq,vo", ("majority", "len6_kq,vo"), None
-    ),
-    TableRow("majority, length 8, plain", "majority_k", "len8", ("majority", "len8"), None),
-    TableRow(
-        "majority, length 8, + KQ,VO", "majority_k", "len8_kq,vo", ("majority", "len8_kq,vo"), None
-    ),
-    *(
-        TableRow(f"copy, plain, width {w}", "copy", f"cls_w{w}", **_protocols("copy", f"cls_w{w}"))
-        for w in (64, 128, 256)
-    ),
-    *(
-        TableRow(
-            f"copy, + VO, width {w}", "copy", f"cls_vo_w{w}", **_protocols("copy", f"cls_vo_w{w}")
-        )
-        for w in (64, 128, 256)
-    ),
+TABLE_ROWS: tuple[TableRow, ...] = tuple(
+    map(
+        _with_heads16,
+        (
+            TableRow(
+                "same_different, plain",
+                "same_different",
+                "none",
+                **_protocols("same_different", "none"),
+            ),
+            TableRow(
+                "same_different, + KQ", "same_different", "kq", **_protocols("same_different", "kq")
+            ),
+            TableRow("aba_vs_abb, plain", "aba_vs_abb", "none", **_protocols("aba_vs_abb", "none")),
+            TableRow("aba_vs_abb, + KQ", "aba_vs_abb", "kq", **_protocols("aba_vs_abb", "kq")),
+            TableRow("aba_vs_abb, + VO", "aba_vs_abb", "vo", **_protocols("aba_vs_abb", "vo")),
+            TableRow(
+                "aba_vs_abb, + KQ,VO", "aba_vs_abb", "kq,vo", **_protocols("aba_vs_abb", "kq,vo")
+            ),
+            TableRow(
+                "aba_vs_abb, MLP (one-hot)",
+                "aba_vs_abb",
+                "mlp_onehot",
+                ("aba_vs_abb_mlp", "mlp_onehot"),
+                ("aba_vs_abb_mlp", "mlp_onehot"),
+            ),
+            TableRow(
+                "aba_vs_abb, MLP + exact XXᵀ",
+                "aba_vs_abb",
+                "mlp_onehot_xxt",
+                ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
+                ("aba_vs_abb_mlp", "mlp_onehot_xxt"),
+            ),
+            TableRow(
+                "majority, length 2, plain", "majority_k", "len2", **_protocols("majority", "len2")
+            ),
+            TableRow(
+                "majority, length 2, + KQ,VO",
+                "majority_k",
+                "len2_kq,vo",
+                **_protocols("majority", "len2_kq,vo"),
+            ),
+            TableRow(
+                "majority, length 4, + KQ,VO",
+                "majority_k",
+                "len4_kq,vo",
+                **_protocols("majority", "len4_kq,vo"),
+            ),
+            TableRow("majority, length 4, plain", "majority_k", "len4", ("majority", "len4"), None),
+            TableRow("majority, length 6, plain", "majority_k", "len6", ("majority", "len6"), None),
+            TableRow(
+                "majority, length 6, + KQ,VO",
+                "majority_k",
+                "len6_kq,vo",
+                ("majority", "len6_kq,vo"),
+                None,
+            ),
+            TableRow("majority, length 8, plain", "majority_k", "len8", ("majority", "len8"), None),
+            TableRow(
+                "majority, length 8, + KQ,VO",
+                "majority_k",
+                "len8_kq,vo",
+                ("majority", "len8_kq,vo"),
+                None,
+            ),
+            *(
+                TableRow(
+                    f"copy, plain, width {w}",
+                    "copy",
+                    f"cls_w{w}",
+                    **_protocols("copy", f"cls_w{w}"),
+                )
+                for w in (64, 128, 256)
+            ),
+            *(
+                TableRow(
+                    f"copy, + VO, width {w}",
+                    "copy",
+                    f"cls_vo_w{w}",
+                    **_protocols("copy", f"cls_vo_w{w}"),
+                )
+                for w in (64, 128, 256)
+            ),
+        ),
+    )
 )
 
 
@@ -302,10 +358,11 @@ def paper_table(
 ) -> pd.DataFrame:
     """REPORT section 9's table from the results under ``root`` (``results/paper``):
     per ``TABLE_ROWS`` row, the paper's n*, each protocol's n* (``PROTOCOLS``) with
-    its seeds, the matched and the selected protocols' mismatch factor against the paper
+    its seeds, every protocol but the literal one's mismatch factor against the paper
     (:func:`mismatch`) and whether it is within 2x, and ``causes[label]`` for a row
-    that either of the two does not put within 2x (where one does and the other does
-    not, the cause says what makes the difference)."""
+    that the matched or the selected protocol does not put within 2x (where one does
+    and the other does not, the cause says what makes the difference; the 16-head
+    cause studies' column does not decide it)."""
     root = Path(root)
     causes = causes or {}
     out = []
@@ -332,20 +389,15 @@ def paper_table(
             ratios[name] = (factor_text, within)
         within = ratios["matched"][1]
         both = within == ratios["selected"][1] == "yes"
-        out.append(
-            {
-                "row": row.label,
-                "paper n*": paper_text,
-                "literal n* (seeds)": texts["literal"][0],
-                "matched n* (seeds)": texts["matched"][0],
-                "matched / paper": ratios["matched"][0],
-                "within 2x": within,
-                "selected n* (seeds)": texts["selected"][0],
-                "selected / paper": ratios["selected"][0],
-                "selected within 2x": ratios["selected"][1],
-                "cause": "" if both else causes.get(row.label, ""),
-            }
-        )
+        line = {"row": row.label, "paper n*": paper_text, "literal n* (seeds)": texts["literal"][0]}
+        for name in PROTOCOLS[1:]:
+            line[f"{_COLUMN[name]} n* (seeds)"] = texts[name][0]
+            line[f"{_COLUMN[name]} / paper"] = ratios[name][0]
+            line["within 2x" if name == "matched" else f"{_COLUMN[name]} within 2x"] = ratios[name][
+                1
+            ]
+        line["cause"] = "" if both else causes.get(row.label, "")
+        out.append(line)
     return pd.DataFrame(out)
 
 
@@ -357,6 +409,7 @@ _MARKS = {
     "literal n* (seeds)": ("o", "tab:gray"),
     "matched n* (seeds)": ("s", "tab:blue"),
     "selected n* (seeds)": ("^", "tab:orange"),
+    "16 heads n* (seeds)": ("D", "tab:green"),
 }
 
 
@@ -381,7 +434,7 @@ def plot_table(table: pd.DataFrame):
     rows = list(table["row"])
     fig = Figure(figsize=(9, 0.36 * len(rows) + 1.6))
     ax = fig.add_subplot()
-    offsets = dict(zip(_MARKS, (0.0, -0.27, 0.14, 0.32), strict=True))
+    offsets = dict(zip(_MARKS, (0.0, -0.32, -0.16, 0.16, 0.32), strict=True))
     for i, (_, r) in enumerate(table.iterrows()):
         y = len(rows) - 1 - i
         paper = parse_n_star(r["paper n*"])

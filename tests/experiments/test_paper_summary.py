@@ -124,7 +124,7 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     text = (root / "table.md").read_text()
     assert (
         "| aba_vs_abb, + KQ,VO | 64 | not run | 256 (3/3) | 4 | no | not run |  | not run | "
-        "from the file |" in text
+        "not run |  | not run | from the file |" in text
     )
     # the matched protocol with model selection on validation: its own n* and ratio
     (root / "selected/aba_vs_abb").mkdir(parents=True)
@@ -137,6 +137,23 @@ def test_the_papers_table_puts_both_protocols_side_by_side(tmp_path):
     _write(root / "selected/aba_vs_abb", "aba_vs_abb", {("kq", 32): [0.01, 0.02, 0.01]})
     kq = paper_table(root, causes).set_index("row").loc["aba_vs_abb, + KQ"]
     assert (kq["within 2x"], kq["selected within 2x"], kq["cause"]) == ("yes", "yes", "")
+    # the 16-head cause studies: their own folder and variant name, their own ratio, and
+    # they do not decide whether the cause shows
+    (root / "selected/heads16").mkdir(parents=True)
+    _write(
+        root / "selected/heads16",
+        "aba_vs_abb",
+        {("vo_h16", 256): [0.9] * 3, ("vo_h16", 512): [0.01, 0.02, 0.04]},
+    )
+    vo = paper_table(root, causes).set_index("row").loc["aba_vs_abb, + VO"]
+    assert (vo["16 heads n* (seeds)"], vo["16 heads / paper"], vo["16 heads within 2x"]) == (
+        "512 (3/3)",
+        "2",  # half the paper's 1024: the factor either way
+        "yes",
+    )
+    assert vo["selected n* (seeds)"] == "not run"  # selected/aba_vs_abb has no vo rows
+    kqvo = paper_table(root, causes).set_index("row").loc["aba_vs_abb, + KQ,VO"]
+    assert kqvo["16 heads n* (seeds)"] == "not run"  # heads16 has no kqvo_h16 rows
 
 
 def test_the_reports_table_is_what_the_committed_rows_give():
